@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Create .venv in the project folder and install nginx-upstream-reloader into it.
+#
+#   ./install_venv.sh              the daemon and its dependencies
+#   ./install_venv.sh --dev        plus the test dependencies
+#   ./install_venv.sh --services   also install ZooKeeper, nginx and Java with
+#                                  apt-get when they are missing (root only;
+#                                  otherwise prints the command to run)
+#
+# Safe to run again: an existing .venv is reused and brought up to date.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+dev=0
+services=0
+for arg in "$@"; do
+    case "$arg" in
+        --dev) dev=1 ;;
+        --services) services=1 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) echo "install_venv.sh: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        echo "install_venv.sh: this needs root; run:  sudo $*" >&2
+        return 1
+    fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+python=${PYTHON:-python3}
+if ! command -v "$python" >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+fi
+if [ ! -x .venv/bin/python ]; then
+    # Debian's python3 ships venv without ensurepip; python3-venv adds it.
+    if ! "$python" -m venv .venv 2>/dev/null; then
+        rm -rf .venv
+        apt_install python3-venv
+        "$python" -m venv .venv
+    fi
+fi
+
+if [ "$dev" -eq 1 ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+else
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+fi
+
+if [ "$services" -eq 1 ]; then
+    missing=()
+    [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+    command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+fi
+echo "install_venv.sh: ready in $(pwd)/.venv"

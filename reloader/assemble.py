@@ -1,0 +1,84 @@
+"""Build the desired :class:`~reloader.model.Upstream` from parsed registry servers.
+
+This is the step between "what the registry says" and "what nginx should
+serve": duplicates are merged, per-upstream settings are applied, and static
+backup servers are added. It has no I/O and no state, so it is the easiest
+part of the pipeline to test exhaustively.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from reloader.model import Server, Upstream
+
+
+@dataclass(frozen=True)
+class UpstreamOptions:
+    """Per-upstream settings from the config, already validated."""
+
+    server_params: tuple[tuple[str, str], ...] = ()
+    directives: tuple[str, ...] = ()
+    backup_servers: tuple[Server, ...] = ()
+
+
+def _effective_weight(server: Server) -> int:
+    # A server that is down carries no traffic, so any live twin outranks it.
+    return 0 if server.down else server.weight
+
+
+def merge_duplicates(servers: Iterable[Server]) -> list[Server]:
+    """One server per host:port; when one endpoint appears twice, the higher weight wins."""
+    by_endpoint: dict[tuple[str, int], Server] = {}
+    for server in servers:
+        known = by_endpoint.get(server.endpoint)
+        if known is None or _effective_weight(server) > _effective_weight(known):
+            by_endpoint[server.endpoint] = server
+    return list(by_endpoint.values())
+
+
+def apply_server_params(server: Server, params: tuple[tuple[str, str], ...]) -> Server:
+    """Apply configured ``server_params`` to a registry server.
+
+    ``weight``, ``backup`` and ``down`` map onto the model's own fields (a
+    configured weight overrides the registry's); everything else is carried as
+    an extra parameter in the configured order.
+    """
+    if not params:
+        return server
+    extra: list[tuple[str, str]] = []
+    changes: dict[str, object] = {}
+    for name, value in params:
+        if name == "weight":
+            changes["weight"] = int(value)
+        elif name == "backup":
+            changes["backup"] = True
+        elif name == "down":
+            changes["down"] = True
+        else:
+            extra.append((name, value))
+    return replace(server, params=tuple(extra), **changes)
+
+
+def assemble_upstream(name: str, live: Iterable[Server], options: UpstreamOptions = UpstreamOptions()) -> Upstream:
+    """The desired upstream for ``name`` given its live registry servers.
+
+    Static backup servers are rendered with ``backup`` while live servers
+    exist; with none live they are rendered as plain servers, because nginx and
+    dyups both refuse an upstream whose every server is a backup. They never
+    count towards ``live_count``.
+    """
+    merged = [apply_server_params(server, options.server_params) for server in merge_duplicates(live)]
+    live_endpoints = {server.endpoint for server in merged}
+    servers = list(merged)
+    for static in options.backup_servers:
+        if static.endpoint in live_endpoints:
+            continue  # the live registration of the same endpoint wins
+        servers.append(replace(static, backup=bool(merged)))
+    return Upstream(
+        name=name,
+        servers=tuple(sorted(servers)),
+        directives=options.directives,
+        live_count=len(merged),
+    )

@@ -1,0 +1,142 @@
+"""The daemon: wires sources, pipeline and outputs, and runs the worker loop.
+
+The worker loop runs on the main thread. It drains the inbox (watch events
+and session transitions enqueued by kazoo's threads, plus delayed tasks),
+lets each source read what changed, and gives every output its periodic
+``tick``. Signals only ask the loop to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import Callable
+
+from kazoo.client import KazooClient
+
+from reloader.config import Config
+from reloader.inbox import Inbox
+from reloader.outputs.base import Output
+from reloader.outputs.dyups import DyupsOutput
+from reloader.outputs.files import FilesOutput
+from reloader.pipeline import Pipeline
+from reloader.readback import ReadbackError, parse_upstream_block
+from reloader.sources.zookeeper import ZooKeeperSource
+
+log = logging.getLogger(__name__)
+
+# How long shutdown may spend closing ZooKeeper sessions; an unreachable
+# ensemble must not keep the process from exiting.
+SHUTDOWN_GRACE = 3.0
+# The longest the worker sleeps, so that output retries and timers stay timely.
+MAX_IDLE = 0.5
+
+
+class Daemon:
+    """One running reloader: build it from a Config, then ``run()`` until ``request_stop()``."""
+
+    def __init__(self, config: Config, client_factory: Callable[..., KazooClient] = KazooClient) -> None:
+        self.config = config
+        self.inbox = Inbox()
+        self.files = FilesOutput(config.files_output_path)
+        outputs: list[Output] = [self.files]
+        self.dyups: DyupsOutput | None = None
+        if config.dyups_url:
+            self.dyups = DyupsOutput(config.dyups_url)
+            outputs.append(self.dyups)
+        self.pipeline = Pipeline(config.znodes, outputs)
+        self.sources = [
+            ZooKeeperSource(cluster, self.inbox, self.pipeline, config.zk_session_timeout, client_factory)
+            for cluster in config.clusters
+        ]
+        for source in self.sources:
+            for name in source.upstreams:
+                self.pipeline.attach_gate(name, source.gate)
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        """Ask the worker loop to finish; safe from a signal handler or any thread."""
+        self._stop.set()
+        self.inbox.put(lambda: None)  # wake the worker if it is waiting
+
+    def run(self) -> int:
+        """Run until asked to stop; returns the process exit code."""
+        try:
+            self.files.prepare()
+        except OSError as error:
+            log.error("files_output_path %s is not usable: %s", self.files.directory, error.strerror or error)
+            return 1
+        self._seed_from_files()
+        for source in self.sources:
+            source.start()
+        log.info(
+            "watching %d upstreams in %d clusters; files in %s%s",
+            len(self.pipeline.upstream_names), len(self.sources), self.files.directory,
+            f"; dyups at {self.config.dyups_url}" if self.config.dyups_url else "",
+        )
+        try:
+            while not self._stop.is_set():
+                self.step(MAX_IDLE)
+        finally:
+            self._shutdown()
+        return 0
+
+    def step(self, max_wait: float) -> None:
+        """One pass of the worker loop."""
+        for task in self.inbox.drain(max_wait):
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - the worker must survive any one task
+                log.exception("worker task failed")
+        for source in self.sources:
+            try:
+                source.flush()
+            except Exception:  # noqa: BLE001
+                log.exception("source %s failed to read its changes", source.cluster.label)
+        self.pipeline.end_batch()
+        now = time.monotonic()
+        for output in self.pipeline.outputs:
+            try:
+                output.tick(now)
+            except Exception:  # noqa: BLE001
+                log.exception("output %s failed in its periodic work", output.name)
+
+    def _seed_from_files(self) -> None:
+        """Adopt existing files as the last good state, before and regardless of ZooKeeper."""
+        directives = {znode.upstream: znode.options.directives for znode in self.config.znodes}
+        for name in self.pipeline.upstream_names:
+            path = self.files.path_for(name)
+            try:
+                text = self.files.read(name)
+            except (OSError, UnicodeDecodeError) as error:
+                log.warning("cannot read %s at start-up: %s", path, error)
+                continue
+            if text is None:
+                continue
+            try:
+                upstream = parse_upstream_block(text)
+            except ReadbackError as error:
+                log.warning("ignoring %s at start-up: %s", path, error)
+                continue
+            if upstream.name != name:
+                log.warning("ignoring %s at start-up: it defines upstream %r", path, upstream.name)
+                continue
+            # The config, not an old file, is the authority on directives.
+            self.pipeline.seed(replace(upstream, directives=directives[name]))
+            log.info("start-up: %s holds %d servers; adopted as the last good state", path, len(upstream.servers))
+
+    def _shutdown(self) -> None:
+        stoppers = [threading.Thread(target=source.stop, daemon=True) for source in self.sources]
+        for stopper in stoppers:
+            stopper.start()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        for stopper in stoppers:
+            stopper.join(max(deadline - time.monotonic(), 0.0))
+        for output in self.pipeline.outputs:
+            try:
+                output.close()
+            except Exception:  # noqa: BLE001
+                log.exception("output %s failed to close", output.name)
+        log.info("stopped")

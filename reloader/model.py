@@ -1,0 +1,64 @@
+"""The data model every stage of the pipeline speaks: servers and upstreams.
+
+Both are frozen so that a value handed to an output can never change under it,
+and so that "did the upstream change?" is a plain ``==``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class Server:
+    """One ``server`` line of an upstream.
+
+    ``host`` is stored bare (an IPv6 address without brackets); ``address``
+    gives the form nginx wants. Field order makes the natural sort "host, then
+    port", which is what the renderer promises.
+    """
+
+    host: str
+    port: int
+    weight: int = 1
+    down: bool = False
+    backup: bool = False
+    # Extra nginx server parameters from the config (max_fails, fail_timeout, ...),
+    # already validated, as (name, value) pairs; a flag parameter has value "".
+    params: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def address(self) -> str:
+        """``host:port``, with brackets around an IPv6 host."""
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """The identity of a server: two lines with one endpoint are one server."""
+        return (self.host, self.port)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A complete, validated upstream: what the outputs are asked to serve.
+
+    ``servers`` is sorted by host then port. ``directives`` are validated
+    upstream-level directives (``least_conn``, ``keepalive 32``) without the
+    trailing ``;``. ``live_count`` is how many servers came from the registry,
+    as opposed to configured static backup servers; the guards look at it.
+    """
+
+    name: str
+    servers: tuple[Server, ...]
+    directives: tuple[str, ...] = ()
+    live_count: int = 0
+
+    def same_servers(self, other: "Upstream | None") -> bool:
+        """True when ``other`` would render to the same nginx state."""
+        return (
+            other is not None
+            and other.servers == self.servers
+            and other.directives == self.directives
+        )

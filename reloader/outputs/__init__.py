@@ -1,0 +1,1 @@
+"""Where upstreams go: files nginx includes, the dyups interface, and nginx reloads."""

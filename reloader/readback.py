@@ -1,0 +1,78 @@
+"""Read nginx upstream text back into the model.
+
+Used at start-up, where existing ``.upstream`` files are the last known good
+state, and by reconciliation, where the live state comes from the dyups
+interface. Everything read is validated exactly like registry data: a
+hand-edited or corrupted file yields a clear error, never an unsafe server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from reloader.addresses import InvalidAddress, split_hostport
+from reloader.model import Server, Upstream
+
+_BLOCK = re.compile(r"^\s*upstream\s+(?P<name>\S+)\s*\{(?P<body>[^{}]*)\}\s*$", re.DOTALL)
+_PARAM = re.compile(r"^(?P<key>[a-z_]+)(?:=(?P<value>[A-Za-z0-9.]+))?$")
+
+
+class ReadbackError(ValueError):
+    """Text that does not describe a valid upstream; the message says where."""
+
+
+def parse_server_statement(statement: str) -> Server:
+    """Parse ``server ADDR [params]`` (without ``;``) into a Server.
+
+    Parameters that nginx prints with their defaults in dyups' ``/detail``
+    (``weight=1 max_fails=1 fail_timeout=10 backup=0 down=0``) are understood
+    too, so that live state and desired state compare equal.
+    """
+    tokens = statement.split()
+    if len(tokens) < 2 or tokens[0] != "server":
+        raise ReadbackError(f"not a server statement: {statement[:80]!r}")
+    try:
+        host, port = split_hostport(tokens[1])
+    except InvalidAddress as error:
+        raise ReadbackError(str(error)) from None
+    server = Server(host=host, port=port)
+    extra: list[tuple[str, str]] = []
+    for token in tokens[2:]:
+        match = _PARAM.match(token)
+        if not match:
+            raise ReadbackError(f"bad server parameter {token[:40]!r}")
+        key, value = match.group("key"), match.group("value")
+        if key == "weight" and value is not None and value.isdigit():
+            server = replace(server, weight=int(value))
+        elif key in ("backup", "down"):
+            server = replace(server, **{key: value in (None, "1")})
+        else:
+            extra.append((key, value or ""))
+    return replace(server, params=tuple(extra))
+
+
+def parse_upstream_block(text: str) -> Upstream:
+    """Parse one ``upstream NAME { ... }`` block as this project renders it."""
+    without_comments = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    match = _BLOCK.match(without_comments)
+    if not match:
+        raise ReadbackError("expected exactly one 'upstream NAME { ... }' block")
+    servers: list[Server] = []
+    directives: list[str] = []
+    for raw in match.group("body").split(";"):
+        statement = " ".join(raw.split())
+        if not statement:
+            continue
+        if statement.startswith("server "):
+            servers.append(parse_server_statement(statement))
+        else:
+            directives.append(statement)
+    if not servers:
+        raise ReadbackError("the upstream has no servers")
+    return Upstream(
+        name=match.group("name"),
+        servers=tuple(sorted(servers)),
+        directives=tuple(directives),
+        live_count=sum(1 for server in servers if not server.backup),
+    )

@@ -1,0 +1,44 @@
+"""Turn an :class:`~reloader.model.Upstream` into the text nginx reads.
+
+Two renderings of one value: the ``.upstream`` file that nginx includes, and
+the body that the dyups interface takes. Both are deterministic: servers are
+already sorted by the model, so equal upstreams give byte-equal output and an
+unchanged file is never rewritten.
+"""
+
+from __future__ import annotations
+
+from reloader.model import Server, Upstream
+
+
+def server_line(server: Server) -> str:
+    """The ``server ...`` statement for one server, without the trailing ``;``."""
+    parts = ["server", server.address]
+    if server.weight != 1:
+        parts.append(f"weight={server.weight}")
+    for name, value in server.params:
+        parts.append(f"{name}={value}" if value else name)
+    if server.backup:
+        parts.append("backup")
+    if server.down:
+        parts.append("down")
+    return " ".join(parts)
+
+
+def render_file(upstream: Upstream) -> str:
+    """The full ``upstream NAME { ... }`` block for ``<name>.upstream``."""
+    lines = [f"upstream {upstream.name} {{"]
+    lines.extend(f"    {directive};" for directive in upstream.directives)
+    lines.extend(f"    {server_line(server)};" for server in upstream.servers)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_dyups_body(upstream: Upstream) -> str:
+    """The dyups POST body: directives then servers, each ending in ``;``, no spaces between.
+
+    Never empty for an upstream that passed the guards, which matters: dyups
+    answers an empty body with 500.
+    """
+    statements = [*upstream.directives, *(server_line(server) for server in upstream.servers)]
+    return "".join(f"{statement};" for statement in statements)

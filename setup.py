@@ -1,0 +1,31 @@
+"""Packaging for nginx-upstream-reloader."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="nginx-upstream-reloader",
+    version="0.1.0",
+    description="Keep nginx upstreams in step with instances registered in ZooKeeper, without reloads.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["reloader", "reloader.*"]),
+    install_requires=[
+        "kazoo>=2.9",
+        "PyYAML>=6.0",
+        "requests>=2.28",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=7",
+            "pytest-timeout>=2.1",
+            "hypothesis>=6.80",
+        ],
+    },
+    entry_points={"console_scripts": ["nginx-upstream-reloader = reloader.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
+    ],
+)

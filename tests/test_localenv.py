@@ -1,0 +1,206 @@
+"""The local services themselves: real ZooKeeper, real nginx, real backends."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient, KazooState
+
+from reloader.localenv.backends import Backend, BackendPool, http_get
+from reloader.localenv.nginx import LocalNginx, NginxConfigError, server_block
+from reloader.localenv.ports import free_port, port_accepts
+from reloader.localenv.zookeeper import LocalZooKeeper, ZooKeeperError
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def wait_for_state(states: queue.Queue[str], wanted: str, timeout: float) -> None:
+    """Wait until the kazoo listener reported ``wanted``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"kazoo never reported {wanted}")
+        try:
+            if states.get(timeout=remaining) == wanted:
+                return
+        except queue.Empty:
+            continue
+
+
+# -- ports ---------------------------------------------------------------------
+
+
+def test_free_port_can_be_bound() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+# -- ZooKeeper -----------------------------------------------------------------
+
+
+def test_zookeeper_session_creates_node(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str
+) -> None:
+    assert zk.hosts == f"127.0.0.1:{zk.port}"
+    assert zk.running
+    zk_client.create(f"{zk_root}/node", b"hello")
+    data, _ = zk_client.get(f"{zk_root}/node")
+    assert data == b"hello"
+
+
+def test_two_session_servers_are_independent(
+    zk: LocalZooKeeper, zk2: LocalZooKeeper, zk_client: KazooClient, zk_root: str
+) -> None:
+    assert zk.hosts != zk2.hosts
+    zk_client.create(f"{zk_root}/only-here")
+    other = zk2.client()
+    try:
+        assert not other.exists(f"{zk_root}/only-here")
+    finally:
+        other.stop()
+        other.close()
+
+
+def test_zookeeper_pause_and_resume(zk_factory: Callable[..., LocalZooKeeper]) -> None:
+    server = zk_factory()
+    client = server.client(session_timeout=2.0)
+    states: queue.Queue[str] = queue.Queue()
+    client.add_listener(states.put)
+    try:
+        client.create("/keep", b"v1")
+        server.pause()
+        assert server.running  # a stopped process still exists
+        # kazoo pings every third of the session timeout, so ~2 s is enough.
+        wait_for_state(states, KazooState.SUSPENDED, timeout=15)
+        server.resume()
+        wait_for(lambda: client.connected, timeout=20, what="kazoo to reconnect")
+        assert client.get("/keep")[0] == b"v1"
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_zookeeper_kill_and_restart_keep_data(zk_factory: Callable[..., LocalZooKeeper]) -> None:
+    server = zk_factory()
+    hosts = server.hosts
+    client = server.client()
+    client.create("/persistent", b"survives")
+    client.stop()
+    client.close()
+
+    server.kill()
+    assert not server.running
+    assert not port_accepts(server.port)
+
+    server.restart()
+    assert server.hosts == hosts
+    assert server.last_start_seconds is not None
+    client = server.client()
+    try:
+        assert client.get("/persistent")[0] == b"survives"
+    finally:
+        client.stop()
+        client.close()
+
+
+@pytest.mark.usefixtures("zookeeper_installed")
+def test_zookeeper_start_failure_shows_log(tmp_path: Path) -> None:
+    # Hold the port (bound, not listening) so the server cannot bind it.
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        server = LocalZooKeeper(workdir=tmp_path / "zk", port=blocker.getsockname()[1])
+        with pytest.raises(ZooKeeperError) as caught:
+            server.start(timeout=30)
+        assert not server.running
+    assert "log tail" in str(caught.value)
+    assert "Address already in use" in str(caught.value)
+
+
+# -- nginx upstream check -------------------------------------------------------
+
+
+def test_check_accepts_good_upstream_file(
+    nginx_check: Callable[[Path], None], tmp_path: Path
+) -> None:
+    (tmp_path / "x.upstream").write_text("upstream x { server 127.0.0.1:1; }\n")
+    nginx_check(tmp_path)
+
+
+def test_check_accepts_empty_directory(nginx_check: Callable[[Path], None], tmp_path: Path) -> None:
+    nginx_check(tmp_path)
+
+
+def test_check_rejects_broken_upstream_file(
+    nginx_check: Callable[[Path], None], tmp_path: Path
+) -> None:
+    (tmp_path / "good.upstream").write_text("upstream good { server 127.0.0.1:1; }\n")
+    broken = tmp_path / "broken.upstream"
+    broken.write_text("upstream broken {\n    server 1.2.3.4:80;}\n}\n")
+    with pytest.raises(NginxConfigError) as caught:
+        nginx_check(tmp_path)
+    # nginx's own message, pointing at the real file (not the throwaway link).
+    assert "[emerg]" in caught.value.output
+    assert str(broken) in str(caught.value)
+
+
+# -- nginx serving real traffic -----------------------------------------------------
+
+
+def proxy_config(port: int, backend: Backend) -> str:
+    return f"upstream b {{\n    server {backend.address};\n}}\n" + server_block(
+        port, "location / {\n    proxy_pass http://b;\n}"
+    )
+
+
+def test_nginx_proxies_to_backend_and_reloads(nginx_bin: str) -> None:
+    port = free_port()
+    with BackendPool(2) as pool, LocalNginx(nginx_bin) as nginx:
+        first, second = pool
+        nginx.write_config(proxy_config(port, first))
+        assert nginx.test()[0]
+        nginx.start()
+        assert nginx.listen_ports == [port]
+        assert http_get(nginx.url()) == (200, "backend-1\n")
+        assert first.requests == 1
+
+        old_workers = nginx.worker_pids()
+        nginx.write_config(proxy_config(port, second))
+        nginx.reload()
+        assert len(nginx.worker_pids() - old_workers) == LocalNginx.worker_processes
+        assert http_get(nginx.url()) == (200, "backend-2\n")
+        assert (first.requests, second.requests) == (1, 1)
+
+        # The argv the daemon will be handed works as given.
+        assert nginx.reload_argv()[-2:] == ["-s", "reload"]
+        assert nginx.reload_argv()[:2] == [nginx_bin, "-p"]
+
+        nginx.stop()
+        assert not nginx.running
+        assert not port_accepts(port)
+
+
+def test_nginx_rejects_bad_config_and_keeps_serving(nginx_bin: str) -> None:
+    port = free_port()
+    with Backend("only") as backend, LocalNginx(nginx_bin) as nginx:
+        nginx.write_config(proxy_config(port, backend))
+        nginx.start()
+        nginx.write_config("upstream b { server 1.2.3.4:80;} }")
+        ok, output = nginx.test()
+        assert not ok and "[emerg]" in output
+        with pytest.raises(NginxConfigError):
+            nginx.reload()
+        assert http_get(f"http://127.0.0.1:{port}/") == (200, "only\n")
