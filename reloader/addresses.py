@@ -11,9 +11,11 @@ from __future__ import annotations
 import ipaddress
 import re
 
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# Matched with fullmatch: a pattern ending in `$` would also accept a
+# trailing newline, which must never reach an nginx file.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # host:port or [v6]:port, as found in child names and text data.
-_HOSTPORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})$")
+_HOSTPORT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})")
 
 
 class InvalidAddress(ValueError):
@@ -35,6 +37,8 @@ def normalize_host(host: str) -> str:
     except ValueError:
         pass
     else:
+        if candidate is not host and not isinstance(address, ipaddress.IPv6Address):
+            raise InvalidAddress(f"{host!r}: only IPv6 addresses take brackets")
         if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
             # A zone index (fe80::1%eth0) only means something on the registering host.
             address = ipaddress.IPv6Address(str(address).split("%", 1)[0])
@@ -49,7 +53,7 @@ def _normalize_hostname(host: str) -> str:
     if len(name) > 253:
         raise InvalidAddress(f"host name longer than 253 characters: {host[:40]!r}...")
     labels = name.split(".")
-    if not all(_LABEL.match(label) for label in labels):
+    if not all(_LABEL.fullmatch(label) for label in labels):
         raise InvalidAddress(f"{host!r} is not an IP address or an RFC 1123 host name")
     # An all-numeric dotted name is a malformed IPv4 address (999.1.1.1), not a host name.
     if labels[-1].isdigit():
@@ -78,7 +82,7 @@ def validate_port(port: object) -> int:
 
 def split_hostport(text: str) -> tuple[str, int]:
     """Split ``host:port`` or ``[v6]:port`` into a validated (host, port)."""
-    match = _HOSTPORT.match(text)
+    match = _HOSTPORT.fullmatch(text)
     if not match:
         raise InvalidAddress(f"{text[:80]!r} is not host:port")
     host = match.group("v6") or match.group("host")
@@ -92,4 +96,4 @@ def split_hostport(text: str) -> tuple[str, int]:
 
 def looks_like_hostport(text: str) -> bool:
     """True when ``text`` has the shape of host:port (its parts may still be invalid)."""
-    return _HOSTPORT.match(text) is not None
+    return _HOSTPORT.fullmatch(text) is not None

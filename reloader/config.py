@@ -29,7 +29,8 @@ from reloader.assemble import UpstreamOptions
 from reloader.durations import parse_duration
 from reloader.formats import FORMAT_NAMES, FormatOptions
 
-UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Used with fullmatch: a pattern ending in `$` would accept a trailing newline.
+UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 DEFAULT_FILES_OUTPUT_PATH = Path("/etc/nginx/upstreams")
 
 _SETTING_KEYS = {
@@ -257,7 +258,7 @@ def _parse_reload(problems: _Collector, key_path: str, value: Any) -> ReloadConf
 def _parse_znode(
     problems: _Collector, key_path: str, name: Any, entry: Any, dyups_enabled: bool
 ) -> ZnodeConfig | None:
-    if not isinstance(name, str) or not UPSTREAM_NAME.match(name):
+    if not isinstance(name, str) or not UPSTREAM_NAME.fullmatch(name):
         problems.add(
             key_path,
             f"upstream name {name!r} must match [a-z0-9][a-z0-9._-]* (lowercase: Tengine's dyups "

@@ -15,7 +15,7 @@ from reloader.addresses import InvalidAddress, split_hostport
 from reloader.model import Server, Upstream
 
 _BLOCK = re.compile(r"^\s*upstream\s+(?P<name>\S+)\s*\{(?P<body>[^{}]*)\}\s*$", re.DOTALL)
-_PARAM = re.compile(r"^(?P<key>[a-z_]+)(?:=(?P<value>[A-Za-z0-9.]+))?$")
+_PARAM = re.compile(r"(?P<key>[a-z_]+)(?:=(?P<value>[A-Za-z0-9.]+))?")
 
 
 class ReadbackError(ValueError):
@@ -39,7 +39,7 @@ def parse_server_statement(statement: str) -> Server:
     server = Server(host=host, port=port)
     extra: list[tuple[str, str]] = []
     for token in tokens[2:]:
-        match = _PARAM.match(token)
+        match = _PARAM.fullmatch(token)
         if not match:
             raise ReadbackError(f"bad server parameter {token[:40]!r}")
         key, value = match.group("key"), match.group("value")

@@ -276,7 +276,7 @@ class TestBackupServers:
             (["10.9.0.1"], "not host:port"),
             (["10.9.0.1:0"], "outside"),
             (["a;b:80"], "not an IP address"),
-            (["a\n:80"], "not allowed"),
+            (["a\n:80"], "not an IP address or an RFC 1123 host name"),
             (["[10.0.0.1]:80"], "non-IPv6"),
             (["10.9.0.1:8080", "10.9.0.1:8080"], "listed twice"),
             (["[2001:db8::9]:80", "[2001:db8:0::9]:80"], "listed twice"),
