@@ -37,6 +37,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a config and list its upstreams")
     check.add_argument("--config", required=True, help="path to upstream_zk_nodes.conf")
+
+    demo = commands.add_parser("demo", help="a self-contained local demo (ZooKeeper, nginx, three backends)")
+    demo.add_argument("--nginx", metavar="PATH", help="a dyups-enabled nginx binary (default: stock nginx, reload mode)")
+    demo.add_argument("--interval", type=float, default=3.0, help=argparse.SUPPRESS)
     return parser
 
 
@@ -78,8 +82,13 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).info("received %s; stopping", signal.Signals(signum).name)
         daemon.request_stop()
 
+    def reassert(_signum: int, _frame: FrameType | None) -> None:
+        daemon.request_reassert()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # SIGHUP after a manual `nginx -s reload`: put every upstream back into dyups now.
+    signal.signal(signal.SIGHUP, reassert)
     return daemon.run()
 
 
@@ -89,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "demo":
+        from reloader.demo import run_demo  # imported late: only the demo needs localenv
+
+        return run_demo(nginx_binary=args.nginx, interval=args.interval)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -21,6 +21,7 @@ from reloader.inbox import Inbox
 from reloader.outputs.base import Output
 from reloader.outputs.dyups import DyupsOutput
 from reloader.outputs.files import FilesOutput
+from reloader.outputs.reload import ReloadOutput
 from reloader.pipeline import Pipeline
 from reloader.readback import ReadbackError, parse_upstream_block
 from reloader.sources.zookeeper import ZooKeeperSource
@@ -44,8 +45,14 @@ class Daemon:
         outputs: list[Output] = [self.files]
         self.dyups: DyupsOutput | None = None
         if config.dyups_url:
-            self.dyups = DyupsOutput(config.dyups_url)
+            self.dyups = DyupsOutput(
+                config.dyups_url,
+                reconcile_interval=config.reconcile_interval,
+                reassert_interval=config.reassert_interval,
+            )
             outputs.append(self.dyups)
+        if config.nginx_reload:
+            outputs.append(ReloadOutput(self.files, config.nginx_reload))
         self.pipeline = Pipeline(config.znodes, outputs)
         self.sources = [
             ZooKeeperSource(cluster, self.inbox, self.pipeline, config.zk_session_timeout, client_factory)
@@ -60,6 +67,12 @@ class Daemon:
         """Ask the worker loop to finish; safe from a signal handler or any thread."""
         self._stop.set()
         self.inbox.put(lambda: None)  # wake the worker if it is waiting
+
+    def request_reassert(self) -> None:
+        """Ask the worker to re-POST every managed upstream now (SIGHUP); safe from any thread."""
+        if self.dyups is not None:
+            dyups = self.dyups
+            self.inbox.put(lambda: dyups.reassert("SIGHUP"))
 
     def run(self) -> int:
         """Run until asked to stop; returns the process exit code."""

@@ -15,10 +15,21 @@ project's dyups protocol notes):
 * A refused connection means the interface is down: the upstream stays
   pending, files keep being written by their own output, and the pending
   state is POSTed as soon as the interface answers again.
+
+Real builds also lose POSTed state behind the daemon's back: ``nginx -s
+reload`` and restarts wipe it, and a crashed worker comes back with the files
+only. So every ``reconcile_interval`` the live state is read and compared
+with the desired state (drifted upstreams are re-POSTed, each repair logged
+with its reason), and every ``reassert_interval`` every managed upstream is
+re-POSTed regardless, because ``/detail`` answers from one worker and cannot
+show workers that disagree. Upstreams the config does not manage are never
+touched, and the desired state of a frozen upstream is its last good state,
+because the pipeline publishes nothing newer while its cluster is frozen.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import time
@@ -26,10 +37,13 @@ from collections import Counter
 from typing import Callable
 
 import requests
+from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.retry import Retry
 
-from reloader.model import Upstream
+from reloader.model import Server, Upstream
 from reloader.outputs.base import Output
+from reloader.outputs.dyups_state import LiveStateError, LiveStateReader, fingerprints
 from reloader.render import render_dyups_body
 
 log = logging.getLogger(__name__)
@@ -49,6 +63,8 @@ class DyupsOutput(Output):
         max_attempts: int = 5,
         backoff: float = 0.05,
         retry_interval: float = 1.0,
+        reconcile_interval: float = 5.0,
+        reassert_interval: float = 60.0,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -58,7 +74,7 @@ class DyupsOutput(Output):
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._retry_interval = retry_interval
-        self._session = session or requests.Session()
+        self._session = session or _keepalive_session()
         self._clock = clock
         self._sleep = sleep
         self._random = random.Random()
@@ -69,6 +85,12 @@ class DyupsOutput(Output):
         self._reachable = True
         self._next_retry = 0.0
         self.counters: Counter[str] = Counter()
+        self._reader = LiveStateReader(self._session, self.base_url, self._timeout)
+        self._reconcile_interval = reconcile_interval
+        self._reassert_interval = reassert_interval
+        now = clock()
+        self._next_reconcile = now + reconcile_interval
+        self._next_reassert = now + reassert_interval
 
     # ---- Output ----------------------------------------------------------------
 
@@ -84,11 +106,61 @@ class DyupsOutput(Output):
         self.publish(upstream)
 
     def tick(self, now: float) -> None:
-        if not self._pending or now < self._next_retry:
-            return
+        if self._pending and now >= self._next_retry:
+            self._push_pending()
+        if self._reassert_interval and now >= self._next_reassert:
+            self._next_reassert = now + self._reassert_interval
+            self._next_reconcile = now + self._reconcile_interval  # a re-assert is a repair of everything
+            self.reassert("periodic")
+        elif self._reconcile_interval and now >= self._next_reconcile and self._reachable:
+            self._next_reconcile = now + self._reconcile_interval
+            self.reconcile()
+
+    def _push_pending(self) -> None:
         for name in list(self._pending):
             if not self._push(name):
                 break
+
+    def reassert(self, why: str) -> None:
+        """Re-POST every managed upstream now, drift or not."""
+        if not self.desired:
+            return
+        log.info("dyups: re-asserting %d upstreams (%s)", len(self.desired), why)
+        self.counters["reasserts"] += 1
+        for name in self.desired:
+            self._pending[name] = None
+        self._push_pending()
+
+    def reconcile(self) -> dict[str, str]:
+        """Compare live and desired state, re-POST what drifted; returns {name: reason} repaired."""
+        try:
+            live = self._reader.read()
+        except requests.ConnectionError as error:
+            self._reader.forget_api()
+            if _interface_down(error):
+                self._mark_unreachable(error)
+            return {}
+        except (requests.RequestException, LiveStateError) as error:
+            self._reader.forget_api()
+            log.warning("dyups: cannot read the live state: %s", error)
+            return {}
+        self._mark_reachable()
+        live_by_lower = {name.lower(): servers for name, servers in live.items()}
+        repairs: dict[str, str] = {}
+        for name, upstream in self.desired.items():
+            if name in self._pending:
+                continue  # already on its way
+            servers = live.get(name, live_by_lower.get(name))
+            reason = _drift(upstream.servers, servers)
+            if reason:
+                repairs[name] = reason
+        for name, reason in repairs.items():
+            log.warning("dyups: upstream %s drifted (%s); re-POSTing", name, reason)
+            self.counters["repairs"] += 1
+            self._pending[name] = None
+        if repairs:
+            self._push_pending()
+        return repairs
 
     def close(self) -> None:
         self._session.close()
@@ -171,6 +243,50 @@ class DyupsOutput(Output):
         if not self._reachable:
             self._reachable = True
             log.warning("dyups: interface %s answers again; catching up %d upstreams", self.base_url, len(self._pending))
+
+
+def _keepalive_session() -> requests.Session:
+    """One keep-alive session; reads (GET) retry on a fresh connection when a kept-alive one was dropped.
+
+    POSTs are left out of urllib3's retries on purpose: this module retries
+    them itself, with backoff, and must see a refused connection at once.
+    """
+    session = requests.Session()
+    retry = Retry(total=2, connect=0, read=2, redirect=0, status=0, other=0,
+                  allowed_methods=frozenset({"GET"}), raise_on_status=False)
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=1)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _drift(desired: tuple[Server, ...], live: tuple[Server, ...] | None) -> str | None:
+    """Why ``live`` is not ``desired``, or None when nginx serves what was asked."""
+    if live is None:
+        return "missing"
+    if any(not _is_ip(server.host) for server in desired):
+        # nginx shows a host name's resolved addresses, so the two sides
+        # cannot be compared; the periodic re-assert covers these upstreams.
+        return None
+    wanted, have = fingerprints(desired), fingerprints(live)
+    if wanted == have:
+        return None
+    missing = sorted(f"{f[0]}:{f[1]}" for f in wanted - have)
+    extra = sorted(f"{f[0]}:{f[1]}" for f in have - wanted)
+    parts = ["differs"]
+    if missing:
+        parts.append(f"missing servers {', '.join(missing)}")
+    if extra:
+        parts.append(f"extra servers {', '.join(extra)}")
+    return "; ".join(parts)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _interface_down(error: requests.ConnectionError) -> bool:

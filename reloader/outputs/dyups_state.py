@@ -1,0 +1,131 @@
+"""Read what a dyups nginx is serving right now, in the model's terms.
+
+Two API generations exist (see the project's dyups protocol notes):
+
+* stable and Tengine builds answer ``GET /detail`` with blocks of a name line
+  and one ``server ADDR weight=1 max_conns=0 ... down=0`` line per server;
+* the 2020 master build has no ``/detail`` (404) and its ``GET /list``
+  returns whole ``upstream NAME { ... }`` blocks as they were posted.
+
+:class:`LiveStateReader` detects which one it talks to once per connection
+and parses either into ``{name: servers}``. :func:`fingerprint` reduces a
+server to what both sides can express, so that the desired state and the
+live state compare equal exactly when nginx serves what was asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Iterable
+
+import requests
+
+from reloader.durations import parse_duration
+from reloader.model import Server
+from reloader.readback import ReadbackError, parse_server_statement
+
+log = logging.getLogger(__name__)
+
+# nginx's defaults as /detail prints them; a parameter at its default is the
+# same as no parameter at all.
+_DEFAULT_PARAMS = {"max_conns": "0", "max_fails": "1", "fail_timeout": "10"}
+_TIME_PARAMS = {"fail_timeout", "slow_start"}
+_LIST_BLOCK = re.compile(r"upstream\s+(\S+)\s*\{([^{}]*)\}", re.DOTALL)
+
+Fingerprint = tuple[str, int, int, bool, bool, frozenset[tuple[str, str]]]
+
+
+class LiveStateError(Exception):
+    """The live state could not be read or understood."""
+
+
+def _canonical_value(name: str, value: str) -> str:
+    if name in _TIME_PARAMS:
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            return value
+        return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
+    return value
+
+
+def fingerprint(server: Server) -> Fingerprint:
+    """What identifies a server line across renderings (defaults dropped, times in seconds)."""
+    params = frozenset(
+        (name, canonical)
+        for name, value in server.params
+        if _DEFAULT_PARAMS.get(name) != (canonical := _canonical_value(name, value))
+    )
+    return (server.host, server.port, server.weight, server.backup, server.down, params)
+
+
+def fingerprints(servers: Iterable[Server]) -> frozenset[Fingerprint]:
+    return frozenset(fingerprint(server) for server in servers)
+
+
+def parse_detail(text: str) -> dict[str, tuple[Server, ...]]:
+    """Parse a ``GET /detail`` answer (stable, Tengine)."""
+    live: dict[str, tuple[Server, ...]] = {}
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = [line.strip() for line in block.splitlines() if line.strip()]
+        if not lines:
+            continue
+        name, server_lines = lines[0], lines[1:]
+        try:
+            live[name] = tuple(parse_server_statement(line.rstrip(";")) for line in server_lines)
+        except ReadbackError as error:
+            raise LiveStateError(f"/detail block {name!r}: {error}") from None
+    return live
+
+
+def parse_list_blocks(text: str) -> dict[str, tuple[Server, ...]]:
+    """Parse a ``GET /list`` answer of the 2020 master build (whole blocks)."""
+    live: dict[str, tuple[Server, ...]] = {}
+    for name, body in _LIST_BLOCK.findall(text):
+        statements = [" ".join(raw.split()) for raw in body.split(";")]
+        try:
+            live[name] = tuple(
+                parse_server_statement(statement) for statement in statements if statement.startswith("server ")
+            )
+        except ReadbackError as error:
+            raise LiveStateError(f"/list block {name!r}: {error}") from None
+    return live
+
+
+class LiveStateReader:
+    """Reads the live upstream table from a dyups interface."""
+
+    def __init__(self, session: requests.Session, base_url: str, timeout: tuple[float, float]) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        # "detail" or "list"; None until detected. Forgotten whenever the
+        # connection fails, because a restarted nginx may be another build.
+        self.api: str | None = None
+
+    def forget_api(self) -> None:
+        self.api = None
+
+    def read(self) -> dict[str, tuple[Server, ...]]:
+        """The live ``{name: servers}``; raises requests errors or LiveStateError."""
+        if self.api in (None, "detail"):
+            response = self._get("/detail")
+            if response.status_code in (200, 204):
+                if self.api is None:
+                    log.info("dyups: %s has /detail (stable or Tengine API)", self._base_url)
+                self.api = "detail"
+                return parse_detail(response.text) if response.status_code == 200 else {}
+            if response.status_code != 404:
+                raise LiveStateError(f"GET /detail answered {response.status_code}")
+            log.info("dyups: %s has no /detail; reading blocks from /list (2020 master API)", self._base_url)
+            self.api = "list"
+        response = self._get("/list")
+        if response.status_code == 204:
+            return {}
+        if response.status_code != 200:
+            raise LiveStateError(f"GET /list answered {response.status_code}")
+        return parse_list_blocks(response.text)
+
+    def _get(self, path: str) -> requests.Response:
+        return self._session.get(f"{self._base_url}{path}", timeout=self._timeout)
