@@ -1,0 +1,272 @@
+"""The reload output: stock nginx, no dyups module, kept in step by ``nginx -s reload``.
+
+The files output writes ``<name>.upstream`` first (it runs before this output
+in every batch); this output then makes nginx pick the files up:
+
+1. run ``test_cmd`` (``nginx -t``). If nginx refuses the new files, put back
+   their previous contents, log nginx's own message, and keep serving: the
+   running nginx never saw the bad files, and a restart later reads the old
+   ones. When several files changed together, each is tried on its own so a
+   single bad upstream does not hold back the good ones.
+2. if the test passes, run ``reload_cmd`` (``nginx -s reload``). If that
+   fails (nginx not running yet, say), the files stay -- they passed the
+   test -- and the reload is tried again later, backing off up to a minute.
+
+Rate limit: at most one test-and-reload per ``min_interval``. The first change
+after a quiet period is applied at once, at the end of its batch; changes that
+arrive inside the interval are collected and applied together by ``tick``
+once it has passed, so none is lost. Files that went back to their tested
+contents (A -> B -> A within one window) cause no reload at all. Pending
+changes are applied at shutdown too: the next start adopts the files as
+published, so it would never reload for them.
+
+Commands are argv lists run without a shell and with a timeout; a timeout or
+a missing binary is a failure like any other, logged with the command.
+Everything here runs on the worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import time
+from typing import Callable
+
+from reloader.config import ReloadConfig
+from reloader.model import Upstream
+from reloader.outputs.base import Output
+from reloader.outputs.files import FilesOutput, atomic_write
+
+log = logging.getLogger(__name__)
+
+#: Seconds either command may run before it counts as failed.
+COMMAND_TIMEOUT = 30.0
+#: Upper bound of the back-off between attempts after ``reload_cmd`` failed.
+MAX_RETRY_INTERVAL = 60.0
+#: How much of a command's output goes into a log line.
+_OUTPUT_LIMIT = 2000
+
+Clock = Callable[[], float]
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+class ReloadOutput(Output):
+    """Tests and reloads nginx after the files output changed ``*.upstream`` files."""
+
+    name = "reload"
+
+    def __init__(
+        self,
+        files: FilesOutput,
+        config: ReloadConfig,
+        *,
+        clock: Clock = time.monotonic,
+        run: Runner = subprocess.run,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
+        self.files = files
+        self.config = config
+        self._clock = clock
+        self._run = run
+        self._timeout = timeout
+        # name -> text of the file when it last passed test_cmd (None: no
+        # file), for every file changed since then: what a refusal restores.
+        self._pending: dict[str, str | None] = {}
+        # Earliest time the next test-and-reload may run.
+        self._next_allowed = float("-inf")
+        self._retry_interval = 0.0
+        # reload_cmd failed after a passing test; reload again at the next window.
+        self._reload_owed = False
+        #: Successful reloads.
+        self.reloads = 0
+        #: Times ``test_cmd`` refused a change (files were restored).
+        self.test_failures = 0
+        #: Times ``reload_cmd`` failed after a passing test (retried later).
+        self.reload_failures = 0
+        #: Times a window's changes cancelled out, so no reload was needed.
+        self.skipped = 0
+
+    # ---- Output interface ---------------------------------------------------------
+
+    def publish(self, upstream: Upstream) -> None:
+        """Nothing to do per upstream: the files output wrote it; end_batch acts on the batch."""
+
+    def seed(self, upstream: Upstream) -> None:
+        """Start-up: the file already holds ``upstream`` and nginx loaded it; never reload."""
+
+    def end_batch(self) -> None:
+        self._collect()
+        self._maybe_apply(self._clock())
+
+    def tick(self, now: float) -> None:
+        # The files output's own retries (in its tick, just before ours) may
+        # have written files; pick those up too.
+        self._collect()
+        self._maybe_apply(now)
+
+    def close(self) -> None:
+        """At shutdown, apply what is still waiting for its window.
+
+        Otherwise the files would hold a state nginx never loaded, and the
+        next start-up, adopting the files as published, would never reload.
+        """
+        self._collect()
+        if self._pending or self._reload_owed:
+            log.info("reload: applying pending changes before exit")
+            self._apply(self._clock())
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Upstreams changed on disk and waiting for the next reload."""
+        return tuple(sorted(self._pending))
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _collect(self) -> None:
+        for name, previous in self.files.take_changes().items():
+            # Keep the oldest previous text: it is what nginx serves.
+            self._pending.setdefault(name, previous)
+
+    def _maybe_apply(self, now: float) -> None:
+        if (self._pending or self._reload_owed) and now >= self._next_allowed:
+            self._apply(now)
+
+    def _current(self, name: str) -> str | None:
+        try:
+            return self.files.read(name)
+        except (OSError, UnicodeDecodeError) as error:
+            log.warning("reload: cannot read %s: %s", self.files.path_for(name), error)
+            return None
+
+    def _apply(self, now: float) -> None:
+        changes = self._pending
+        self._pending = {}
+        current = {name: self._current(name) for name in changes}
+        net = {name: previous for name, previous in changes.items() if current[name] != previous}
+        if not net and not self._reload_owed:
+            log.info("reload: %s back to what nginx serves; no reload needed", ", ".join(sorted(changes)))
+            self.skipped += 1
+            return
+        self._next_allowed = now + self.config.min_interval
+
+        if net:
+            ok, output = self._command(self.config.test_cmd, "test_cmd")
+            if not ok:
+                net = self._reject(net, current, output)
+                if not net and not self._reload_owed:
+                    return
+        # From here on the files on disk passed the test: they are the state a
+        # later refusal restores, whether or not the reload below succeeds.
+        what = _names(net) if net else "changes of an earlier failed reload"
+        ok, output = self._command(self.config.reload_cmd, "reload_cmd")
+        if not ok:
+            self.reload_failures += 1
+            # nginx may still serve an older state: reload again later,
+            # backing off so a stopped nginx does not flood the log.
+            self._reload_owed = True
+            self._retry_interval = min(
+                max(self._retry_interval * 2, self.config.min_interval, 1.0), MAX_RETRY_INTERVAL
+            )
+            self._next_allowed = now + self._retry_interval
+            log.error(
+                "reload: %s failed for %s; will try again in %.0f s%s",
+                _show(self.config.reload_cmd), what, self._retry_interval, _detail(output),
+            )
+            return
+        self._reload_owed = False
+        self._retry_interval = 0.0
+        self.reloads += 1
+        log.info("reload: nginx reloaded for %s", what)
+
+    def _reject(
+        self, net: dict[str, str | None], current: dict[str, str | None], output: str
+    ) -> dict[str, str | None]:
+        """``test_cmd`` failed on ``net``: restore, then keep whichever files pass alone.
+
+        Returns the changes that are still on disk and passed the test.
+        """
+        self.test_failures += 1
+        log.error(
+            "reload: %s refused the new %s; keeping the previous contents%s",
+            _show(self.config.test_cmd), _names(net), _detail(output),
+        )
+        restored = {name for name in sorted(net) if self._restore(name, net[name])}
+        if len(net) == 1:
+            return {}
+        # Several upstreams changed together: one bad one must not keep the
+        # others from nginx. Try each on top of the ones already accepted.
+        accepted: dict[str, str | None] = {}
+        for name in sorted(net):
+            if name not in restored or current[name] is None:
+                continue
+            try:
+                atomic_write(self.files.path_for(name), current[name])
+            except OSError as error:
+                log.error("reload: cannot write %s back: %s", self.files.path_for(name), error)
+                continue
+            ok, alone = self._command(self.config.test_cmd, "test_cmd", quiet=True)
+            if ok:
+                accepted[name] = net[name]
+            else:
+                log.error("reload: upstream %s is the one nginx refuses%s", name, _detail(alone))
+                self._restore(name, net[name])
+        if accepted:
+            log.info("reload: %s pass on their own; reloading with them", _names(accepted))
+        return accepted
+
+    def _restore(self, name: str, previous: str | None) -> bool:
+        try:
+            self.files.restore(name, previous)
+            return True
+        except OSError as error:
+            log.error(
+                "reload: cannot restore %s: %s; nginx still serves the previous state, "
+                "but a restart would read the refused file",
+                self.files.path_for(name), error.strerror or error,
+            )
+            return False
+
+    def _command(self, argv: tuple[str, ...], what: str, quiet: bool = False) -> tuple[bool, str]:
+        """Run ``argv`` (no shell); return (succeeded, trimmed output)."""
+        try:
+            result = self._run(
+                list(argv),
+                capture_output=True,
+                text=True,
+                timeout=self._timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except FileNotFoundError:
+            return False, f"{what} {_show(argv)} cannot run: {argv[0]!r} not found"
+        except subprocess.TimeoutExpired:
+            return False, f"{what} {_show(argv)} did not finish within {self._timeout:g} s"
+        except OSError as error:
+            return False, f"{what} {_show(argv)} could not be started: {error.strerror or error}"
+        output = _trim(f"{result.stderr or ''}\n{result.stdout or ''}")
+        if result.returncode != 0:
+            return False, output or f"{what} exited with code {result.returncode} and printed nothing"
+        if output and not quiet:
+            log.debug("reload: %s: %s", what, output)
+        return True, output
+
+
+def _show(argv: tuple[str, ...] | list[str]) -> str:
+    return shlex.join(argv)
+
+
+def _names(changes: dict[str, str | None]) -> str:
+    names = sorted(changes)
+    return ("upstream " if len(names) == 1 else "upstreams ") + ", ".join(names)
+
+
+def _trim(text: str) -> str:
+    text = text.strip()
+    if len(text) > _OUTPUT_LIMIT:
+        text = "..." + text[-_OUTPUT_LIMIT:]
+    return text
+
+
+def _detail(output: str) -> str:
+    return f":\n{output}" if output else ""
