@@ -20,6 +20,8 @@ from reloader.render import render_file
 log = logging.getLogger(__name__)
 
 SUFFIX = ".upstream"
+# Seconds between retries of a failed write (a full disk must not flood the log).
+RETRY_INTERVAL = 5.0
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -56,6 +58,7 @@ class FilesOutput(Output):
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._failed: dict[str, Upstream] = {}
+        self._next_retry = 0.0
         # name -> previous text (None if the file did not exist) for every file
         # changed since the last take_changes(); the reload output uses it to
         # roll back a change that `nginx -t` refuses.
@@ -117,5 +120,8 @@ class FilesOutput(Output):
         log.warning("files: restored the previous %s", path)
 
     def tick(self, now: float) -> None:
+        if not self._failed or now < self._next_retry:
+            return
+        self._next_retry = now + RETRY_INTERVAL
         for upstream in list(self._failed.values()):
             self.publish(upstream)

@@ -125,7 +125,7 @@ class ReloadOutput(Output):
 
     def _collect(self) -> None:
         for name, previous in self.files.take_changes().items():
-            # Keep the oldest previous text: it is what nginx serves.
+            # Keep the oldest previous text: the last one that passed test_cmd.
             self._pending.setdefault(name, previous)
 
     def _maybe_apply(self, now: float) -> None:
@@ -145,7 +145,7 @@ class ReloadOutput(Output):
         current = {name: self._current(name) for name in changes}
         net = {name: previous for name, previous in changes.items() if current[name] != previous}
         if not net and not self._reload_owed:
-            log.info("reload: %s back to what nginx serves; no reload needed", ", ".join(sorted(changes)))
+            log.info("reload: %s back to the tested contents; no reload needed", ", ".join(sorted(changes)))
             self.skipped += 1
             return
         self._next_allowed = now + self.config.min_interval
