@@ -1,0 +1,164 @@
+"""Unit tests of the pipeline: parse, assemble, guards, and what reaches the outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from reloader.assemble import UpstreamOptions
+from reloader.config import ZnodeConfig
+from reloader.model import Server, Upstream
+from reloader.outputs.base import Output
+from reloader.pipeline import Pipeline
+
+
+class RecordingOutput(Output):
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.published: list[Upstream] = []
+        self.seeded: list[Upstream] = []
+        self.batches = 0
+
+    def publish(self, upstream: Upstream) -> None:
+        self.published.append(upstream)
+
+    def seed(self, upstream: Upstream) -> None:
+        self.seeded.append(upstream)
+
+    def end_batch(self) -> None:
+        self.batches += 1
+
+
+class BrokenOutput(Output):
+    name = "broken"
+
+    def publish(self, upstream: Upstream) -> None:
+        raise RuntimeError("disk on fire")
+
+
+class Gate:
+    def __init__(self, is_open: bool) -> None:
+        self.is_open = is_open
+
+
+def make(options: UpstreamOptions = UpstreamOptions(), outputs: tuple[Output, ...] = ()) -> tuple[Pipeline, RecordingOutput]:
+    recorder = RecordingOutput()
+    znode = ZnodeConfig(upstream="app", path="/services/app", key_path="zk_nodes.app", options=options)
+    return Pipeline([znode], [*outputs, recorder]), recorder
+
+
+def addresses(upstream: Upstream) -> list[str]:
+    return [server.address for server in upstream.servers]
+
+
+def test_a_snapshot_is_parsed_merged_sorted_and_published() -> None:
+    pipeline, out = make()
+    pipeline.update("app", {
+        "10.0.0.2:80": b"3",
+        "10.0.0.1:80": b"",
+        "uuid-1": json.dumps({"address": "10.0.0.2", "port": 80, "payload": {"metadata": {"weight": 5}}}).encode(),
+    }, "/services/app")
+    assert len(out.published) == 1
+    upstream = out.published[0]
+    assert addresses(upstream) == ["10.0.0.1:80", "10.0.0.2:80"]
+    assert upstream.servers[1].weight == 5  # the same endpoint twice: the higher weight wins
+    assert upstream.live_count == 2
+
+
+def test_an_unchanged_snapshot_is_not_published_again() -> None:
+    pipeline, out = make()
+    for _ in range(3):
+        pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
+    assert len(out.published) == 1
+
+
+def test_zero_valid_instances_keep_the_last_good_state(caplog: pytest.LogCaptureFixture) -> None:
+    pipeline, out = make()
+    pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
+    with caplog.at_level(logging.WARNING):
+        pipeline.update("app", {}, "/services/app")
+        pipeline.update("app", {"garbage;}": b""}, "/services/app")
+    assert len(out.published) == 1
+    assert addresses(pipeline.last_good("app")) == ["10.0.0.1:80"]  # type: ignore[arg-type]
+    empty_warnings = [r for r in caplog.records if "no valid instances" in r.getMessage()]
+    assert len(empty_warnings) == 1, "one warning per transition to empty, not one per event"
+    assert "keeping the last good state (1 servers)" in empty_warnings[0].getMessage()
+
+
+def test_nothing_is_published_before_any_instance_exists() -> None:
+    pipeline, out = make()
+    pipeline.update("app", {}, "/services/app")
+    assert out.published == []
+
+
+def test_backup_servers_alone_make_a_valid_first_state_but_never_replace_a_live_one() -> None:
+    backups = (Server("10.9.9.9", 8080),)
+    pipeline, out = make(UpstreamOptions(backup_servers=backups))
+    pipeline.update("app", {}, "/services/app")
+    assert [(s.address, s.backup) for s in out.published[-1].servers] == [("10.9.9.9:8080", False)]
+    pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
+    assert [(s.address, s.backup) for s in out.published[-1].servers] == [
+        ("10.0.0.1:80", False), ("10.9.9.9:8080", True),
+    ]
+    # The registry empties: backups do not count as live, so the guard keeps the last good state.
+    pipeline.update("app", {}, "/services/app")
+    assert len(out.published) == 2
+
+
+def test_a_closed_gate_freezes_the_upstream() -> None:
+    pipeline, out = make()
+    gate = Gate(is_open=True)
+    pipeline.attach_gate("app", gate)
+    pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
+    gate.is_open = False
+    pipeline.update("app", {"10.0.0.2:80": b""}, "/services/app")
+    assert len(out.published) == 1
+    gate.is_open = True
+    pipeline.update("app", {"10.0.0.2:80": b""}, "/services/app")
+    assert addresses(out.published[-1]) == ["10.0.0.2:80"]
+
+
+def test_a_bad_child_is_warned_about_once_not_on_every_event(caplog: pytest.LogCaptureFixture) -> None:
+    pipeline, _out = make()
+    with caplog.at_level(logging.WARNING):
+        for extra in ("10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"):
+            pipeline.update("app", {"10.0.0.1:80": b"", "a b:80": b"", extra: b""}, "/services/app")
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "/services/app" in warnings[0] and "'a b:80'" in warnings[0]
+
+
+def test_a_bad_child_that_leaves_and_returns_is_warned_about_again(caplog: pytest.LogCaptureFixture) -> None:
+    pipeline, _out = make()
+    with caplog.at_level(logging.WARNING):
+        pipeline.update("app", {"10.0.0.1:80": b"", "host:0": b""}, "/services/app")
+        pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
+        pipeline.update("app", {"10.0.0.1:80": b"", "host:0": b""}, "/services/app")
+    assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 2
+
+
+def test_a_failing_output_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    pipeline, out = make(outputs=(BrokenOutput(),))
+    with caplog.at_level(logging.ERROR):
+        pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
+    assert len(out.published) == 1
+    assert any("output broken failed for upstream app" in r.getMessage() for r in caplog.records)
+
+
+def test_seed_adopts_a_state_without_publishing_it() -> None:
+    pipeline, out = make()
+    seeded = Upstream("app", (Server("10.0.0.1", 80),), live_count=1)
+    pipeline.seed(seeded)
+    assert out.seeded == [seeded] and out.published == []
+    pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
+    assert out.published == [], "the registry agrees with the file: nothing to publish"
+
+
+def test_unknown_upstreams_are_ignored() -> None:
+    pipeline, out = make()
+    pipeline.update("other", {"10.0.0.1:80": b""}, "/services/other")
+    pipeline.seed(Upstream("other", (Server("10.0.0.1", 80),)))
+    assert out.published == [] and out.seeded == []
