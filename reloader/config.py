@@ -317,8 +317,19 @@ def _parse_znode(
 
 
 def _parse_cluster(
-    problems: _Collector, key_path: str, value: Any, dyups_enabled: bool, extra_keys: set[str]
+    problems: _Collector,
+    key_path: str,
+    value: Any,
+    dyups_enabled: bool,
+    extra_keys: set[str],
+    parsed_znodes: list[ZnodeConfig],
 ) -> ClusterConfig | None:
+    """Validate one cluster; every znode that parses is added to ``parsed_znodes``.
+
+    The znodes are collected even when the cluster as a whole is invalid, so
+    that a name used twice is reported together with the cluster's other
+    problems, not in a second round.
+    """
     if not isinstance(value, dict):
         problems.add(key_path, "must be a mapping with zk_servers and zk_nodes")
         return None
@@ -338,6 +349,7 @@ def _parse_cluster(
         _parse_znode(problems, _join(nodes_path, str(name)), name, entry, dyups_enabled)
         for name, entry in nodes.items()
     ]
+    parsed_znodes.extend(znode for znode in znodes if znode)
     if zk_servers is None or any(znode is None for znode in znodes):
         return None
     return ClusterConfig(key_path=key_path, zk_servers=zk_servers, znodes=tuple(z for z in znodes if z))
@@ -378,21 +390,22 @@ def parse_config(data: Any, source: str = "<config>", overrides: Mapping[str, An
     dyups_url = problems.check("dyups_url", _parse_dyups_url, settings.get("dyups_url"))
     dyups_enabled = dyups_url is not None
 
+    parsed_znodes: list[ZnodeConfig] = []
     clusters = [
-        _parse_cluster(problems, key_path, item, dyups_enabled, cluster_extra) for key_path, item in cluster_items
+        _parse_cluster(problems, key_path, item, dyups_enabled, cluster_extra, parsed_znodes)
+        for key_path, item in cluster_items
     ]
     if isinstance(data, list) and not data:
         problems.add("", "the list of clusters is empty")
 
     first_seen: dict[str, str] = {}
-    for cluster in clusters:
-        for znode in cluster.znodes if cluster else ():
-            if znode.upstream in first_seen:
-                problems.add(
-                    znode.key_path, f"upstream name {znode.upstream!r} is already used at {first_seen[znode.upstream]}"
-                )
-            else:
-                first_seen[znode.upstream] = znode.key_path
+    for znode in parsed_znodes:
+        if znode.upstream in first_seen:
+            problems.add(
+                znode.key_path, f"upstream name {znode.upstream!r} is already used at {first_seen[znode.upstream]}"
+            )
+        else:
+            first_seen[znode.upstream] = znode.key_path
 
     files_output_path = problems.check(
         "files_output_path", _parse_files_output_path, settings.get("files_output_path", str(DEFAULT_FILES_OUTPUT_PATH))
