@@ -187,11 +187,12 @@ class ReloadOutput(Output):
         Returns the changes that are still on disk and passed the test.
         """
         self.test_failures += 1
+        # Restore before logging, so the line never announces what has not happened yet.
+        restored = {name for name in sorted(net) if self._restore(name, net[name])}
         log.error(
-            "reload: %s refused the new %s; keeping the previous contents%s",
+            "reload: %s refused the new %s; kept the previous contents%s",
             _show(self.config.test_cmd), _names(net), _detail(output),
         )
-        restored = {name for name in sorted(net) if self._restore(name, net[name])}
         if len(net) == 1:
             return {}
         # Several upstreams changed together: one bad one must not keep the
