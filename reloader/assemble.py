@@ -48,17 +48,17 @@ def apply_server_params(server: Server, params: tuple[tuple[str, str], ...]) -> 
     if not params:
         return server
     extra: list[tuple[str, str]] = []
-    changes: dict[str, object] = {}
+    weight, backup, down = server.weight, server.backup, server.down
     for name, value in params:
         if name == "weight":
-            changes["weight"] = int(value)
+            weight = int(value)
         elif name == "backup":
-            changes["backup"] = True
+            backup = True
         elif name == "down":
-            changes["down"] = True
+            down = True
         else:
             extra.append((name, value))
-    return replace(server, params=tuple(extra), **changes)
+    return replace(server, weight=weight, backup=backup, down=down, params=tuple(extra))
 
 
 def assemble_upstream(name: str, live: Iterable[Server], options: UpstreamOptions = UpstreamOptions()) -> Upstream:

@@ -45,8 +45,10 @@ def parse_server_statement(statement: str) -> Server:
         key, value = match.group("key"), match.group("value")
         if key == "weight" and value is not None and value.isdigit():
             server = replace(server, weight=int(value))
-        elif key in ("backup", "down"):
-            server = replace(server, **{key: value in (None, "1")})
+        elif key == "backup":
+            server = replace(server, backup=value in (None, "1"))
+        elif key == "down":
+            server = replace(server, down=value in (None, "1"))
         else:
             extra.append((key, value or ""))
     return replace(server, params=tuple(extra))

@@ -49,10 +49,10 @@ def _split_authority(authority: str) -> tuple[str, str] | Skip:
     hostport = authority.rpartition("@")[2]  # credentials are never needed, nor logged
     if hostport.startswith("["):
         try:
-            host, port = split_hostport(hostport)
+            bracketed_host, port_number = split_hostport(hostport)
         except InvalidAddress as error:
             return Skip(f"dubbo provider: {str(error)[:160]}")
-        return host, str(port)
+        return bracketed_host, str(port_number)
     host, sep, port = hostport.rpartition(":")
     if not sep:
         return Skip(f"provider address {preview(hostport, 60)} has no port")

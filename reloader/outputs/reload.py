@@ -199,10 +199,11 @@ class ReloadOutput(Output):
         # others from nginx. Try each on top of the ones already accepted.
         accepted: dict[str, str | None] = {}
         for name in sorted(net):
-            if name not in restored or current[name] is None:
+            refused_text = current[name]
+            if name not in restored or refused_text is None:
                 continue
             try:
-                atomic_write(self.files.path_for(name), current[name])
+                atomic_write(self.files.path_for(name), refused_text)
             except OSError as error:
                 log.error("reload: cannot write %s back: %s", self.files.path_for(name), error)
                 continue
