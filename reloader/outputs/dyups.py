@@ -88,6 +88,10 @@ class DyupsOutput(Output):
         self._reader = LiveStateReader(self._session, self.base_url, self._timeout)
         self._reconcile_interval = reconcile_interval
         self._reassert_interval = reassert_interval
+        # Bumped on every publish. With the live text, it lets a reconcile pass
+        # skip parsing when nothing changed on either side since a clean pass.
+        self._desired_version = 0
+        self._last_clean: tuple[str, str, int] | None = None
         now = clock()
         self._next_reconcile = now + reconcile_interval
         self._next_reassert = now + reassert_interval
@@ -96,6 +100,7 @@ class DyupsOutput(Output):
 
     def publish(self, upstream: Upstream) -> None:
         self.desired[upstream.name] = upstream
+        self._desired_version += 1
         self._pending[upstream.name] = None
         if self._reachable:
             self._push(upstream.name)
@@ -134,7 +139,7 @@ class DyupsOutput(Output):
     def reconcile(self) -> dict[str, str]:
         """Compare live and desired state, re-POST what drifted; returns {name: reason} repaired."""
         try:
-            live = self._reader.read()
+            api, text = self._reader.fetch()
         except requests.ConnectionError as error:
             self._reader.forget_api()
             if _interface_down(error):
@@ -145,6 +150,14 @@ class DyupsOutput(Output):
             log.warning("dyups: cannot read the live state: %s", error)
             return {}
         self._mark_reachable()
+        fingerprint_of_pass = (api, text, self._desired_version)
+        if fingerprint_of_pass == self._last_clean:
+            return {}  # the same live text against the same desired state: still clean
+        try:
+            live = self._reader.parse(api, text)
+        except LiveStateError as error:
+            log.warning("dyups: cannot understand the live state: %s", error)
+            return {}
         live_by_lower = {name.lower(): servers for name, servers in live.items()}
         repairs: dict[str, str] = {}
         for name, upstream in self.desired.items():
@@ -154,6 +167,8 @@ class DyupsOutput(Output):
             reason = _drift(upstream.servers, servers)
             if reason:
                 repairs[name] = reason
+        if not repairs and not self._pending:
+            self._last_clean = fingerprint_of_pass
         for name, reason in repairs.items():
             log.warning("dyups: upstream %s drifted (%s); re-POSTing", name, reason)
             self.counters["repairs"] += 1

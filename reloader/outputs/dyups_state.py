@@ -109,23 +109,36 @@ class LiveStateReader:
 
     def read(self) -> dict[str, tuple[Server, ...]]:
         """The live ``{name: servers}``; raises requests errors or LiveStateError."""
+        return self.parse(*self.fetch())
+
+    def fetch(self) -> tuple[str, str]:
+        """The raw live state as (api, text), without parsing it.
+
+        Parsing a large table costs far more than fetching it, so a caller
+        that saw this exact text before can skip :meth:`parse`.
+        """
         if self.api in (None, "detail"):
             response = self._get("/detail")
             if response.status_code in (200, 204):
                 if self.api is None:
                     log.info("dyups: %s has /detail (stable or Tengine API)", self._base_url)
                 self.api = "detail"
-                return parse_detail(response.text) if response.status_code == 200 else {}
+                return "detail", response.text if response.status_code == 200 else ""
             if response.status_code != 404:
                 raise LiveStateError(f"GET /detail answered {response.status_code}")
             log.info("dyups: %s has no /detail; reading blocks from /list (2020 master API)", self._base_url)
             self.api = "list"
         response = self._get("/list")
-        if response.status_code == 204:
-            return {}
-        if response.status_code != 200:
+        if response.status_code not in (200, 204):
             raise LiveStateError(f"GET /list answered {response.status_code}")
-        return parse_list_blocks(response.text)
+        return "list", response.text if response.status_code == 200 else ""
+
+    @staticmethod
+    def parse(api: str, text: str) -> dict[str, tuple[Server, ...]]:
+        """Parse what :meth:`fetch` returned."""
+        if not text:
+            return {}
+        return parse_detail(text) if api == "detail" else parse_list_blocks(text)
 
     def _get(self, path: str) -> requests.Response:
         return self._session.get(f"{self._base_url}{path}", timeout=self._timeout)
