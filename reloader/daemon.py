@@ -1,9 +1,12 @@
 """The daemon: wires sources, pipeline and outputs, and runs the worker loop.
 
-The worker loop runs on the main thread. It drains the inbox (watch events
-and session transitions enqueued by kazoo's threads, plus delayed tasks),
-lets each source read what changed, and gives every output its periodic
-``tick``. Signals only ask the loop to stop.
+The worker thread drains the inbox (watch events and session transitions
+enqueued by kazoo's threads, plus delayed tasks), lets each source read what
+changed, and gives every output its periodic ``tick``. The thread that called
+``run()`` only waits for a stop request and then shuts down: it gives the
+worker a moment to finish its task, then closes the ZooKeeper sessions,
+which fails any request the worker is still waiting on. A worker stuck on a
+frozen ZooKeeper therefore cannot hold up a SIGTERM.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ log = logging.getLogger(__name__)
 
 # How long shutdown may spend closing ZooKeeper sessions; an unreachable
 # ensemble must not keep the process from exiting.
-SHUTDOWN_GRACE = 3.0
+SHUTDOWN_GRACE = 2.0
+# How long a stop request waits for the worker to finish its current task
+# before the sessions are closed under it.
+WORKER_GRACE = 1.0
 # The longest the worker sleeps, so that output retries and timers stay timely.
 MAX_IDLE = 0.5
 
@@ -54,14 +60,17 @@ class Daemon:
         if config.nginx_reload:
             outputs.append(ReloadOutput(self.files, config.nginx_reload))
         self.pipeline = Pipeline(config.znodes, outputs)
+        self._stop = threading.Event()
         self.sources = [
-            ZooKeeperSource(cluster, self.inbox, self.pipeline, config.zk_session_timeout, client_factory)
+            ZooKeeperSource(
+                cluster, self.inbox, self.pipeline, config.zk_session_timeout, client_factory,
+                stopping=self._stop.is_set,
+            )
             for cluster in config.clusters
         ]
         for source in self.sources:
             for name in source.upstreams:
                 self.pipeline.attach_gate(name, source.gate)
-        self._stop = threading.Event()
 
     def request_stop(self) -> None:
         """Ask the worker loop to finish; safe from a signal handler or any thread."""
@@ -89,16 +98,34 @@ class Daemon:
             len(self.pipeline.upstream_names), len(self.sources), self.files.directory,
             f"; dyups at {self.config.dyups_url}" if self.config.dyups_url else "",
         )
-        try:
-            while not self._stop.is_set():
-                self.step(MAX_IDLE)
-        finally:
-            self._shutdown()
+        worker = threading.Thread(target=self._work, name="reloader-worker", daemon=True)
+        worker.start()
+        # Wait in slices: a signal handler runs between them even where a
+        # platform's untimed wait would not be interrupted.
+        while not self._stop.wait(MAX_IDLE):
+            if not worker.is_alive():
+                log.error("the worker thread died; stopping")
+                break
+        worker.join(WORKER_GRACE)
+        if worker.is_alive():
+            log.warning("the worker is still waiting on ZooKeeper; closing the sessions under it")
+        self._close_sources()
+        worker.join(WORKER_GRACE / 2)  # closed sessions fail its waits at once
+        if not worker.is_alive():
+            # Only now: an output must not be closed while the worker may still use it.
+            self._close_outputs()
+        log.info("stopped")
         return 0
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self.step(MAX_IDLE)
 
     def step(self, max_wait: float) -> None:
         """One pass of the worker loop."""
         for task in self.inbox.drain(max_wait):
+            if self._stop.is_set():
+                return  # what is left of the batch is moot; shut down promptly
             try:
                 task()
             except Exception:  # noqa: BLE001 - the worker must survive any one task
@@ -140,16 +167,17 @@ class Daemon:
             self.pipeline.seed(replace(upstream, directives=directives[name]))
             log.info("start-up: %s holds %d servers; adopted as the last good state", path, len(upstream.servers))
 
-    def _shutdown(self) -> None:
+    def _close_sources(self) -> None:
         stoppers = [threading.Thread(target=source.stop, daemon=True) for source in self.sources]
         for stopper in stoppers:
             stopper.start()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for stopper in stoppers:
             stopper.join(max(deadline - time.monotonic(), 0.0))
+
+    def _close_outputs(self) -> None:
         for output in self.pipeline.outputs:
             try:
                 output.close()
             except Exception:  # noqa: BLE001
                 log.exception("output %s failed to close", output.name)
-        log.info("stopped")

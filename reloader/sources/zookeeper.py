@@ -36,8 +36,9 @@ from __future__ import annotations
 import logging
 import posixpath
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError, ZookeeperError
@@ -50,9 +51,21 @@ from reloader.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
+# How many znodes one resync step re-arms and re-reads before the worker
+# gets back to its loop; between steps other clusters' events and a stop
+# request are served, so a big cluster's reconnect holds up nobody.
+RESYNC_STEP = 50
+# How often a wait for ZooKeeper answers looks up to check it is still wanted.
+_WAIT_SLICE = 0.25
+
+
+class ReadInterrupted(Exception):
+    """A read was abandoned: the session changed, or the daemon is stopping."""
+
+
 # Errors that mean "ZooKeeper is not answering right now"; the resync that
 # follows the next CONNECTED will cover whatever was being read.
-_TRANSIENT_ERRORS = (KazooException, ZookeeperError, KazooTimeoutError)
+_TRANSIENT_ERRORS = (KazooException, ZookeeperError, KazooTimeoutError, ReadInterrupted)
 
 
 class SnapshotSink(Protocol):
@@ -137,8 +150,10 @@ class ZooKeeperSource:
         sink: SnapshotSink,
         session_timeout: float = 10.0,
         client_factory: Callable[..., KazooClient] = KazooClient,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cluster = cluster
+        self._stopping = stopping
         self.gate = Gate()
         self._inbox = inbox
         self._sink = sink
@@ -224,27 +239,48 @@ class ZooKeeperSource:
     def resync(self) -> None:
         """Re-read every znode of the cluster, then thaw it if the session held.
 
-        Runs on the worker. If ZooKeeper fails mid-way the gate stays closed;
-        the next CONNECTED, or the retry scheduled here, tries again.
+        Runs on the worker, in steps of RESYNC_STEP znodes, each step a task
+        of its own. If ZooKeeper fails mid-way the gate stays closed; the
+        next CONNECTED, or the retry scheduled here, starts again. A newer
+        session transition abandons an older resync at its next step.
         """
-        epoch = self.gate.epoch
         if not self._client.connected:
             return
+        self._resync_step(self.gate.epoch, list(self._watches.values()), 0, [])
+
+    def _resync_step(
+        self,
+        epoch: int,
+        watches: list[_ZnodeWatch],
+        start: int,
+        snapshots: list[tuple[_ZnodeWatch, dict[str, bytes | None]]],
+    ) -> None:
+        if self.gate.epoch != epoch or self._stopping():
+            return  # superseded by a newer transition (which resyncs itself), or stopping
+        step = watches[start:start + RESYNC_STEP]
         try:
-            for watch in self._watches.values():
+            for watch in step:
+                if self.gate.epoch != epoch or self._stopping():
+                    return  # the session changed (or we are stopping) mid-step
                 self._arm(watch, restart_children=True)
                 watch.stale_children = set(watch.children or ())
                 watch.data.clear()
-            snapshots = self._read_dirty(list(self._watches.values()))
+            snapshots.extend(self._read_dirty(step, epoch))
         except _TRANSIENT_ERRORS as error:
-            log.warning("cluster %s: resync failed (%s); staying frozen", self.cluster.label, _describe(error))
-            self._schedule_resync()
+            if not self._stopping():
+                log.warning("cluster %s: resync failed (%s); staying frozen", self.cluster.label, _describe(error))
+                self._schedule_resync()
+            return
+        if start + RESYNC_STEP < len(watches):
+            self._inbox.put(lambda: self._resync_step(epoch, watches, start + RESYNC_STEP, snapshots))
             return
         if not self.gate.open_if(epoch):
             return  # the session changed while we read; its own transition will resync
-        log.info("cluster %s: resynced %d znodes; thawed", self.cluster.label, len(self._watches))
+        log.info("cluster %s: resynced %d znodes; thawed", self.cluster.label, len(watches))
         for watch, children in snapshots:
             self._sink.update(watch.upstream, children, watch.path)
+        # Events that arrived during the resync left their znodes dirty; the
+        # worker's next flush publishes what changed since they were read.
 
     def _schedule_resync(self) -> None:
         if self._resync_pending:
@@ -330,18 +366,24 @@ class ZooKeeperSource:
         if not dirty or not self.gate.is_open:
             return
         try:
-            snapshots = self._read_dirty(dirty)
+            snapshots = self._read_dirty(dirty, self.gate.epoch)
         except _TRANSIENT_ERRORS as error:
             log.warning("cluster %s: read failed (%s); waiting for the session", self.cluster.label, _describe(error))
             return
         for watch, children in snapshots:
             self._sink.update(watch.upstream, children, watch.path)
 
-    def _read_dirty(self, watches: list[_ZnodeWatch]) -> list[tuple[_ZnodeWatch, dict[str, bytes | None]]]:
+    def _read_dirty(
+        self, watches: list[_ZnodeWatch], epoch: int
+    ) -> list[tuple[_ZnodeWatch, dict[str, bytes | None]]]:
         """Fetch the data of every stale child, pipelined, and return full snapshots.
 
         All requests are sent before any answer is awaited, so reading 20,000
-        children costs round trips in parallel, not in series.
+        children costs round trips in parallel, not in series. The whole read
+        shares one deadline (the session timeout), and is abandoned at once
+        when the session changes (``epoch``) or the daemon is stopping: kazoo
+        keeps unsent requests queued across a disconnect, and waiting for
+        each of them in turn could hold the worker for hours.
         """
         requests = [
             (watch, child, self._client.get_async(posixpath.join(watch.path, child), watch=self._on_child_data))
@@ -349,9 +391,10 @@ class ZooKeeperSource:
             if watch.children is not None
             for child in sorted(watch.stale_children)
         ]
+        deadline = time.monotonic() + self._session_timeout
         for watch, child, pending in requests:
             try:
-                data, _stat = pending.get(timeout=self._session_timeout)
+                data, _stat = self._await(pending, deadline, epoch)
             except NoNodeError:
                 data = None  # deleted meanwhile; the ChildrenWatch is about to say so
             watch.data[child] = data
@@ -362,6 +405,22 @@ class ZooKeeperSource:
                 watch.dirty = False
                 snapshots.append((watch, {child: watch.data.get(child) for child in watch.children}))
         return snapshots
+
+
+    def _await(self, pending: Any, deadline: float, epoch: int) -> Any:
+        """``pending.get()``, giving up at ``deadline``, on a session change, or when stopping."""
+        while True:
+            if self.gate.epoch != epoch:
+                raise ReadInterrupted("the session changed")
+            if self._stopping():
+                raise ReadInterrupted("the daemon is stopping")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KazooTimeoutError(f"no answer within the session timeout ({self._session_timeout:g} s)")
+            try:
+                return pending.get(timeout=min(remaining, _WAIT_SLICE))
+            except KazooTimeoutError:
+                continue
 
 
 def _describe(error: BaseException) -> str:
