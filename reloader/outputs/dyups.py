@@ -34,6 +34,7 @@ import logging
 import random
 import time
 from collections import Counter
+from functools import lru_cache
 from typing import Callable
 
 import requests
@@ -296,6 +297,7 @@ def _drift(desired: tuple[Server, ...], live: tuple[Server, ...] | None) -> str 
     return "; ".join(parts)
 
 
+@lru_cache(maxsize=65536)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)

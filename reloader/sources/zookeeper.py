@@ -345,8 +345,11 @@ class ZooKeeperSource:
                 watch.dirty = True
 
     def _znode_changed(self, event: WatchedEvent) -> None:
-        if event.type == EventType.NONE or not self.gate.is_open:
-            return  # NONE means the session was reset: the resync re-arms everything
+        if event.type == EventType.NONE:
+            return  # the session was reset: the resync re-arms everything
+        # Handled even while the cluster is frozen: a resync in progress keeps
+        # the gate closed while the session is fine, and an exists watch that
+        # fired and was not set again would never see the znode come back.
         for watch in self._by_path.get(event.path, ()):
             try:
                 # The exists watch fires once; set it again. A create or delete
