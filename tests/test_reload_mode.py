@@ -32,7 +32,7 @@ from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper
 from reloader.model import Server, Upstream
 from reloader.outputs.files import FilesOutput
-from reloader.outputs.reload import ReloadOutput
+from reloader.outputs.reload import REFUSED_RETRY_MAX, REFUSED_RETRY_MIN, ReloadOutput
 from reloader.render import render_file
 
 TEST_CMD = ("nginx", "-t")
@@ -316,6 +316,58 @@ def test_close_applies_pending_changes(rig: Any) -> None:
     assert run.reloads == 1
     output.close()
     assert run.reloads == 2
+
+
+def test_a_refused_change_is_tried_again_once_nginx_accepts_it(rig: Any) -> None:
+    """nginx -t refused for a reason outside the files (a broken nginx.conf, fixed later)."""
+    files, output, run, clock = rig
+    batch(files, output, upstream("app1", 8001))
+    good = files.read("app1")
+    run.behaviour[TEST_CMD] = lambda: (1, "nginx: [emerg] unknown directive in nginx.conf")
+    clock.now += 5
+    batch(files, output, upstream("app1", 8002))
+    assert files.read("app1") == good
+    reloads = run.reloads
+
+    run.behaviour.pop(TEST_CMD)  # the operator fixes nginx.conf
+    clock.now += REFUSED_RETRY_MIN - 1
+    output.tick(clock.now)
+    assert files.read("app1") == good and run.reloads == reloads, "not before the back-off"
+    clock.now += 1
+    output.tick(clock.now)
+    assert files.read("app1") == render_file(upstream("app1", 8002))
+    assert run.reloads == reloads + 1
+
+
+def test_a_change_refused_again_backs_off_and_a_newer_state_replaces_it(rig: Any) -> None:
+    files, output, run, clock = rig
+    batch(files, output, upstream("app1", 8001))
+    good = files.read("app1")
+    run.behaviour[TEST_CMD] = lambda: (1, "nginx: [emerg] still broken")
+    clock.now += 5
+    batch(files, output, upstream("app1", 8002))
+    tests = run.tests
+
+    clock.now += REFUSED_RETRY_MIN
+    output.tick(clock.now)
+    assert run.tests == tests + 1 and files.read("app1") == good, "tried again, refused again, restored"
+    clock.now += REFUSED_RETRY_MIN  # the back-off has doubled: not yet
+    output.tick(clock.now)
+    assert run.tests == tests + 1
+    clock.now += REFUSED_RETRY_MIN
+    output.tick(clock.now)
+    assert run.tests == tests + 2
+
+    # A newer state of the upstream replaces the refused one: it is never tried again.
+    run.behaviour.pop(TEST_CMD)
+    clock.now += 2  # past min_interval, so the batch is tested and reloaded at once
+    batch(files, output, upstream("app1", 8003))
+    assert files.read("app1") == render_file(upstream("app1", 8003))
+    tests = run.tests
+    clock.now += REFUSED_RETRY_MAX
+    output.tick(clock.now)
+    assert run.tests == tests
+    assert files.read("app1") == render_file(upstream("app1", 8003))
 
 
 def test_changes_written_by_the_files_retry_are_picked_up_in_tick(rig: Any) -> None:

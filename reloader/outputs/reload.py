@@ -12,6 +12,13 @@ in every batch); this output then makes nginx pick the files up:
    fails (nginx not running yet, say), the files stay -- they passed the
    test -- and the reload is tried again later, backing off up to a minute.
 
+Refused changes are not forgotten. ``nginx -t`` may refuse them for a reason
+outside these files (an operator's broken ``nginx.conf``, a name that does
+not resolve yet), and the pipeline will not publish the same state again. So
+the refused contents are tried again after REFUSED_RETRY_MIN seconds,
+doubling up to REFUSED_RETRY_MAX while they keep failing, until they pass or
+a newer state of that upstream replaces them.
+
 Rate limit: at most one test-and-reload per ``min_interval``. The first change
 after a quiet period is applied at once, at the end of its batch; changes that
 arrive inside the interval are collected and applied together by ``tick``
@@ -44,6 +51,9 @@ log = logging.getLogger(__name__)
 COMMAND_TIMEOUT = 30.0
 #: Upper bound of the back-off between attempts after ``reload_cmd`` failed.
 MAX_RETRY_INTERVAL = 60.0
+#: First wait before a refused change is tried again, and the longest one.
+REFUSED_RETRY_MIN = 30.0
+REFUSED_RETRY_MAX = 600.0
 #: How much of a command's output goes into a log line.
 _OUTPUT_LIMIT = 2000
 
@@ -86,11 +96,17 @@ class ReloadOutput(Output):
         self.reload_failures = 0
         #: Times a window's changes cancelled out, so no reload was needed.
         self.skipped = 0
+        # name -> the refused file text, waiting to be tried again.
+        self._refused: dict[str, str] = {}
+        self._refused_retry_at = float("inf")
+        self._refused_backoff = REFUSED_RETRY_MIN
+        self._retrying_refused = False
 
     # ---- Output interface ---------------------------------------------------------
 
     def publish(self, upstream: Upstream) -> None:
-        """Nothing to do per upstream: the files output wrote it; end_batch acts on the batch."""
+        """The files output wrote it; end_batch acts on the batch. A newer state replaces a refused one."""
+        self._refused.pop(upstream.name, None)
 
     def seed(self, upstream: Upstream) -> None:
         """Start-up: the file already holds ``upstream`` and nginx loaded it; never reload."""
@@ -104,6 +120,33 @@ class ReloadOutput(Output):
         # have written files; pick those up too.
         self._collect()
         self._maybe_apply(now)
+        self._retry_refused(now)
+
+    def _retry_refused(self, now: float) -> None:
+        """Write refused contents back and test them again, once their back-off has passed."""
+        if not self._refused or now < self._refused_retry_at or self._pending or now < self._next_allowed:
+            return
+        refused, self._refused = self._refused, {}
+        self._refused_retry_at = float("inf")
+        log.info("reload: trying the refused %s again", _names(dict.fromkeys(refused)))
+        for name, text in refused.items():
+            previous = self._current(name)
+            if previous == text:
+                continue
+            try:
+                atomic_write(self.files.path_for(name), text)
+            except OSError as error:
+                log.error("reload: cannot write %s: %s", self.files.path_for(name), error.strerror or error)
+                self._refused[name] = text
+                continue
+            self._pending.setdefault(name, previous)
+        self._retrying_refused = True
+        try:
+            self._apply(now)
+        finally:
+            self._retrying_refused = False
+        if not self._refused:
+            self._refused_backoff = REFUSED_RETRY_MIN
 
     def close(self) -> None:
         """At shutdown, apply what is still waiting for its window.
@@ -194,6 +237,7 @@ class ReloadOutput(Output):
             _show(self.config.test_cmd), _names(net), _detail(output),
         )
         if len(net) == 1:
+            self._remember_refused(net, current)
             return {}
         # Several upstreams changed together: one bad one must not keep the
         # others from nginx. Try each on top of the ones already accepted.
@@ -215,7 +259,24 @@ class ReloadOutput(Output):
                 self._restore(name, net[name])
         if accepted:
             log.info("reload: %s pass on their own; reloading with them", _names(accepted))
+        self._remember_refused({name: net[name] for name in net if name not in accepted}, current)
         return accepted
+
+    def _remember_refused(self, refused: dict[str, str | None], current: dict[str, str | None]) -> None:
+        """Keep refused contents for a later try, backing off while they keep failing."""
+        for name in refused:
+            text = current.get(name)
+            if text is not None:
+                self._refused[name] = text
+        if not self._refused:
+            return
+        if self._retrying_refused:
+            self._refused_backoff = min(self._refused_backoff * 2, REFUSED_RETRY_MAX)
+        self._refused_retry_at = self._clock() + self._refused_backoff
+        log.warning(
+            "reload: will try the refused %s again in %.0f s (or sooner if it changes)",
+            _names(dict.fromkeys(self._refused)), self._refused_backoff,
+        )
 
     def _restore(self, name: str, previous: str | None) -> bool:
         try:
