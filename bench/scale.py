@@ -208,6 +208,18 @@ def run_b(zk: LocalZooKeeper, zk2: LocalZooKeeper, workdir: Path, files: Path, u
         if not times:
             raise RuntimeError(f"no /{pattern}/ line before the thaw:\n{daemon.log_tail()}")
         return times[-1]
+
+    def transitions_since(outage_wall: float) -> list[str]:
+        """The session states the daemon logged since ``outage_wall``, in order."""
+        return [line.split(": session ")[1].split(";")[0] for _, line in daemon.log_lines(session_line, after=outage_wall)]
+
+    def thaw_after(after_wall: float, outage_wall: float) -> tuple[float, float, list[str]]:
+        """Wait for the thaw after ``after_wall``; (thawed, reconnected) wall times and the transitions."""
+        t_thaw, _ = daemon.wait_log(thawed, after=after_wall, timeout=120)
+        t_conn = last_before(reconnected, after_wall, t_thaw)
+        time.sleep(SETTLE)
+        return t_thaw, t_conn, transitions_since(outage_wall)
+
     other_seq = iter(range(2, 250))
 
     def other_change() -> float:
@@ -247,8 +259,7 @@ def run_b(zk: LocalZooKeeper, zk2: LocalZooKeeper, workdir: Path, files: Path, u
             other_ms = other_change() * 1000
             t_thaw, _ = daemon.wait_log(thawed, after=t_resume_wall, timeout=120)
             time.sleep(SETTLE)
-            transitions = [line.split(": session ")[1].split(";")[0]
-                           for _, line in daemon.log_lines(session_line, after=t_pause_wall)]
+            transitions = transitions_since(t_pause_wall)
             p = {
                 "detect_suspended_s": round(t_susp - t_pause_wall, 3),
                 "paused_s": round(t_resume_wall - t_pause_wall, 3),
@@ -279,11 +290,7 @@ def run_b(zk: LocalZooKeeper, zk2: LocalZooKeeper, workdir: Path, files: Path, u
             t_restart = time.monotonic()
             zk.restart()
             t_ready_wall, t_ready = time.time(), time.monotonic()
-            t_thaw, _ = daemon.wait_log(thawed, after=t_kill_wall, timeout=120)
-            t_conn = last_before(reconnected, t_kill_wall, t_thaw)
-            time.sleep(SETTLE)
-            transitions = [line.split(": session ")[1].split(";")[0]
-                           for _, line in daemon.log_lines(session_line, after=t_kill_wall)]
+            t_thaw, t_conn, transitions = thaw_after(t_kill_wall, t_kill_wall)
             k = {
                 "down_s": round(t_restart - t_kill, 3),
                 "zk_restart_s": round(t_ready - t_restart, 3),
@@ -315,11 +322,7 @@ def run_b(zk: LocalZooKeeper, zk2: LocalZooKeeper, workdir: Path, files: Path, u
             finally:
                 daemon.signal(signal.SIGCONT)
             t_cont_wall = time.time()
-            t_thaw, _ = daemon.wait_log(thawed, after=t_cont_wall, timeout=120)
-            t_conn = last_before(reconnected, t_cont_wall, t_thaw)
-            time.sleep(SETTLE)
-            transitions = [line.split(": session ")[1].split(";")[0]
-                           for _, line in daemon.log_lines(session_line, after=t_stop_wall)]
+            t_thaw, t_conn, transitions = thaw_after(t_cont_wall, t_stop_wall)
             e = {
                 "frozen_s": round(t_cont_wall - t_stop_wall, 3),
                 "cont_to_thawed_s": round(t_thaw - t_cont_wall, 3),
