@@ -27,7 +27,7 @@ from reloader import options as upstream_options
 from reloader.addresses import InvalidAddress, normalize_host, validate_port
 from reloader.assemble import UpstreamOptions
 from reloader.durations import parse_duration
-from reloader.formats import FORMAT_NAMES, FormatOptions
+from reloader.formats import FORMAT_NAMES, PORT_FIELDS, FormatOptions
 
 # Used with fullmatch: a pattern ending in `$` would accept a trailing newline.
 UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -281,8 +281,8 @@ def _parse_znode(
     for option in ("protocol", "endpoint", "port_field"):
         if option in entry and not (isinstance(entry[option], str) and entry[option]):
             problems.add(_join(key_path, option), "must be a non-empty string")
-    if entry.get("port_field") not in (None, "port", "sslPort"):
-        problems.add(_join(key_path, "port_field"), "must be 'port' or 'sslPort'")
+    if entry.get("port_field") not in (None, *PORT_FIELDS):
+        problems.add(_join(key_path, "port_field"), f"must be one of {', '.join(PORT_FIELDS)}")
     format_options = FormatOptions(
         protocol=entry.get("protocol", FormatOptions.protocol),
         endpoint=entry.get("endpoint"),

@@ -186,10 +186,6 @@ class DyupsOutput(Output):
         """Upstreams not yet confirmed by nginx."""
         return tuple(self._pending)
 
-    @property
-    def reachable(self) -> bool:
-        return self._reachable
-
     # ---- the POST ----------------------------------------------------------------
 
     def url_for(self, name: str) -> str:
