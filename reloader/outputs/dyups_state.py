@@ -7,8 +7,8 @@ Two API generations exist (see the project's dyups protocol notes):
 * the 2020 master build has no ``/detail`` (404) and its ``GET /list``
   returns whole ``upstream NAME { ... }`` blocks as they were posted.
 
-:class:`LiveStateReader` detects which one it talks to once per connection
-and parses either into ``{name: servers}``. :func:`fingerprint` reduces a
+:class:`LiveStateReader` detects which one it talks to once per connection,
+fetches the raw table, and parses either into ``{name: servers}``. :func:`fingerprint` reduces a
 server to what both sides can express, so that the desired state and the
 live state compare equal exactly when nginx serves what was asked for.
 """
@@ -120,10 +120,6 @@ class LiveStateReader:
 
     def forget_api(self) -> None:
         self.api = None
-
-    def read(self) -> dict[str, tuple[Server, ...]]:
-        """The live ``{name: servers}``; raises requests errors or LiveStateError."""
-        return self.parse(*self.fetch())
 
     def fetch(self) -> tuple[str, str]:
         """The raw live state as (api, text), without parsing it.

@@ -38,7 +38,7 @@ import logging
 import shlex
 import subprocess
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from reloader.config import ReloadConfig
 from reloader.model import Upstream
@@ -128,7 +128,7 @@ class ReloadOutput(Output):
             return
         refused, self._refused = self._refused, {}
         self._refused_retry_at = float("inf")
-        log.info("reload: trying the refused %s again", _names(dict.fromkeys(refused)))
+        log.info("reload: trying the refused %s again", _names(refused))
         for name, text in refused.items():
             previous = self._current(name)
             if previous == text:
@@ -275,7 +275,7 @@ class ReloadOutput(Output):
         self._refused_retry_at = self._clock() + self._refused_backoff
         log.warning(
             "reload: will try the refused %s again in %.0f s (or sooner if it changes)",
-            _names(dict.fromkeys(self._refused)), self._refused_backoff,
+            _names(self._refused), self._refused_backoff,
         )
 
     def _restore(self, name: str, previous: str | None) -> bool:
@@ -319,8 +319,8 @@ def _show(argv: tuple[str, ...] | list[str]) -> str:
     return shlex.join(argv)
 
 
-def _names(changes: dict[str, str | None]) -> str:
-    names = sorted(changes)
+def _names(upstreams: Iterable[str]) -> str:
+    names = sorted(upstreams)
     return ("upstream " if len(names) == 1 else "upstreams ") + ", ".join(names)
 
 

@@ -255,12 +255,12 @@ class ZooKeeperSource:
         start: int,
         snapshots: list[tuple[_ZnodeWatch, dict[str, bytes | None]]],
     ) -> None:
-        if self.gate.epoch != epoch or self._stopping():
+        if self._abandoned(epoch):
             return  # superseded by a newer transition (which resyncs itself), or stopping
         step = watches[start:start + RESYNC_STEP]
         try:
             for watch in step:
-                if self.gate.epoch != epoch or self._stopping():
+                if self._abandoned(epoch):
                     return  # the session changed (or we are stopping) mid-step
                 self._arm(watch, restart_children=True)
                 watch.stale_children = set(watch.children or ())
@@ -409,14 +409,15 @@ class ZooKeeperSource:
                 snapshots.append((watch, {child: watch.data.get(child) for child in watch.children}))
         return snapshots
 
+    def _abandoned(self, epoch: int) -> bool:
+        """True when work begun at session ``epoch`` is no longer wanted."""
+        return self.gate.epoch != epoch or self._stopping()
 
     def _await(self, pending: Any, deadline: float, epoch: int) -> Any:
         """``pending.get()``, giving up at ``deadline``, on a session change, or when stopping."""
         while True:
-            if self.gate.epoch != epoch:
-                raise ReadInterrupted("the session changed")
-            if self._stopping():
-                raise ReadInterrupted("the daemon is stopping")
+            if self._abandoned(epoch):
+                raise ReadInterrupted("the session changed" if self.gate.epoch != epoch else "the daemon is stopping")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise KazooTimeoutError(f"no answer within the session timeout ({self._session_timeout:g} s)")
