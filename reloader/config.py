@@ -10,14 +10,18 @@ they are:
 
 Validation collects every problem before it reports, and each message names
 the file and the key path (``clusters[1].zk_nodes.app1``) so that the
-operator can fix them all in one go. Nothing here touches the network.
+operator can fix them all in one go. Nothing here touches the network; the
+only files read besides the config are the credential and TLS files it names.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
@@ -31,17 +35,31 @@ from reloader.formats import FORMAT_NAMES, PORT_FIELDS, FormatOptions
 
 # Used with fullmatch: a pattern ending in `$` would accept a trailing newline.
 UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_FILES_OUTPUT_PATH = Path("/etc/nginx/upstreams")
+#: Where ``listen: PORT`` binds: a bare port never listens publicly.
+DEFAULT_LISTEN_HOST = "127.0.0.1"
 
+#: The ways of telling nginx about a change; the files are always written.
+NOTIFY_KEYS: tuple[str, ...] = ("dyups_url", "lua_url", "nginx_reload")
+#: The only upstream directives the Lua balancer leaves to nginx.
+LUA_DIRECTIVES: tuple[str, ...] = ("keepalive", "keepalive_timeout", "keepalive_requests")
+
+_GUARD_KEYS = {"settle_after_reconnect", "max_drop", "drop_hold"}
 _SETTING_KEYS = {
     "files_output_path",
     "dyups_url",
+    "lua_url",
     "reconcile_interval",
     "reassert_interval",
+    "retry_interval",
     "zk_session_timeout",
     "nginx_reload",
+    "listen",
+    "prune_files",
+    *_GUARD_KEYS,
 }
-_CLUSTER_KEYS = {"zk_servers", "zk_nodes"}
+_CLUSTER_KEYS = {"zk_servers", "zk_nodes", "name", "auth", "sasl", "tls"}
 _ZNODE_KEYS = {
     "path",
     "format",
@@ -51,8 +69,19 @@ _ZNODE_KEYS = {
     "server_params",
     "upstream_directives",
     "backup_servers",
+    *_GUARD_KEYS,
 }
 _RELOAD_KEYS = {"test_cmd", "reload_cmd", "min_interval"}
+_AUTH_KEYS = {"scheme", "credential_file", "credential_env"}
+_AUTH_SCHEMES = ("digest",)
+_TLS_KEYS = {"ca", "cert", "key", "verify_hostname"}
+#: sasl keys, as kazoo passes them to pure-sasl's SASLClient; password_file is
+#: read here and handed on as password.
+_SASL_KEYS = {"mechanism", "username", "password", "password_file", "service", "principal", "authorization_id"}
+#: The SASL mechanisms ZooKeeper servers offer.
+_SASL_MECHANISMS = ("DIGEST-MD5", "GSSAPI")
+#: Secrets are one line; a bigger "credential file" is the wrong file.
+_MAX_SECRET_BYTES = 64 * 1024
 
 T = TypeVar("T")
 
@@ -67,6 +96,35 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class GuardSettings:
+    """What may be published when an upstream shrinks (see reloader/publication.py)."""
+
+    settle_after_reconnect: float = 30.0  # seconds; 0 turns the settle window off
+    max_drop: float = 0.5  # fraction 0..1 of live servers; 1.0 turns the shrink guard off
+    drop_hold: float = 30.0  # seconds; 0 turns the shrink guard off
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """ZooKeeper ``add_auth`` credentials (kazoo's ``auth_data``)."""
+
+    scheme: str  # "digest" (kazoo auth_data scheme)
+    # "user:password", already resolved from credential_file / credential_env;
+    # kept out of repr so that a logged config never shows it.
+    credential: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS to ZooKeeper; every path was readable when the config was loaded."""
+
+    ca: Path | None
+    cert: Path | None
+    key: Path | None
+    verify_hostname: bool = True
+
+
+@dataclass(frozen=True)
 class ZnodeConfig:
     """One upstream and the znode whose children are its instances."""
 
@@ -76,6 +134,7 @@ class ZnodeConfig:
     format: str = "auto"
     format_options: FormatOptions = field(default_factory=FormatOptions)
     options: UpstreamOptions = field(default_factory=UpstreamOptions)
+    guards: GuardSettings = field(default_factory=GuardSettings)
 
 
 @dataclass(frozen=True)
@@ -85,11 +144,51 @@ class ClusterConfig:
     key_path: str
     zk_servers: str
     znodes: tuple[ZnodeConfig, ...]
+    name: str | None = None
+    index: int = 0  # position in the list of clusters
+    auth: AuthConfig | None = None
+    # kazoo's sasl_options; read-only, and out of repr (it may hold a password).
+    sasl: Mapping[str, str] | None = field(default=None, repr=False, hash=False)
+    tls: TlsConfig | None = None
+    cluster_count: int = 1  # how many clusters the config has, for ``label``
 
     @property
     def label(self) -> str:
-        """How logs name this cluster."""
+        """How logs name this cluster: its name, else its hosts (and index, when there are several)."""
+        if self.name is not None:
+            return self.name
+        if self.cluster_count > 1:
+            return f"{self.zk_servers} #{self.index}"
         return self.zk_servers
+
+    @property
+    def session_key(self) -> tuple[Any, ...]:
+        """What identifies one ZooKeeper session: entries with equal keys can share one client."""
+        sasl = tuple(sorted(self.sasl.items())) if self.sasl is not None else None
+        return (self.zk_servers, self.auth, sasl, self.tls)
+
+
+def kazoo_arguments(cluster: ClusterConfig) -> dict[str, Any]:
+    """Keyword arguments for ``KazooClient`` that carry the cluster's hosts, credentials and TLS.
+
+    ``sasl_options`` is a fresh dict on every call: kazoo writes into it
+    (it adds ``service``).
+    """
+    arguments: dict[str, Any] = {"hosts": cluster.zk_servers}
+    if cluster.auth is not None:
+        arguments["auth_data"] = [(cluster.auth.scheme, cluster.auth.credential)]
+    if cluster.sasl is not None:
+        arguments["sasl_options"] = dict(cluster.sasl)
+    if cluster.tls is not None:
+        arguments.update(
+            use_ssl=True,
+            ca=str(cluster.tls.ca) if cluster.tls.ca else None,
+            certfile=str(cluster.tls.cert) if cluster.tls.cert else None,
+            keyfile=str(cluster.tls.key) if cluster.tls.key else None,
+            verify_certs=True,
+            check_hostname=cluster.tls.verify_hostname,
+        )
+    return arguments
 
 
 @dataclass(frozen=True)
@@ -113,6 +212,11 @@ class Config:
     reassert_interval: float = 60.0
     zk_session_timeout: float = 10.0
     nginx_reload: ReloadConfig | None = None
+    guards: GuardSettings = field(default_factory=GuardSettings)
+    lua_url: str | None = None
+    retry_interval: float = 1.0
+    listen: tuple[str, int] | None = None
+    prune_files: bool = False
 
     @property
     def znodes(self) -> tuple[ZnodeConfig, ...]:
@@ -133,10 +237,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                    None, None, f"duplicate key {_shown(key)}", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, without ever formatting all of a huge value."""
+    return upstream_options.shown(value, limit)
 
 
 class _Collector:
@@ -157,16 +266,19 @@ class _Collector:
             return None
 
 
-def _join(prefix: str, key: str | int) -> str:
-    if isinstance(key, int):
+def _join(prefix: str, key: object) -> str:
+    if isinstance(key, int) and not isinstance(key, bool):
         return f"{prefix}[{key}]"
-    return f"{prefix}.{key}" if prefix else key
+    text = key if isinstance(key, str) else _shown(key, 40)
+    if len(text) > 60:
+        text = text[:60] + "..."
+    return f"{prefix}.{text}" if prefix else text
 
 
 def _unknown_keys(problems: _Collector, key_path: str, mapping: Mapping[Any, Any], allowed: set[str]) -> None:
     for key in mapping:
         if key not in allowed:
-            problems.add(_join(key_path, str(key)), f"unknown key (allowed here: {', '.join(sorted(allowed))})")
+            problems.add(_join(key_path, key), f"unknown key (allowed here: {', '.join(sorted(allowed))})")
 
 
 def _parse_zk_servers(value: Any) -> str:
@@ -201,7 +313,7 @@ def _parse_znode_path(value: Any) -> str:
     return value
 
 
-def _parse_dyups_url(value: Any) -> str | None:
+def _parse_http_url(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
@@ -239,6 +351,62 @@ def _parse_positive_duration(value: Any) -> float:
     return seconds
 
 
+def _parse_max_drop(value: Any) -> float:
+    """``"50%"`` (0%-100%) or a fraction between 0 and 1."""
+    fraction: float | None = None
+    if isinstance(value, str) and (match := re.fullmatch(r"\s*([0-9]{1,3}(?:\.[0-9]{1,6})?)\s*%\s*", value)):
+        fraction = float(match.group(1)) / 100
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        fraction = float(value)
+    if fraction is None or not 0.0 <= fraction <= 1.0:
+        raise ValueError(
+            f"{_shown(value)} is not a share of the live servers: write a percentage from 0% to 100% "
+            "(like \"50%\") or a number from 0 to 1 (like 0.5)"
+        )
+    return fraction
+
+
+def _parse_flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_shown(value)}")
+    return value
+
+
+def _parse_listen(value: Any) -> tuple[str, int]:
+    """``PORT`` (on 127.0.0.1), ``HOST:PORT`` or ``[v6]:PORT``."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str):
+        raise ValueError(f"must be PORT, HOST:PORT or [IPv6]:PORT, got {_shown(value)}")
+    text = text.strip()
+    if text.isdigit():
+        host, port_text = DEFAULT_LISTEN_HOST, text
+    elif match := re.fullmatch(r"\[([^\]]*)\]:([0-9]+)", text):
+        host, port_text = match.group(1), match.group(2)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{_shown(text)}: brackets are for IPv6 addresses") from None
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        raise ValueError(f"must be PORT, HOST:PORT or [IPv6]:PORT, got {_shown(value)}")
+    try:
+        return normalize_host(host), validate_port(port_text)
+    except InvalidAddress as error:
+        raise ValueError(str(error)) from None
+
+
+def _notify_conflict(settings: Mapping[str, Any]) -> str | None:
+    """The message for more than one way of telling nginx, or None."""
+    given = [key for key in NOTIFY_KEYS if settings.get(key) is not None]
+    if len(given) < 2:
+        return None
+    return (
+        f"{' and '.join(given)} are alternatives: choose one way of telling nginx about a change "
+        f"({', '.join(NOTIFY_KEYS)}); the upstream files are always written"
+    )
+
+
 def _parse_reload(problems: _Collector, key_path: str, value: Any) -> ReloadConfig | None:
     if not isinstance(value, dict):
         problems.add(key_path, "must be a mapping with test_cmd, reload_cmd and min_interval")
@@ -255,13 +423,166 @@ def _parse_reload(problems: _Collector, key_path: str, value: Any) -> ReloadConf
     return ReloadConfig(test_cmd=test_cmd, reload_cmd=reload_cmd, min_interval=min_interval)
 
 
-def _parse_znode(
-    problems: _Collector, key_path: str, name: Any, entry: Any, dyups_enabled: bool
-) -> ZnodeConfig | None:
+def _parse_guards(problems: _Collector, key_path: str, mapping: Mapping[Any, Any], base: GuardSettings) -> GuardSettings:
+    """``base`` with the guard keys ``mapping`` gives replaced, key by key."""
+    parsers: dict[str, Callable[[Any], float]] = {
+        "settle_after_reconnect": _parse_interval,
+        "max_drop": _parse_max_drop,
+        "drop_hold": _parse_interval,
+    }
+    values: dict[str, float] = {}
+    for key, parse in parsers.items():
+        if key in mapping:
+            parsed = problems.check(_join(key_path, key), parse, mapping[key])
+            if parsed is not None:
+                values[key] = parsed
+    return replace(base, **values) if values else base
+
+
+def _resolve(base_dir: Path | None, value: str) -> Path:
+    """A path from the file: relative ones are relative to the config file's directory."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+def _readable_file(base_dir: Path | None, value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a file path string, got {_shown(value)}")
+    path = _resolve(base_dir, value)
+    if not path.is_file():
+        raise ValueError(f"{_shown(str(path), 240)} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{_shown(str(path), 240)} is not readable")
+    return path
+
+
+def _read_secret(base_dir: Path | None, value: Any) -> str:
+    """The one line of a secret file, without its line ending."""
+    path = _readable_file(base_dir, value)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_SECRET_BYTES + 1)
+    except OSError as error:
+        raise ValueError(f"{_shown(str(path), 240)}: cannot read: {error.strerror or error}") from None
+    if len(data) > _MAX_SECRET_BYTES:
+        raise ValueError(f"{_shown(str(path), 240)} is larger than {_MAX_SECRET_BYTES // 1024} KiB: not a secret file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{_shown(str(path), 240)} is not UTF-8") from None
+    lines = text.splitlines()
+    if len(lines) != 1 or not lines[0]:
+        raise ValueError(f"{_shown(str(path), 240)} must hold the secret on exactly one line")
+    return lines[0]
+
+
+def _parse_auth(
+    problems: _Collector, key_path: str, value: Any, base_dir: Path | None, environ: Mapping[str, str]
+) -> AuthConfig | None:
+    if not isinstance(value, dict):
+        problems.add(key_path, "must be a mapping: {scheme: digest, credential_file: PATH} or "
+                     "{scheme: digest, credential_env: VARIABLE}")
+        return None
+    _unknown_keys(problems, key_path, value, _AUTH_KEYS)
+    scheme = value.get("scheme")
+    ok = True
+    if scheme not in _AUTH_SCHEMES:
+        problems.add(_join(key_path, "scheme"), f"must be one of {', '.join(_AUTH_SCHEMES)}, got {_shown(scheme)}")
+        ok = False
+    sources = [key for key in ("credential_file", "credential_env") if key in value]
+    if len(sources) != 1:
+        problems.add(key_path, "give exactly one of credential_file (a file holding user:password on one line) "
+                     "and credential_env (the name of an environment variable holding user:password)")
+        return None
+    credential: str | None = None
+    source_path = _join(key_path, sources[0])
+    if sources[0] == "credential_file":
+        credential = problems.check(source_path, lambda raw: _read_secret(base_dir, raw), value["credential_file"])
+    else:
+        name = value["credential_env"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            problems.add(source_path, f"must be an environment variable name, got {_shown(name)}")
+        elif not environ.get(name):
+            problems.add(source_path, f"the environment variable {name} is not set or is empty")
+        else:
+            credential = environ[name].strip()
+    if credential is not None and (":" not in credential or credential.startswith(":")):
+        problems.add(source_path, "the credential must be user:password")
+        credential = None
+    if credential is None or not ok:
+        return None
+    return AuthConfig(scheme=str(scheme), credential=credential)
+
+
+def _parse_sasl(problems: _Collector, key_path: str, value: Any, base_dir: Path | None) -> Mapping[str, str] | None:
+    if not isinstance(value, dict):
+        problems.add(key_path, "must be a mapping of strings: mechanism, username, password or password_file, "
+                     "service, principal, authorization_id")
+        return None
+    count = len(problems.problems)
+    _unknown_keys(problems, key_path, value, _SASL_KEYS)
+    options: dict[str, str] = {}
+    for key, raw in value.items():
+        if key not in _SASL_KEYS:
+            continue
+        if not isinstance(raw, str) or not raw:
+            problems.add(_join(key_path, key), f"must be a non-empty string, got {_shown(raw)}")
+        elif key == "password_file":
+            secret = problems.check(_join(key_path, key), lambda path: _read_secret(base_dir, path), raw)
+            if secret is not None:
+                options["password"] = secret
+        else:
+            options[key] = raw
+    if "password" in value and "password_file" in value:
+        problems.add(key_path, "give password or password_file, not both")
+    mechanism = value.get("mechanism")
+    if mechanism not in _SASL_MECHANISMS:
+        problems.add(_join(key_path, "mechanism"), f"must be one of {', '.join(_SASL_MECHANISMS)}, got {_shown(mechanism)}")
+    elif mechanism == "DIGEST-MD5":
+        for required in ("username", "password"):
+            if required not in value and not (required == "password" and "password_file" in value):
+                problems.add(_join(key_path, required), "is required for DIGEST-MD5")
+    if len(problems.problems) != count:
+        return None
+    return MappingProxyType(options)
+
+
+def _parse_tls(problems: _Collector, key_path: str, value: Any, base_dir: Path | None) -> TlsConfig | None:
+    if not isinstance(value, dict):
+        problems.add(key_path, "must be a mapping: {ca: PATH, cert: PATH, key: PATH, verify_hostname: true}")
+        return None
+    count = len(problems.problems)
+    _unknown_keys(problems, key_path, value, _TLS_KEYS)
+    paths: dict[str, Path | None] = {}
+    for key in ("ca", "cert", "key"):
+        paths[key] = (
+            problems.check(_join(key_path, key), lambda raw: _readable_file(base_dir, raw), value[key])
+            if value.get(key) is not None else None
+        )
+    if ("cert" in value) != ("key" in value):
+        problems.add(key_path, "cert and key go together: give both or neither")
+    verify = problems.check(_join(key_path, "verify_hostname"), _parse_flag, value.get("verify_hostname", True))
+    if len(problems.problems) != count or verify is None:
+        return None
+    return TlsConfig(ca=paths["ca"], cert=paths["cert"], key=paths["key"], verify_hostname=verify)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every znode and cluster is validated against."""
+
+    dyups_enabled: bool
+    lua_enabled: bool
+    guards: GuardSettings
+    base_dir: Path | None
+    environ: Mapping[str, str]
+
+
+def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, context: _Context) -> ZnodeConfig | None:
     if not isinstance(name, str) or not UPSTREAM_NAME.fullmatch(name):
         problems.add(
             key_path,
-            f"upstream name {name!r} must match [a-z0-9][a-z0-9._-]* (lowercase: Tengine's dyups "
+            f"upstream name {_shown(name)} must match [a-z0-9][a-z0-9._-]* (lowercase: Tengine's dyups "
             "cannot route to capitalised upstream names)",
         )
         return None
@@ -276,12 +597,12 @@ def _parse_znode(
         return None
     path = problems.check(_join(key_path, "path"), _parse_znode_path, entry["path"])
     format_name = entry.get("format", "auto")
-    if format_name not in FORMAT_NAMES:
-        problems.add(_join(key_path, "format"), f"{format_name!r} is not one of {', '.join(FORMAT_NAMES)}")
+    if not isinstance(format_name, str) or format_name not in FORMAT_NAMES:
+        problems.add(_join(key_path, "format"), f"{_shown(format_name)} is not one of {', '.join(FORMAT_NAMES)}")
     for option in ("protocol", "endpoint", "port_field"):
         if option in entry and not (isinstance(entry[option], str) and entry[option]):
             problems.add(_join(key_path, option), "must be a non-empty string")
-    if entry.get("port_field") not in (None, *PORT_FIELDS):
+    if isinstance(entry.get("port_field"), str) and entry["port_field"] not in PORT_FIELDS:
         problems.add(_join(key_path, "port_field"), f"must be one of {', '.join(PORT_FIELDS)}")
     format_options = FormatOptions(
         protocol=entry.get("protocol", FormatOptions.protocol),
@@ -293,12 +614,22 @@ def _parse_znode(
     )
     directives = problems.check(
         _join(key_path, "upstream_directives"),
-        lambda value: upstream_options.parse_upstream_directives(value, allow_variables=not dyups_enabled),
+        lambda value: upstream_options.parse_upstream_directives(value, allow_variables=not context.dyups_enabled),
         entry.get("upstream_directives"),
     )
+    if directives and context.lua_enabled:
+        refused = [d for d in directives if d.split(" ", 1)[0] not in LUA_DIRECTIVES]
+        if refused:
+            problems.add(
+                _join(key_path, "upstream_directives"),
+                f"{', '.join(d.split(' ', 1)[0] for d in refused)} cannot be used with lua_url: the Lua balancer "
+                f"does its own weighted round robin; only {', '.join(LUA_DIRECTIVES)} are allowed",
+            )
+            directives = None
     backups = problems.check(
         _join(key_path, "backup_servers"), upstream_options.parse_backup_servers, entry.get("backup_servers")
     )
+    guards = _parse_guards(problems, key_path, entry, context.guards)
     if path is None or server_params is None or directives is None or backups is None:
         return None
     try:
@@ -313,14 +644,16 @@ def _parse_znode(
         format=format_name if format_name in FORMAT_NAMES else "auto",
         format_options=format_options,
         options=UpstreamOptions(server_params=server_params, directives=directives, backup_servers=backups),
+        guards=guards,
     )
 
 
 def _parse_cluster(
     problems: _Collector,
     key_path: str,
+    index: int,
     value: Any,
-    dyups_enabled: bool,
+    context: _Context,
     extra_keys: set[str],
     parsed_znodes: list[ZnodeConfig],
 ) -> ClusterConfig | None:
@@ -333,41 +666,68 @@ def _parse_cluster(
     if not isinstance(value, dict):
         problems.add(key_path, "must be a mapping with zk_servers and zk_nodes")
         return None
+    count = len(problems.problems)
     _unknown_keys(problems, key_path, value, _CLUSTER_KEYS | extra_keys)
     if "zk_servers" not in value:
         problems.add(_join(key_path, "zk_servers"), "is required")
     if "zk_nodes" not in value:
         problems.add(_join(key_path, "zk_nodes"), "is required")
     zk_servers = problems.check(_join(key_path, "zk_servers"), _parse_zk_servers, value.get("zk_servers"))
+    name = value.get("name")
+    if name is not None and not (isinstance(name, str) and CLUSTER_NAME.fullmatch(name)):
+        problems.add(_join(key_path, "name"), f"cluster name {_shown(name)} must match [A-Za-z0-9][A-Za-z0-9._-]*")
+    auth = (
+        _parse_auth(problems, _join(key_path, "auth"), value["auth"], context.base_dir, context.environ)
+        if value.get("auth") is not None else None
+    )
+    sasl = _parse_sasl(problems, _join(key_path, "sasl"), value["sasl"], context.base_dir) if value.get("sasl") is not None else None
+    tls = _parse_tls(problems, _join(key_path, "tls"), value["tls"], context.base_dir) if value.get("tls") is not None else None
     nodes = value.get("zk_nodes")
     nodes_path = _join(key_path, "zk_nodes")
     if nodes is None or not isinstance(nodes, dict) or not nodes:
         if "zk_nodes" in value:
             problems.add(nodes_path, "must be a non-empty mapping of upstream name to znode")
         return None
-    znodes = [
-        _parse_znode(problems, _join(nodes_path, str(name)), name, entry, dyups_enabled)
-        for name, entry in nodes.items()
-    ]
+    znodes = [_parse_znode(problems, _join(nodes_path, name), name, entry, context) for name, entry in nodes.items()]
     parsed_znodes.extend(znode for znode in znodes if znode)
-    if zk_servers is None or any(znode is None for znode in znodes):
+    if zk_servers is None or len(problems.problems) != count:
         return None
-    return ClusterConfig(key_path=key_path, zk_servers=zk_servers, znodes=tuple(z for z in znodes if z))
+    return ClusterConfig(
+        key_path=key_path,
+        zk_servers=zk_servers,
+        znodes=tuple(z for z in znodes if z),
+        name=name,
+        index=index,
+        auth=auth,
+        sasl=sasl,
+        tls=tls,
+    )
 
 
-def parse_config(data: Any, source: str = "<config>", overrides: Mapping[str, Any] | None = None) -> Config:
+def parse_config(
+    data: Any,
+    source: str = "<config>",
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
     """Validate already-loaded YAML data; raise ConfigError listing every problem.
 
     ``overrides`` holds command-line values (``files_output_path``,
     ``dyups_url``, ``log_level`` is not one of them); a value of None means
-    "not given" and leaves the file's value in place.
+    "not given" and leaves the file's value in place. Relative paths in the
+    data are taken relative to ``base_dir`` (the config file's directory);
+    an overriding ``files_output_path`` is used as given. ``environ`` is where
+    ``credential_env`` looks (default: the process environment).
     """
     problems = _Collector()
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
 
     if isinstance(data, list):
         settings: dict[str, Any] = {}
-        cluster_items = [(_join("", index), item) for index, item in enumerate(data)]
+        cluster_items = list(enumerate(data))
+        cluster_prefix = ""
         cluster_extra: set[str] = set()
     elif isinstance(data, dict) and "clusters" in data:
         settings = data
@@ -376,24 +736,41 @@ def parse_config(data: Any, source: str = "<config>", overrides: Mapping[str, An
         if not isinstance(raw_clusters, list) or not raw_clusters:
             problems.add("clusters", "must be a non-empty list of {zk_servers, zk_nodes}")
             raw_clusters = []
-        cluster_items = [(_join("clusters", index), item) for index, item in enumerate(raw_clusters)]
+        cluster_items = list(enumerate(raw_clusters))
+        cluster_prefix = "clusters"
         cluster_extra = set()
     elif isinstance(data, dict):
         # Shape 1: the cluster keys and the settings share one mapping.
         settings = data
-        cluster_items = [("", data)]
+        cluster_items = [(0, data)]
+        cluster_prefix = None
         cluster_extra = _SETTING_KEYS
     else:
         raise ConfigError(source, ["(top level): must be a mapping or a list of clusters"])
 
+    file_output_path = settings.get("files_output_path")
     settings = {**{key: settings[key] for key in _SETTING_KEYS if key in settings}, **given}
-    dyups_url = problems.check("dyups_url", _parse_dyups_url, settings.get("dyups_url"))
-    dyups_enabled = dyups_url is not None
+    dyups_url = problems.check("dyups_url", _parse_http_url, settings.get("dyups_url"))
+    lua_url = problems.check("lua_url", _parse_http_url, settings.get("lua_url"))
+    conflict = _notify_conflict(settings)
+    if conflict:
+        problems.add("(top level)", conflict)
+    guards = _parse_guards(problems, "", settings, GuardSettings())
+    context = _Context(
+        dyups_enabled=settings.get("dyups_url") is not None,
+        lua_enabled=settings.get("lua_url") is not None,
+        guards=guards,
+        base_dir=base_dir,
+        environ=os.environ if environ is None else environ,
+    )
 
     parsed_znodes: list[ZnodeConfig] = []
     clusters = [
-        _parse_cluster(problems, key_path, item, dyups_enabled, cluster_extra, parsed_znodes)
-        for key_path, item in cluster_items
+        _parse_cluster(
+            problems, "" if cluster_prefix is None else _join(cluster_prefix, index), index, item, context,
+            cluster_extra, parsed_znodes,
+        )
+        for index, item in cluster_items
     ]
     if isinstance(data, list) and not data:
         problems.add("", "the list of clusters is empty")
@@ -406,15 +783,29 @@ def parse_config(data: Any, source: str = "<config>", overrides: Mapping[str, An
             )
         else:
             first_seen[znode.upstream] = znode.key_path
+    named: dict[str, str] = {}
+    for index, item in cluster_items:
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and CLUSTER_NAME.fullmatch(name):
+            key_path = _join("" if cluster_prefix is None else _join(cluster_prefix, index), "name")
+            if name in named:
+                problems.add(key_path, f"cluster name {name!r} is already used at {named[name]}")
+            else:
+                named[name] = key_path
 
     files_output_path = problems.check(
         "files_output_path", _parse_files_output_path, settings.get("files_output_path", str(DEFAULT_FILES_OUTPUT_PATH))
     )
+    if files_output_path is not None and "files_output_path" not in given and file_output_path is not None:
+        files_output_path = _resolve(base_dir, str(files_output_path))
     reconcile = problems.check("reconcile_interval", _parse_interval, settings.get("reconcile_interval", 5))
     reassert = problems.check("reassert_interval", _parse_interval, settings.get("reassert_interval", 60))
+    retry = problems.check("retry_interval", _parse_positive_duration, settings.get("retry_interval", 1))
     session_timeout = problems.check(
         "zk_session_timeout", _parse_positive_duration, settings.get("zk_session_timeout", 10)
     )
+    listen = problems.check("listen", _parse_listen, settings["listen"]) if settings.get("listen") is not None else None
+    prune_files = problems.check("prune_files", _parse_flag, settings.get("prune_files", False))
     reload_config = (
         _parse_reload(problems, "nginx_reload", settings["nginx_reload"]) if settings.get("nginx_reload") is not None else None
     )
@@ -422,21 +813,30 @@ def parse_config(data: Any, source: str = "<config>", overrides: Mapping[str, An
     if problems.problems:
         raise ConfigError(source, problems.problems)
     assert files_output_path is not None and reconcile is not None and reassert is not None
-    assert session_timeout is not None
+    assert session_timeout is not None and retry is not None and prune_files is not None
+    valid = tuple(cluster for cluster in clusters if cluster)
     return Config(
         source=source,
-        clusters=tuple(cluster for cluster in clusters if cluster),
+        clusters=tuple(replace(cluster, cluster_count=len(valid)) for cluster in valid),
         files_output_path=files_output_path,
         dyups_url=dyups_url,
         reconcile_interval=reconcile,
         reassert_interval=reassert,
         zk_session_timeout=session_timeout,
         nginx_reload=reload_config,
+        guards=guards,
+        lua_url=lua_url,
+        retry_interval=retry,
+        listen=listen,
+        prune_files=prune_files,
     )
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Read and validate a config file; raise ConfigError naming the file on any problem."""
+    """Read and validate a config file; raise ConfigError naming the file on any problem.
+
+    Relative paths in the file are relative to the file's directory.
+    """
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -453,4 +853,4 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from None
     if data is None:
         raise ConfigError(source, ["(top level): the file is empty"])
-    return parse_config(data, source=source, overrides=overrides)
+    return parse_config(data, source=source, overrides=overrides, base_dir=Path(path).absolute().parent)

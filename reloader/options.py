@@ -13,6 +13,7 @@ The rules follow the open-source nginx that the project targets (Debian's
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Mapping
 
 from reloader.addresses import InvalidAddress, split_hostport
@@ -54,9 +55,20 @@ _MAX_ZONE = 1024 * 1024 * 1024
 _DIGITS = re.compile(r"^[0-9]{1,10}\Z")
 
 
-def _shown(value: object, limit: int = 60) -> str:
-    text = repr(value)
+# Bounded at every level: a value from a hostile file (a huge string, a deeply
+# nested or alias-shared structure) is never formatted in full for a message.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, at a cost bounded whatever the value's size."""
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+_shown = shown
 
 
 def _integer(name: str, value: object, minimum: int, maximum: int) -> int:

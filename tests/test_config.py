@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reloader.config import DEFAULT_FILES_OUTPUT_PATH, ConfigError, load_config, parse_config
+from reloader.config import (
+    DEFAULT_FILES_OUTPUT_PATH,
+    AuthConfig,
+    ConfigError,
+    GuardSettings,
+    TlsConfig,
+    kazoo_arguments,
+    load_config,
+    parse_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -325,3 +334,207 @@ def test_bad_usage_exits_2(args: list[str]) -> None:
     result = cli(*args)
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Guards, the ways of telling nginx, listen, clusters with names and credentials
+# ---------------------------------------------------------------------------
+
+
+def problems_of(data: object, **kwargs: object) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, **kwargs)  # type: ignore[arg-type]
+    return caught.value.problems
+
+
+def one_cluster(**settings: object) -> dict[str, object]:
+    return {"zk_servers": "a:1", "zk_nodes": {"app1": "/a"}, **settings}
+
+
+def test_new_settings_have_their_defaults() -> None:
+    config = parse_config(one_cluster())
+    assert config.guards == GuardSettings(settle_after_reconnect=30.0, max_drop=0.5, drop_hold=30.0)
+    assert config.znodes[0].guards == config.guards
+    assert (config.lua_url, config.retry_interval, config.listen, config.prune_files) == (None, 1.0, None, False)
+    cluster = config.clusters[0]
+    assert (cluster.name, cluster.index, cluster.auth, cluster.sasl, cluster.tls) == (None, 0, None, None, None)
+
+
+def test_per_znode_guards_override_the_global_ones_key_by_key() -> None:
+    config = parse_config({
+        "settle_after_reconnect": "5s", "max_drop": "25%", "drop_hold": 0,
+        "clusters": [{"zk_servers": "a:1", "zk_nodes": {
+            "app1": "/a",
+            "app2": {"path": "/b", "max_drop": 1, "settle_after_reconnect": "500ms"},
+        }}],
+    })
+    assert config.guards == GuardSettings(settle_after_reconnect=5.0, max_drop=0.25, drop_hold=0.0)
+    app1, app2 = config.znodes
+    assert app1.guards == config.guards
+    assert app2.guards == GuardSettings(settle_after_reconnect=0.5, max_drop=1.0, drop_hold=0.0)
+
+
+@pytest.mark.parametrize(("value", "fraction"), [("50%", 0.5), ("0%", 0.0), ("100%", 1.0), (0.3, 0.3), (1, 1.0), ("12.5 %", 0.125)])
+def test_max_drop_accepts_percentages_and_fractions(value: object, fraction: float) -> None:
+    assert parse_config(one_cluster(max_drop=value)).guards.max_drop == fraction
+
+
+@pytest.mark.parametrize("value", ["150%", "-5%", 1.5, -0.1, "half", True, "0.5", [1]])
+def test_max_drop_refuses_anything_else_naming_both_forms(value: object) -> None:
+    (problem,) = problems_of(one_cluster(max_drop=value))
+    assert problem.startswith("max_drop: ")
+    assert '"50%"' in problem and "0 to 1" in problem
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(8080, ("127.0.0.1", 8080)), ("8080", ("127.0.0.1", 8080)), ("0.0.0.0:9000", ("0.0.0.0", 9000)),
+     ("localhost:9000", ("localhost", 9000)), ("[::1]:9000", ("::1", 9000)), ("[::]:9000", ("::", 9000))],
+)
+def test_listen_forms(value: object, expected: tuple[str, int]) -> None:
+    assert parse_config(one_cluster(listen=value)).listen == expected
+
+
+@pytest.mark.parametrize("value", [0, 70000, "::1:9000", "[nothost]:80", "host:", ":80", True, "a b:80"])
+def test_listen_refuses_bad_values(value: object) -> None:
+    (problem,) = problems_of(one_cluster(listen=value))
+    assert problem.startswith("listen: ")
+
+
+def test_other_new_settings() -> None:
+    config = parse_config(one_cluster(retry_interval="250ms", prune_files=True, lua_url="http://127.0.0.1:8081/"))
+    assert (config.retry_interval, config.prune_files, config.lua_url) == (0.25, True, "http://127.0.0.1:8081")
+    assert problems_of(one_cluster(retry_interval=0)) == ["retry_interval: must be greater than zero"]
+    assert problems_of(one_cluster(prune_files="yes please"))[0].startswith("prune_files: must be true or false")
+    assert problems_of(one_cluster(lua_url="ftp://x"))[0].startswith("lua_url: 'ftp://x' is not an http")
+
+
+RELOAD = {"test_cmd": ["nginx", "-t"], "reload_cmd": ["nginx", "-s", "reload"]}
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [("dyups_url", "nginx_reload"), ("dyups_url", "lua_url"), ("lua_url", "nginx_reload"),
+     ("dyups_url", "lua_url", "nginx_reload")],
+)
+def test_ways_of_telling_nginx_are_alternatives(keys: tuple[str, ...]) -> None:
+    values = {"dyups_url": "http://127.0.0.1:1", "lua_url": "http://127.0.0.1:2", "nginx_reload": RELOAD}
+    (problem,) = problems_of(one_cluster(**{key: values[key] for key in keys}))
+    assert problem.startswith("(top level): " + " and ".join(keys) + " are alternatives")
+    assert "choose one way of telling nginx" in problem and "files are always written" in problem
+
+
+def test_a_dyups_url_flag_conflicts_with_a_reload_mode_in_the_file() -> None:
+    (problem,) = problems_of(one_cluster(nginx_reload=RELOAD), overrides={"dyups_url": "http://127.0.0.1:1"})
+    assert "dyups_url and nginx_reload are alternatives" in problem
+
+
+def test_lua_url_allows_only_keepalive_directives() -> None:
+    entry = {"path": "/a", "upstream_directives": ["keepalive 8", "keepalive_timeout 30s", "keepalive_requests 100"]}
+    config = parse_config({"zk_servers": "a:1", "lua_url": "http://127.0.0.1:1", "zk_nodes": {"app1": entry}})
+    assert config.znodes[0].options.directives == ("keepalive 8", "keepalive_timeout 30s", "keepalive_requests 100")
+    entry = {"path": "/a", "upstream_directives": ["least_conn", "keepalive 8", "zone z 64k"]}
+    (problem,) = problems_of({"zk_servers": "a:1", "lua_url": "http://127.0.0.1:1", "zk_nodes": {"app1": entry}})
+    assert problem.startswith("zk_nodes.app1.upstream_directives: least_conn, zone cannot be used with lua_url")
+    assert "weighted round robin" in problem
+
+
+SEVERAL = [
+    {"zk_servers": "a:1", "zk_nodes": {"app1": "/a"}},
+    {"zk_servers": "a:1", "zk_nodes": {"app2": "/b"}},
+    {"zk_servers": "b:1", "name": "east-1.b", "zk_nodes": {"app3": "/c"}},
+]
+
+
+def test_cluster_labels_index_and_session_keys() -> None:
+    one = parse_config(one_cluster())
+    assert one.clusters[0].label == "a:1"
+    first, second, third = parse_config(SEVERAL).clusters
+    assert [c.index for c in (first, second, third)] == [0, 1, 2]
+    assert [c.label for c in (first, second, third)] == ["a:1 #0", "a:1 #1", "east-1.b"]
+    assert first.session_key == second.session_key != third.session_key
+    hash(first.session_key)
+
+
+def test_cluster_names_are_checked_and_unique() -> None:
+    clusters = [
+        {"zk_servers": "a:1", "name": "main", "zk_nodes": {"app1": "/a"}},
+        {"zk_servers": "b:1", "name": "main", "zk_nodes": {"app2": "/b"}},
+        {"zk_servers": "c:1", "name": "-bad", "zk_nodes": {"app3": "/c"}},
+    ]
+    problems = problems_of({"clusters": clusters})
+    assert problems == [
+        "clusters[2].name: cluster name '-bad' must match [A-Za-z0-9][A-Za-z0-9._-]*",
+        "clusters[1].name: cluster name 'main' is already used at clusters[0].name",
+    ]
+
+
+def test_digest_auth_from_a_file_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "zk.secret").write_text("reloader:s3cret\n")
+    config = load_config(write(tmp_path, SHAPE1 + "auth: {scheme: digest, credential_file: zk.secret}\n"))
+    cluster = config.clusters[0]
+    assert cluster.auth == AuthConfig(scheme="digest", credential="reloader:s3cret")
+    assert "s3cret" not in repr(cluster)
+    assert kazoo_arguments(cluster)["auth_data"] == [("digest", "reloader:s3cret")]
+
+
+def test_digest_auth_from_the_environment() -> None:
+    data = one_cluster(auth={"scheme": "digest", "credential_env": "ZK_CRED"})
+    config = parse_config(data, environ={"ZK_CRED": "u:p"})
+    assert config.clusters[0].auth == AuthConfig("digest", "u:p")
+    assert problems_of(data, environ={}) == ["auth.credential_env: the environment variable ZK_CRED is not set or is empty"]
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        ({"scheme": "digest", "credential_file": "/nonexistent/zk.secret"},
+         "auth.credential_file: '/nonexistent/zk.secret' does not exist or is not a file"),
+        ({"scheme": "sasl", "credential_env": "X"}, "auth.scheme: must be one of digest, got 'sasl'"),
+        ({"scheme": "digest"}, "auth: give exactly one of credential_file"),
+        ({"scheme": "digest", "credential_env": "X", "credential_file": "f"}, "auth: give exactly one of"),
+        ({"scheme": "digest", "credential_env": "NOCOLON"}, "auth.credential_env: the credential must be user:password"),
+        ("digest:u:p", "auth: must be a mapping"),
+    ],
+)
+def test_bad_auth_is_refused_clearly(auth: object, expected: str) -> None:
+    problems = problems_of(one_cluster(auth=auth), environ={"X": "x:y", "NOCOLON": "nocolon"})
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_sasl_options(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("hunter2\n")
+    sasl = {"mechanism": "DIGEST-MD5", "username": "u", "password_file": "pw"}
+    config = parse_config(one_cluster(sasl=sasl), base_dir=tmp_path)
+    cluster = config.clusters[0]
+    assert dict(cluster.sasl or {}) == {"mechanism": "DIGEST-MD5", "username": "u", "password": "hunter2"}
+    arguments = kazoo_arguments(cluster)
+    arguments["sasl_options"]["service"] = "zookeeper"  # kazoo writes into it; the config must not change
+    assert "service" not in (cluster.sasl or {})
+    hash(cluster.session_key)
+    gssapi = parse_config(one_cluster(sasl={"mechanism": "GSSAPI", "principal": "c@EXAMPLE.COM", "service": "zk"}))
+    assert dict(gssapi.clusters[0].sasl or {})["principal"] == "c@EXAMPLE.COM"
+
+    problems = problems_of(one_cluster(sasl={"mechanism": "PLAIN", "colour": "red", "username": 5}))
+    assert "sasl.colour: unknown key" in problems[0]
+    assert any(p.startswith("sasl.username: must be a non-empty string") for p in problems), problems
+    assert any(p.startswith("sasl.mechanism: must be one of DIGEST-MD5, GSSAPI") for p in problems), problems
+    assert problems_of(one_cluster(sasl={"mechanism": "DIGEST-MD5", "username": "u"})) == [
+        "sasl.password: is required for DIGEST-MD5"
+    ]
+
+
+def test_tls_paths_must_exist(tmp_path: Path) -> None:
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    tls = {"ca": "ca.pem", "cert": "cert.pem", "key": str(tmp_path / "key.pem"), "verify_hostname": False}
+    cluster = parse_config(one_cluster(tls=tls), base_dir=tmp_path).clusters[0]
+    assert cluster.tls == TlsConfig(ca=tmp_path / "ca.pem", cert=tmp_path / "cert.pem", key=tmp_path / "key.pem",
+                                    verify_hostname=False)
+    arguments = kazoo_arguments(cluster)
+    assert arguments["use_ssl"] is True and arguments["check_hostname"] is False
+    assert arguments["ca"] == str(tmp_path / "ca.pem")
+
+    problems = problems_of(one_cluster(tls={"ca": "missing.pem", "cert": "cert.pem"}), base_dir=tmp_path)
+    assert problems[0] == f"tls.ca: '{tmp_path / 'missing.pem'}' does not exist or is not a file"
+    assert problems[1] == "tls: cert and key go together: give both or neither"
