@@ -12,6 +12,7 @@ setup(
     packages=find_packages(include=["reloader", "reloader.*"]),
     install_requires=[
         "kazoo>=2.9",
+        "python-daemon>=3.0",
         "PyYAML>=6.0",
         "requests>=2.28",
     ],

@@ -7,17 +7,16 @@ config or bad usage, 1 for a failure at run time.
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
-from types import FrameType
 from typing import Sequence
 
-from reloader import __version__
+from reloader import __version__, signals
 from reloader.config import Config, ConfigError, load_config
+from reloader.logsetup import configure_logging
+from reloader.process import LockHeld, PidLock, detach, directory_lock
+from reloader.sdnotify import SystemdNotifier
 
 EXIT_CONFIG = 2
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -28,12 +27,19 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run in the foreground until SIGTERM or SIGINT")
+    run = commands.add_parser("run", help="run until SIGTERM or SIGINT (in the foreground unless --daemon)")
     run.add_argument("--config", required=True, help="path to upstream_zk_nodes.conf")
     run.add_argument("--files-output-path", help="directory for <name>.upstream files (overrides the config)")
     run.add_argument("--dyups-url", help="base URL of the dyups interface (overrides the config)")
     run.add_argument("--log-level", default="INFO", type=str.upper,
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+    run.add_argument("--log-file", metavar="PATH",
+                     help="log to this file (reopened after logrotate and on SIGUSR1) instead of stderr")
+    run.add_argument("--log-format", default="text", choices=["text", "json"],
+                     help="text (default) or json: one object per line for log shippers")
+    run.add_argument("--daemon", action="store_true",
+                     help="detach into the background (needs --log-file); not for systemd, supervisord or containers")
+    run.add_argument("--pidfile", metavar="PATH", help="write the pid to this locked file; refuse to start twice")
 
     check = commands.add_parser("check", help="validate a config and list its upstreams")
     check.add_argument("--config", required=True, help="path to upstream_zk_nodes.conf")
@@ -64,32 +70,69 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
-    # kazoo logs every reconnect attempt at INFO/WARNING; our own transition
-    # lines say what matters, so keep kazoo quieter unless debugging.
-    if args.log_level != "DEBUG":
-        logging.getLogger("kazoo").setLevel(logging.ERROR)
+    if args.daemon and args.log_file is None:
+        print("--daemon needs --log-file: a detached process has no terminal to log to", file=sys.stderr)
+        return EXIT_CONFIG
     overrides = {"files_output_path": args.files_output_path, "dyups_url": args.dyups_url}
     config = _load(args.config, overrides)
     if config is None:
         return EXIT_CONFIG
 
-    from reloader.daemon import Daemon  # imported late: `check` needs no kazoo
+    # Everything that can fail is checked here, in the foreground, so that
+    # the error reaches the terminal even with --daemon.
+    locks: list[PidLock] = []
+    try:
+        try:
+            locks.append(directory_lock(config.files_output_path))
+            locks[-1].acquire()
+        except LockHeld as held:
+            print(f"another nginx-upstream-reloader ({_holder(held)}) already manages "
+                  f"{config.files_output_path}: {held.path} is locked", file=sys.stderr)
+            return 1
+        if args.pidfile is not None:
+            try:
+                locks.append(PidLock(args.pidfile))
+                locks[-1].acquire()
+            except LockHeld as held:
+                print(f"already running as {_holder(held)}: {held.path} is locked", file=sys.stderr)
+                return 1
+        logs = configure_logging(args.log_level, args.log_file, args.log_format)
+    except OSError as error:
+        _release(locks)
+        print(f"cannot start: {error}", file=sys.stderr)
+        return 1
+    except BaseException:
+        _release(locks)
+        raise
 
-    daemon = Daemon(config)
+    try:
+        if args.daemon:
+            keep = [lock.fileno() for lock in locks]
+            log_fd = logs.stream_fileno()
+            if log_fd is not None:
+                keep.append(log_fd)
+            detach(keep, logs.log_file)
+            for lock in locks:
+                lock.write_pid()  # the background process's pid, not the launcher's
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger(__name__).info("received %s; stopping", signal.Signals(signum).name)
-        daemon.request_stop()
+        # Imported late: `check` needs no kazoo, and nothing may start a
+        # thread before detaching.
+        from reloader.daemon import Daemon
 
-    def reassert(_signum: int, _frame: FrameType | None) -> None:
-        daemon.request_reassert()
+        daemon = Daemon(config)
+        signals.install(daemon, logs, SystemdNotifier.from_environment())
+        return daemon.run()
+    finally:
+        _release(locks)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    # SIGHUP after a manual `nginx -s reload`: put every upstream back into dyups now.
-    signal.signal(signal.SIGHUP, reassert)
-    return daemon.run()
+
+def _holder(held: LockHeld) -> str:
+    return f"pid {held.pid}" if held.pid is not None else "another process"
+
+
+def _release(locks: list[PidLock]) -> None:
+    for lock in reversed(locks):
+        lock.release()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

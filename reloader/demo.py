@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -54,7 +55,20 @@ class _Stop(BaseException):
 
 
 def _say(text: str = "") -> None:
-    print(text, flush=True)
+    """Print a line; once stdout is gone (``| tee`` ended by Ctrl-C), print nothing more.
+
+    A closed pipe must not turn a clean stop into a crash or skip the
+    cleanup, so EPIPE is swallowed and stdout is pointed at /dev/null: later
+    prints, and the flush at interpreter exit, then succeed silently.
+    """
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
 
 
 # ---------------------------------------------------------------------------
