@@ -251,11 +251,44 @@ def log_line_time(line: str) -> float | None:
     return stamp.timestamp()  # naive = local time, which is what logging's asctime uses
 
 
+def daemon_root() -> Path:
+    """Where the daemon under test is run from: ``$BENCH_DAEMON_ROOT`` (see :func:`snapshot_daemon`) or ROOT."""
+    return Path(os.environ.get("BENCH_DAEMON_ROOT") or ROOT)
+
+
+def snapshot_daemon(rev: str, into: Path) -> Path:
+    """Export ``reloader/`` at git revision ``rev`` into ``into`` and point :class:`Daemon` there.
+
+    Benches of a committed revision (the "before" figures) then do not depend
+    on whatever is being edited in the working tree at the time.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "reloader"], capture_output=True, check=True, timeout=60)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=60)
+    os.environ["BENCH_DAEMON_ROOT"] = str(into)
+    return into
+
+
+def daemon_revision() -> str:
+    """The revision the daemon under test came from: the snapshot's, or HEAD plus "+dirty" edits."""
+    if os.environ.get("BENCH_DAEMON_REV"):
+        return os.environ["BENCH_DAEMON_REV"]
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "reloader"], capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+working-tree" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 class Daemon:
     """``python -m reloader run`` as a real subprocess, its output in a log file."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], name: str = "daemon", log_level: str = "WARNING") -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], name: str = "daemon", log_level: str = "WARNING",
+                 root: Path | None = None) -> None:
         self.workdir = workdir
+        # ``python -m reloader`` is found in the working directory: ROOT, or a snapshot of another revision.
+        self.root = root or daemon_root()
         self.config_path = workdir / f"{name}.yaml"
         self.log_path = workdir / f"{name}.log"
         self.config = config
@@ -268,7 +301,7 @@ class Daemon:
         argv = [PYTHON, "-m", "reloader", "run", "--config", str(self.config_path), "--log-level", self.log_level]
         with self.log_path.open("ab") as log:
             self.started_at = time.monotonic()
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
         return self
 
     @property
@@ -508,3 +541,160 @@ def populate(client: Any, base: str, upstreams: int, children: int) -> float:
 
 def zk_nodes(base: str, upstreams: int) -> dict[str, str]:
     return {upstream_name(u): f"{base}/{upstream_name(u)}" for u in range(upstreams)}
+
+
+# ---------------------------------------------------------------------------
+# shared by targets.py and fleet.py
+# ---------------------------------------------------------------------------
+
+
+def loadavg() -> list[float]:
+    """The 1/5/15-minute load average now; recorded at the start of every bench block."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def daemon_accepts(workdir: Path, settings: dict[str, Any]) -> bool:
+    """True if ``python -m reloader check`` accepts these settings (a tiny config with them)."""
+    path = workdir / "accepts-check.yaml"
+    config = {"files_output_path": str(workdir / "accepts-check"), **settings,
+              "clusters": [{"zk_servers": "127.0.0.1:1", "zk_nodes": {"probe": "/probe"}}]}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    out = subprocess.run([PYTHON, "-m", "reloader", "check", "--config", str(path)], cwd=daemon_root(),
+                         capture_output=True, text=True, timeout=60, check=False)
+    return out.returncode == 0
+
+
+def guard_settings(workdir: Path, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``wanted`` (newer config keys) that today's daemon accepts, key by key."""
+    return {key: value for key, value in wanted.items() if daemon_accepts(workdir, {key: value})}
+
+
+_SERVER = re.compile(r"server (\S+?)(?: weight=(\d+))?(?=[ ;\n]|$)")
+
+
+def servers_in(text: str) -> set[tuple[str, int]]:
+    """(address, weight) of every ``server`` statement in a file or in canonical dyups lines."""
+    return {(m.group(1), int(m.group(2) or 1)) for m in _SERVER.finditer(text)}
+
+
+def four_letter(port: int, word: str, timeout: float = 5.0) -> str:
+    """Send a ZooKeeper four-letter word to 127.0.0.1:port; the answer ('' if refused)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(word.encode())
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def jvm_memory(pid: int) -> dict[str, Any]:
+    """Heap use of a JVM (``jcmd PID GC.heap_info`` when the JDK tools work) and its /proc RSS."""
+    out: dict[str, Any] = {"vmrss_mb": round(proc_status(pid).get("VmRSS", 0) / 1024, 1)}
+    try:
+        info = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True, timeout=30, check=False)
+        text = info.stdout
+        used = [int(m) for m in re.findall(r"used (\d+)K", text)]
+        total = [int(m) for m in re.findall(r"total (\d+)K", text)]
+        if used:
+            # Serial GC prints the young and the old generation (and the metaspace, which is not heap).
+            gens = [(t, u) for t, u in zip(total, used)][:2]
+            out["heap_used_mb"] = round(sum(u for _, u in gens) / 1024, 1)
+            out["heap_committed_mb"] = round(sum(t for t, _ in gens) / 1024, 1)
+            out["source"] = "jcmd GC.heap_info"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+class FloorProcess:
+    """``bench/floor.py watch`` as a real subprocess (its own interpreter, like the daemon); JSON lines on stdout."""
+
+    def __init__(self, workdir: Path, name: str, hosts: str, znodes: dict[str, str], files: Path | None,
+                 dyups_url: str | None = None, batch_fsync: bool = False, session_timeout: float = 10.0) -> None:
+        self.workdir = workdir
+        self.name = name
+        self.znodes_path = workdir / f"{name}.znodes.json"
+        self.out_path = workdir / f"{name}.out"
+        self.err_path = workdir / f"{name}.err"
+        self.argv = [PYTHON, str(BENCH / "floor.py"), "watch", "--hosts", hosts, "--znodes", str(self.znodes_path),
+                     "--session-timeout", str(session_timeout)]
+        if files is not None:
+            self.argv += ["--files", str(files)]
+        if dyups_url:
+            self.argv += ["--dyups-url", dyups_url]
+        if batch_fsync:
+            self.argv.append("--batch-fsync")
+        self.znodes = znodes
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    def start(self) -> FloorProcess:
+        self.znodes_path.write_text(json.dumps(self.znodes))
+        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+            self.started_at = time.monotonic()
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"the floor exited ({self.proc and self.proc.returncode}):\n{self.err_path.read_text()[-3000:]}")
+
+    def status(self) -> dict[str, int]:
+        return proc_status(self.pid)
+
+    def records(self, event: str | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = self.out_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if event is None or record.get("event") == event:
+                found.append(record)
+        return found
+
+    def errors(self) -> list[str]:
+        try:
+            return [line for line in self.err_path.read_text().splitlines() if "WARNING" in line or "Traceback" in line][:5]
+        except FileNotFoundError:
+            return []
+
+    def stop(self, timeout: float = 15.0) -> float | None:
+        if not self.alive():
+            return None
+        assert self.proc is not None
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            return None
+        return time.monotonic() - began
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
