@@ -41,8 +41,10 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="detach into the background (needs --log-file); not for systemd, supervisord or containers")
     run.add_argument("--pidfile", metavar="PATH", help="write the pid to this locked file; refuse to start twice")
 
-    check = commands.add_parser("check", help="validate a config and list its upstreams")
+    check = commands.add_parser("check", help="validate a config, list its upstreams and its effective settings")
     check.add_argument("--config", required=True, help="path to upstream_zk_nodes.conf")
+    check.add_argument("--connect", action="store_true",
+                       help="also try every ZooKeeper cluster (within the session timeout); exit 1 if one is unreachable")
 
     demo = commands.add_parser("demo", help="a self-contained local demo (ZooKeeper, nginx, three backends)")
     demo.add_argument("--nginx", metavar="PATH", help="a dyups-enabled nginx binary (default: stock nginx, reload mode)")
@@ -60,13 +62,24 @@ def _load(path: str, overrides: dict[str, object] | None = None) -> Config | Non
 
 
 def _check(args: argparse.Namespace) -> int:
+    from reloader import check  # imported late: only `check` needs it
+
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    # One tab-separated line per upstream first (scripts read these), then
+    # the effective settings as comment lines.
     for cluster in config.clusters:
         for znode in cluster.znodes:
             print(f"{znode.upstream}\t{cluster.zk_servers}\t{znode.path}")
-    return 0
+    for line in check.settings_lines(config):
+        print(line)
+    if not args.connect:
+        return 0
+    states = check.connect_all(config)
+    for cluster, state in states:
+        print(f"cluster {cluster.label}: {state}")
+    return 0 if all(state == "connected" for _, state in states) else 1
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ only files read besides the config are the credential and TLS files it names.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -25,11 +26,10 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
-import yaml
-
 from reloader import options as upstream_options
 from reloader.addresses import InvalidAddress, normalize_host, validate_port
 from reloader.assemble import UpstreamOptions
+from reloader.config_yaml import YamlProblem, YamlSource, load_yaml
 from reloader.durations import parse_duration
 from reloader.formats import FORMAT_NAMES, PORT_FIELDS, FormatOptions
 
@@ -82,6 +82,11 @@ _SASL_KEYS = {"mechanism", "username", "password", "password_file", "service", "
 _SASL_MECHANISMS = ("DIGEST-MD5", "GSSAPI")
 #: Secrets are one line; a bigger "credential file" is the wrong file.
 _MAX_SECRET_BYTES = 64 * 1024
+#: At most this many problems are listed; a hostile file could have millions.
+MAX_PROBLEMS = 200
+#: Longer strings cannot be a host list or a znode path; refusing them first
+#: keeps every later message and check small.
+_MAX_TEXT = 4096
 
 T = TypeVar("T")
 
@@ -224,72 +229,122 @@ class Config:
         return tuple(znode for cluster in self.clusters for znode in cluster.znodes)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate keys instead of keeping the last one silently.
-
-    A duplicated upstream name in a YAML mapping would otherwise make one of
-    the two upstreams vanish without a word.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {_shown(key)}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _shown(value: object, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters, without ever formatting all of a huge value."""
     return upstream_options.shown(value, limit)
 
 
-class _Collector:
-    """Gathers problems with their key paths while validation walks the tree."""
+_YAML_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"), (int, "a number"), (float, "a number"), (type(None), "null"),
+)
 
-    def __init__(self) -> None:
+
+class _Collector:
+    """Gathers problems with their key paths while validation walks the tree.
+
+    ``source`` is what the file said for scalars YAML did not read as strings;
+    it lets a message show ``yes`` where the data only holds True.
+    """
+
+    def __init__(self, source: YamlSource | None = None) -> None:
         self.problems: list[str] = []
+        self.source = source or YamlSource()
+        self._hidden = 0
 
     def add(self, key_path: str, message: str) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            self._hidden += 1
+            return
         self.problems.append(f"{key_path or '(top level)'}: {message}")
 
-    def check(self, key_path: str, parse: Callable[[Any], T], value: Any) -> T | None:
-        """Run ``parse(value)``; a ValueError becomes a problem at ``key_path``."""
+    def finish(self) -> list[str]:
+        """Every problem, and a count of the ones left out."""
+        if self._hidden:
+            return [*self.problems, f"(top level): ... and {self._hidden} more problems"]
+        return self.problems
+
+    def hint(self, key_path: str, value: object, *, is_key: bool = False, wants_text: bool = True) -> str:
+        """`` (YAML read 'yes' as a boolean; write it in quotes: "yes")`` for a scalar that is not a string."""
+        kind = next((name for kinds, name in _YAML_KINDS if isinstance(value, kinds)), None)
+        if kind is None and not isinstance(value, (str, list, dict)) and hasattr(value, "isoformat"):
+            kind = "a date"
+        if kind is None or (not wants_text and kind not in ("a boolean", "null")):
+            return ""
+        text = (self.source.keys if is_key else self.source.values).get(key_path)
+        if text is None:
+            return f" (YAML read it as {kind}; write it in quotes to make it text)"
+        return f' (YAML read {text!r} as {kind}; write it in quotes: "{text}")'
+
+    def check(
+        self, key_path: str, parse: Callable[[Any], T], value: Any, *, wants_text: bool = False,
+        source_at: str | None = None,
+    ) -> T | None:
+        """Run ``parse(value)``; a ValueError becomes a problem at ``key_path``.
+
+        A value YAML did not read as text gets a hint (see :meth:`hint`);
+        its source text is looked up at ``source_at`` (default ``key_path``).
+
+        Every problem of an :class:`~reloader.options.OptionErrors` becomes
+        its own line, at the key path of the entry it names.
+        """
         try:
             return parse(value)
+        except upstream_options.OptionErrors as errors:
+            for problem in errors.problems:
+                index = re.match(r"\[([0-9]+)\]: ", problem)
+                if index:
+                    self.add(_at(key_path, int(index.group(1))), problem[index.end():])
+                else:
+                    self.add(key_path, problem)
+            return None
         except (ValueError, TypeError) as error:
-            self.add(key_path, str(error))
+            hint = self.hint(source_at or key_path, value, wants_text=wants_text)
+            self.add(key_path, str(error) + hint)
             return None
 
 
 def _join(prefix: str, key: object) -> str:
-    if isinstance(key, int) and not isinstance(key, bool):
-        return f"{prefix}[{key}]"
+    """The key path of ``key`` in the mapping at ``prefix``; long or odd keys are cut short."""
     text = key if isinstance(key, str) else _shown(key, 40)
     if len(text) > 60:
         text = text[:60] + "..."
     return f"{prefix}.{text}" if prefix else text
 
 
+def _at(prefix: str, index: int) -> str:
+    """The key path of entry ``index`` of the list at ``prefix``."""
+    return f"{prefix}[{index}]"
+
+
 def _unknown_keys(problems: _Collector, key_path: str, mapping: Mapping[Any, Any], allowed: set[str]) -> None:
     for key in mapping:
-        if key not in allowed:
-            problems.add(_join(key_path, key), f"unknown key (allowed here: {', '.join(sorted(allowed))})")
+        if key in allowed:
+            continue
+        where = _join(key_path, key)
+        if not isinstance(key, str):
+            problems.add(where, f"unknown key {_shown(key)}{problems.hint(where, key, is_key=True)}")
+            continue
+        close = difflib.get_close_matches(key, sorted(allowed), n=1)
+        if close:
+            problems.add(where, f"unknown key {_shown(key)} (did you mean {close[0]!r}?)")
+        else:
+            problems.add(where, f"unknown key {_shown(key)} (allowed here: {', '.join(sorted(allowed))})")
 
 
 def _parse_zk_servers(value: Any) -> str:
     """Validate ``host[:port],host[:port][/chroot]``, as kazoo takes it."""
     if not isinstance(value, str):
         raise ValueError(f"must be a string like 'zk1:2181,zk2:2181', not {type(value).__name__}")
+    if len(value) > _MAX_TEXT:
+        raise ValueError(f"is {len(value)} characters long; a host list is at most {_MAX_TEXT}")
     hosts, slash, chroot = value.strip().partition("/")
     if not hosts:
         raise ValueError("is empty")
-    if slash and (not chroot or chroot.endswith("/") or "//" in chroot):
-        raise ValueError(f"chroot '/{chroot}' is not a valid znode path")
+    if slash:
+        try:
+            _check_znode_path("/" + chroot)
+        except ValueError as error:
+            raise ValueError(f"chroot: {error}") from None
     for entry in hosts.split(","):
         host, colon, port = entry.strip().rpartition(":") if ":" in entry else (entry.strip(), "", "")
         try:
@@ -297,19 +352,34 @@ def _parse_zk_servers(value: Any) -> str:
             if colon:
                 validate_port(port)
         except InvalidAddress as error:
-            raise ValueError(f"entry {entry.strip()!r}: {error}") from None
+            raise ValueError(f"entry {_shown(entry.strip())}: {error}") from None
     return value.strip()
+
+
+def _check_znode_path(value: str) -> None:
+    """Refuse what kazoo's path validation would refuse at run time, and white space."""
+    if value == "/":
+        return
+    if len(value) > _MAX_TEXT:
+        raise ValueError(f"znode path is {len(value)} characters long; at most {_MAX_TEXT} are allowed")
+    if value.endswith("/"):
+        raise ValueError(f"znode path {_shown(value)} must not end with '/'")
+    for segment in value[1:].split("/"):
+        if segment == "":
+            raise ValueError(f"znode path {_shown(value)} has an empty segment ('//')")
+        if segment in (".", ".."):
+            raise ValueError(f"znode path {_shown(value)} has a {segment!r} segment, which ZooKeeper refuses")
+    if any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or 0xD800 <= ord(ch) <= 0xF8FF
+           or 0xFFF0 <= ord(ch) <= 0xFFFF for ch in value):
+        raise ValueError(f"znode path {_shown(value)} contains white space or characters ZooKeeper refuses")
 
 
 def _parse_znode_path(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"znode path must be a string, not {type(value).__name__}")
     if not value.startswith("/"):
-        raise ValueError(f"znode path {value!r} must start with '/'")
-    if value != "/" and (value.endswith("/") or "//" in value):
-        raise ValueError(f"znode path {value!r} has an empty component")
-    if any(ch.isspace() or ord(ch) < 0x20 for ch in value):
-        raise ValueError(f"znode path {value!r} contains white space or control characters")
+        raise ValueError(f"znode path {_shown(value)} must start with '/'")
+    _check_znode_path(value)
     return value
 
 
@@ -318,13 +388,15 @@ def _parse_http_url(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"must be a URL string, not {type(value).__name__}")
+    if len(value) > _MAX_TEXT:
+        raise ValueError(f"is {len(value)} characters long; a URL here is at most {_MAX_TEXT}")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        raise ValueError(f"{_shown(value)} is not an http:// or https:// URL")
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as error:
-        raise ValueError(f"{value!r}: {error}") from None
+        raise ValueError(f"{_shown(value)}: {error}") from None
     return value.rstrip("/")
 
 
@@ -337,6 +409,8 @@ def _parse_argv(value: Any) -> tuple[str, ...]:
 def _parse_files_output_path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a directory path string")
+    if "\0" in value or len(value) > _MAX_TEXT:
+        raise ValueError(f"{_shown(value)} is not a usable directory path")
     return Path(value)
 
 
@@ -446,7 +520,7 @@ def _resolve(base_dir: Path | None, value: str) -> Path:
 
 
 def _readable_file(base_dir: Path | None, value: Any) -> Path:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or "\0" in value or len(value) > _MAX_TEXT:
         raise ValueError(f"must be a file path string, got {_shown(value)}")
     path = _resolve(base_dir, value)
     if not path.is_file():
@@ -579,14 +653,19 @@ class _Context:
 
 
 def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, context: _Context) -> ZnodeConfig | None:
-    if not isinstance(name, str) or not UPSTREAM_NAME.fullmatch(name):
+    if not isinstance(name, str):
+        hint = problems.hint(key_path, name, is_key=True) or " (not a string)"
+        problems.add(key_path, f"upstream name {_shown(name)}{hint}")
+        return None
+    if not UPSTREAM_NAME.fullmatch(name):
         problems.add(
             key_path,
             f"upstream name {_shown(name)} must match [a-z0-9][a-z0-9._-]* (lowercase: Tengine's dyups "
             "cannot route to capitalised upstream names)",
         )
         return None
-    if isinstance(entry, str):
+    bare = isinstance(entry, str) or entry is None or isinstance(entry, (bool, int, float))
+    if bare:
         entry = {"path": entry}
     if not isinstance(entry, dict):
         problems.add(key_path, "must be a znode path string or a mapping with 'path'")
@@ -595,13 +674,19 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
     if "path" not in entry:
         problems.add(_join(key_path, "path"), "is required")
         return None
-    path = problems.check(_join(key_path, "path"), _parse_znode_path, entry["path"])
+    # The source text of a bare path (``app1: 123``) is at the entry's own key path.
+    path = problems.check(
+        _join(key_path, "path"), _parse_znode_path, entry["path"], wants_text=True, source_at=key_path if bare else None
+    )
     format_name = entry.get("format", "auto")
     if not isinstance(format_name, str) or format_name not in FORMAT_NAMES:
-        problems.add(_join(key_path, "format"), f"{_shown(format_name)} is not one of {', '.join(FORMAT_NAMES)}")
+        where = _join(key_path, "format")
+        problems.add(where, f"{_shown(format_name)} is not one of {', '.join(FORMAT_NAMES)}"
+                     f"{problems.hint(where, format_name)}")
     for option in ("protocol", "endpoint", "port_field"):
         if option in entry and not (isinstance(entry[option], str) and entry[option]):
-            problems.add(_join(key_path, option), "must be a non-empty string")
+            where = _join(key_path, option)
+            problems.add(where, f"must be a non-empty string{problems.hint(where, entry[option])}")
     if isinstance(entry.get("port_field"), str) and entry["port_field"] not in PORT_FIELDS:
         problems.add(_join(key_path, "port_field"), f"must be one of {', '.join(PORT_FIELDS)}")
     format_options = FormatOptions(
@@ -672,10 +757,13 @@ def _parse_cluster(
         problems.add(_join(key_path, "zk_servers"), "is required")
     if "zk_nodes" not in value:
         problems.add(_join(key_path, "zk_nodes"), "is required")
-    zk_servers = problems.check(_join(key_path, "zk_servers"), _parse_zk_servers, value.get("zk_servers"))
+    zk_servers = problems.check(
+        _join(key_path, "zk_servers"), _parse_zk_servers, value.get("zk_servers"), wants_text=True
+    )
     name = value.get("name")
     if name is not None and not (isinstance(name, str) and CLUSTER_NAME.fullmatch(name)):
-        problems.add(_join(key_path, "name"), f"cluster name {_shown(name)} must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        where = _join(key_path, "name")
+        problems.add(where, f"cluster name {_shown(name)} must match [A-Za-z0-9][A-Za-z0-9._-]*{problems.hint(where, name)}")
     auth = (
         _parse_auth(problems, _join(key_path, "auth"), value["auth"], context.base_dir, context.environ)
         if value.get("auth") is not None else None
@@ -711,6 +799,7 @@ def parse_config(
     *,
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    yaml_source: YamlSource | None = None,
 ) -> Config:
     """Validate already-loaded YAML data; raise ConfigError listing every problem.
 
@@ -720,8 +809,10 @@ def parse_config(
     data are taken relative to ``base_dir`` (the config file's directory);
     an overriding ``files_output_path`` is used as given. ``environ`` is where
     ``credential_env`` looks (default: the process environment).
+    ``yaml_source`` (from :func:`reloader.config_yaml.load_yaml`) lets
+    messages quote what the file said.
     """
-    problems = _Collector()
+    problems = _Collector(yaml_source)
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
 
     if isinstance(data, list):
@@ -750,8 +841,8 @@ def parse_config(
 
     file_output_path = settings.get("files_output_path")
     settings = {**{key: settings[key] for key in _SETTING_KEYS if key in settings}, **given}
-    dyups_url = problems.check("dyups_url", _parse_http_url, settings.get("dyups_url"))
-    lua_url = problems.check("lua_url", _parse_http_url, settings.get("lua_url"))
+    dyups_url = problems.check("dyups_url", _parse_http_url, settings.get("dyups_url"), wants_text=True)
+    lua_url = problems.check("lua_url", _parse_http_url, settings.get("lua_url"), wants_text=True)
     conflict = _notify_conflict(settings)
     if conflict:
         problems.add("(top level)", conflict)
@@ -767,7 +858,7 @@ def parse_config(
     parsed_znodes: list[ZnodeConfig] = []
     clusters = [
         _parse_cluster(
-            problems, "" if cluster_prefix is None else _join(cluster_prefix, index), index, item, context,
+            problems, "" if cluster_prefix is None else _at(cluster_prefix, index), index, item, context,
             cluster_extra, parsed_znodes,
         )
         for index, item in cluster_items
@@ -787,14 +878,15 @@ def parse_config(
     for index, item in cluster_items:
         name = item.get("name") if isinstance(item, dict) else None
         if isinstance(name, str) and CLUSTER_NAME.fullmatch(name):
-            key_path = _join("" if cluster_prefix is None else _join(cluster_prefix, index), "name")
+            key_path = _join("" if cluster_prefix is None else _at(cluster_prefix, index), "name")
             if name in named:
                 problems.add(key_path, f"cluster name {name!r} is already used at {named[name]}")
             else:
                 named[name] = key_path
 
     files_output_path = problems.check(
-        "files_output_path", _parse_files_output_path, settings.get("files_output_path", str(DEFAULT_FILES_OUTPUT_PATH))
+        "files_output_path", _parse_files_output_path,
+        settings.get("files_output_path", str(DEFAULT_FILES_OUTPUT_PATH)), wants_text=True,
     )
     if files_output_path is not None and "files_output_path" not in given and file_output_path is not None:
         files_output_path = _resolve(base_dir, str(files_output_path))
@@ -811,7 +903,7 @@ def parse_config(
     )
 
     if problems.problems:
-        raise ConfigError(source, problems.problems)
+        raise ConfigError(source, problems.finish())
     assert files_output_path is not None and reconcile is not None and reassert is not None
     assert session_timeout is not None and retry is not None and prune_files is not None
     valid = tuple(cluster for cluster in clusters if cluster)
@@ -835,22 +927,16 @@ def parse_config(
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read and validate a config file; raise ConfigError naming the file on any problem.
 
-    Relative paths in the file are relative to the file's directory.
+    Relative paths in the file are relative to the file's directory; an
+    overriding ``files_output_path`` stays relative to the working directory.
     """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(source, [f"cannot read: {error.strerror or error}"]) from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(source, [f"is not UTF-8: {error}"]) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from None
+        data, yaml_source = load_yaml(Path(path), _join, _at)
+    except YamlProblem as problem:
+        raise ConfigError(source, [f"{problem.key_path}: {problem}" if problem.key_path else str(problem)]) from None
     if data is None:
         raise ConfigError(source, ["(top level): the file is empty"])
-    return parse_config(data, source=source, overrides=overrides, base_dir=Path(path).absolute().parent)
+    return parse_config(
+        data, source=source, overrides=overrides, base_dir=Path(path).absolute().parent, yaml_source=yaml_source
+    )

@@ -70,6 +70,32 @@ def shown(value: object, limit: int = 60) -> str:
 
 _shown = shown
 
+#: At most this many problems of one value are listed; the rest are counted.
+MAX_LISTED_PROBLEMS = 20
+
+
+class OptionErrors(ValueError):
+    """Every problem of one value, so that all are reported at once.
+
+    Each entry of ``problems`` names its place when it has one: ``"[2]: ..."``
+    for a list entry. At most :data:`MAX_LISTED_PROBLEMS` are kept, followed
+    by a count of the others.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        if len(problems) > MAX_LISTED_PROBLEMS:
+            hidden = len(problems) - MAX_LISTED_PROBLEMS
+            problems = [*problems[:MAX_LISTED_PROBLEMS], f"... and {hidden} more problems in this value"]
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _raise_collected(problems: list[str]) -> None:
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        raise OptionErrors(problems)
+
 
 def _integer(name: str, value: object, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -121,31 +147,43 @@ def parse_server_params(value: object) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, Mapping):
         raise ValueError(f"must be a mapping of nginx server parameters, got {type(value).__name__}")
     params: list[tuple[str, str]] = []
+    problems: list[str] = []
     for name, raw in value.items():
-        if not isinstance(name, str):
-            raise ValueError(f"parameter name {_shown(name)} is not a string")
-        if name == "weight":
-            params.append((name, str(_integer(name, raw, 1, MAX_WEIGHT))))
-        elif name in ("max_fails", "max_conns"):
-            params.append((name, str(_integer(name, raw, 0, _MAX_COUNT))))
-        elif name == "fail_timeout":
-            params.append((name, _seconds(name, raw, milliseconds=False)))
-        elif name == "down":
-            if _flag(name, raw):
-                params.append((name, ""))
-        elif name == "backup":
-            raise ValueError(
-                "backup cannot be a server_params entry: it would mark every registry server as a "
-                "backup, and nginx refuses an upstream with no non-backup server ('no servers in "
-                "upstream'); list static backup servers under backup_servers instead"
-            )
-        elif name in _PLUS_ONLY:
-            raise ValueError(
-                f"{name} needs NGINX Plus: the open-source nginx rejects it ('invalid parameter \"{name}=...\"')"
-            )
-        else:
-            raise ValueError(f"unknown server parameter {_shown(name)} (allowed: {', '.join(SERVER_PARAMS)})")
+        try:
+            params.extend(_server_param(name, raw))
+        except ValueError as error:
+            problems.append(str(error))
+    _raise_collected(problems)
     return tuple(params)
+
+
+def _server_param(name: object, raw: object) -> list[tuple[str, str]]:
+    """The (name, value) pair of one server parameter, or none for ``down: false``."""
+    params: list[tuple[str, str]] = []
+    if not isinstance(name, str):
+        raise ValueError(f"parameter name {_shown(name)} is not a string")
+    if name == "weight":
+        params.append((name, str(_integer(name, raw, 1, MAX_WEIGHT))))
+    elif name in ("max_fails", "max_conns"):
+        params.append((name, str(_integer(name, raw, 0, _MAX_COUNT))))
+    elif name == "fail_timeout":
+        params.append((name, _seconds(name, raw, milliseconds=False)))
+    elif name == "down":
+        if _flag(name, raw):
+            params.append((name, ""))
+    elif name == "backup":
+        raise ValueError(
+            "backup cannot be a server_params entry: it would mark every registry server as a "
+            "backup, and nginx refuses an upstream with no non-backup server ('no servers in "
+            "upstream'); list static backup servers under backup_servers instead"
+        )
+    elif name in _PLUS_ONLY:
+        raise ValueError(
+            f"{name} needs NGINX Plus: the open-source nginx rejects it ('invalid parameter \"{name}=...\"')"
+        )
+    else:
+        raise ValueError(f"unknown server parameter {_shown(name)} (allowed: {', '.join(SERVER_PARAMS)})")
+    return params
 
 
 # ---------------------------------------------------------------------------
@@ -273,19 +311,24 @@ def parse_upstream_directives(value: object, *, allow_variables: bool) -> tuple[
     seen: dict[str, int] = {}
     method: str | None = None
     parsed: list[tuple[str, str]] = []
+    problems: list[str] = []
     for index, text in enumerate(value):
         try:
             name, directive = _one_directive(text, allow_variables)
         except ValueError as error:
-            raise ValueError(f"[{index}]: {error}") from None
+            problems.append(f"[{index}]: {error}")
+            continue
         if name in seen:
-            raise ValueError(f"[{index}]: {name} is already given at [{seen[name]}]")
+            problems.append(f"[{index}]: {name} is already given at [{seen[name]}]")
+            continue
         if name in BALANCING_METHODS:
             if method is not None:
-                raise ValueError(f"[{index}]: {name}: only one balancing method is allowed, {method} is already given")
+                problems.append(f"[{index}]: {name}: only one balancing method is allowed, {method} is already given")
+                continue
             method = name
         seen[name] = index
         parsed.append((name, directive))
+    _raise_collected(problems)
     parsed.sort(key=lambda item: item[0] not in BALANCING_METHODS)  # stable: method first
     return tuple(directive for _, directive in parsed)
 
@@ -302,19 +345,24 @@ def parse_backup_servers(value: object) -> tuple[Server, ...]:
         raise ValueError(f"must be a list of 'host:port' strings, got {type(value).__name__}")
     servers: list[Server] = []
     seen: set[tuple[str, int]] = set()
+    problems: list[str] = []
     for index, text in enumerate(value):
         if not isinstance(text, str):
-            raise ValueError(f"[{index}]: must be a 'host:port' string, got {_shown(text)}")
+            problems.append(f"[{index}]: must be a 'host:port' string, got {_shown(text)}")
+            continue
         try:
             host, port = split_hostport(text.strip(" "))
         except InvalidAddress as error:
-            raise ValueError(f"[{index}]: {error}") from None
+            problems.append(f"[{index}]: {error}")
+            continue
         if not is_safe_host(host):
-            raise ValueError(f"[{index}]: {_shown(text)} holds characters not allowed in an address")
-        if (host, port) in seen:
-            raise ValueError(f"[{index}]: {_shown(text)} is listed twice")
-        seen.add((host, port))
-        servers.append(Server(host=host, port=port))
+            problems.append(f"[{index}]: {_shown(text)} holds characters not allowed in an address")
+        elif (host, port) in seen:
+            problems.append(f"[{index}]: {_shown(text)} is listed twice")
+        else:
+            seen.add((host, port))
+            servers.append(Server(host=host, port=port))
+    _raise_collected(problems)
     return tuple(servers)
 
 

@@ -84,7 +84,11 @@ clusters:
 def test_check_lists_every_upstream_of_each_shape(tmp_path: Path, text: str, expected: str) -> None:
     result = cli("check", "--config", str(write(tmp_path, text)))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == expected
+    upstream_lines = [line for line in result.stdout.splitlines(keepends=True) if not line.startswith("# ")]
+    assert "".join(upstream_lines) == expected
+    # The upstream lines come first; the effective settings follow as comments.
+    assert result.stdout.startswith(expected)
+    assert "# zk_session_timeout = 10s\n" in result.stdout
     assert result.stderr == ""
 
 

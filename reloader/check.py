@@ -1,0 +1,126 @@
+"""What ``nginx-upstream-reloader check`` reports about a valid config.
+
+* :func:`settings_lines`: every effective setting, defaults included, as
+  ``# name = value`` lines (comment lines, so a script reading the
+  tab-separated upstream lines can skip them); secrets are never shown.
+* :func:`output_path_state`: whether ``files_output_path`` can be written,
+  without creating or writing anything.
+* :func:`connect_all`: one short ZooKeeper connection attempt per cluster
+  (the only part that touches the network), in parallel, so the whole takes
+  about one session timeout however many clusters there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from reloader.config import ClusterConfig, Config, GuardSettings, kazoo_arguments
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _guards(guards: GuardSettings) -> list[tuple[str, str]]:
+    return [
+        ("settle_after_reconnect", _seconds(guards.settle_after_reconnect)),
+        ("max_drop", f"{guards.max_drop * 100:g}%"),
+        ("drop_hold", _seconds(guards.drop_hold)),
+    ]
+
+
+def output_path_state(path: Path) -> str:
+    """``writable``, ``can be created``, or why not."""
+    if path.exists():
+        if not path.is_dir():
+            return "not writable: it is not a directory"
+        return "writable" if os.access(path, os.W_OK | os.X_OK) else "not writable: permission denied"
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable"
+    return "does not exist; can be created"
+
+
+def _cluster_line(cluster: ClusterConfig) -> str:
+    auth = f"{cluster.auth.scheme} (user {cluster.auth.credential.split(':', 1)[0]})" if cluster.auth else "none"
+    sasl = "none"
+    if cluster.sasl is not None:
+        shown = {key: value for key, value in cluster.sasl.items() if key != "password"}
+        sasl = ", ".join(f"{key} {value}" for key, value in shown.items()) + (
+            ", password (hidden)" if "password" in cluster.sasl else "")
+    tls = "none"
+    if cluster.tls is not None:
+        tls = (f"ca {cluster.tls.ca or 'system default'}, cert {cluster.tls.cert or 'none'}, "
+               f"key {cluster.tls.key or 'none'}, verify_hostname {str(cluster.tls.verify_hostname).lower()}")
+    return (f"# cluster {cluster.label}: index {cluster.index}, name {cluster.name or 'none'}, "
+            f"zk_servers {cluster.zk_servers}, auth {auth}, sasl {sasl}, tls {tls}")
+
+
+def settings_lines(config: Config) -> list[str]:
+    """Every effective setting of ``config``, one ``# name = value`` line each."""
+    reload = config.nginx_reload
+    settings: list[tuple[str, str]] = [
+        ("files_output_path", f"{config.files_output_path} ({output_path_state(config.files_output_path)})"),
+        ("dyups_url", config.dyups_url or "none"),
+        ("lua_url", config.lua_url or "none"),
+        ("nginx_reload", "none" if reload is None else
+         f"test_cmd {list(reload.test_cmd)}, reload_cmd {list(reload.reload_cmd)}, "
+         f"min_interval {_seconds(reload.min_interval)}"),
+        ("reconcile_interval", _seconds(config.reconcile_interval)),
+        ("reassert_interval", _seconds(config.reassert_interval)),
+        ("retry_interval", _seconds(config.retry_interval)),
+        ("zk_session_timeout", _seconds(config.zk_session_timeout)),
+        ("listen", "none" if config.listen is None else
+         (f"[{config.listen[0]}]:{config.listen[1]}" if ":" in config.listen[0] else
+          f"{config.listen[0]}:{config.listen[1]}")),
+        ("prune_files", str(config.prune_files).lower()),
+        *_guards(config.guards),
+    ]
+    lines = [f"# {name} = {value}" for name, value in settings]
+    lines += [_cluster_line(cluster) for cluster in config.clusters]
+    for znode in config.znodes:
+        options = znode.options
+        lines.append(
+            f"# upstream {znode.upstream}: format {znode.format}, "
+            + ", ".join(f"{name} {value}" for name, value in _guards(znode.guards))
+            + (f", server_params {' '.join(f'{k}={v}' if v else k for k, v in options.server_params)}"
+               if options.server_params else "")
+            + (f", upstream_directives {'; '.join(options.directives)}" if options.directives else "")
+            + (f", backup_servers {' '.join(server.address for server in options.backup_servers)}"
+               if options.backup_servers else "")
+        )
+    return lines
+
+
+def _try_connect(cluster: ClusterConfig, timeout: float) -> str:
+    from kazoo.client import KazooClient  # imported late: only --connect needs kazoo
+
+    quiet = logging.getLogger("reloader.check.kazoo")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
+    client = KazooClient(**kazoo_arguments(cluster), timeout=timeout, logger=quiet)
+    try:
+        client.start(timeout=timeout)
+    except Exception as error:  # noqa: BLE001 - any failure is "unreachable", with its reason
+        return f"unreachable: {error or type(error).__name__}"
+    finally:
+        try:
+            client.stop()
+            client.close()
+        except Exception:  # noqa: BLE001 - a half-open client may fail to stop; nothing to do
+            pass
+    return "connected"
+
+
+def connect_all(config: Config) -> list[tuple[ClusterConfig, str]]:
+    """Each cluster with ``connected`` or ``unreachable: <error>``, tried at once, each within the session timeout."""
+    with ThreadPoolExecutor(max_workers=min(8, len(config.clusters))) as pool:
+        states = list(pool.map(lambda cluster: _try_connect(cluster, config.zk_session_timeout), config.clusters))
+    return list(zip(config.clusters, states))
