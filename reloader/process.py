@@ -25,6 +25,7 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -161,6 +162,10 @@ def detach(keep_open: Iterable[int], log_file: Path | None) -> daemon.DaemonCont
     handler's file). stdout and stderr go to ``log_file`` when there is one,
     so a traceback printed by a dying thread still lands in the log.
     """
+    others = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
+    if others:
+        # The fork would keep only this thread; the others would vanish mid-work.
+        raise RuntimeError(f"cannot detach once threads are running: {', '.join(others)}")
     stream: IO[str] | None = log_file.open("a", encoding="utf-8") if log_file is not None else None
     context = daemon.DaemonContext(
         # Keep the working directory: relative paths in the config (and in
