@@ -10,6 +10,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["reloader", "reloader.*"]),
+    # The Lua module nginx loads in Lua mode ships inside the package.
+    package_data={"reloader.nginx": ["lua/*.lua"]},
+    include_package_data=True,
     install_requires=[
         "kazoo>=2.9",
         "python-daemon>=3.0",

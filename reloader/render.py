@@ -42,3 +42,23 @@ def render_dyups_body(upstream: Upstream) -> str:
     """
     statements = [*upstream.directives, *(server_line(server) for server in upstream.servers)]
     return "".join(f"{statement};" for statement in statements)
+
+
+def render_file_lua(upstream: Upstream) -> str:
+    """The ``<name>.upstream`` file for Lua mode (``lua_url`` set).
+
+    The same ``server`` lines as :func:`render_file`, so that nginx's own
+    round robin serves them whenever the Lua balancer sets no peer (right
+    after an nginx start, before the daemon has POSTed), followed by the
+    ``balancer_by_lua_block`` that serves the live set from the shared dict.
+    The name is written into the block rather than read from
+    ``$proxy_host``, which is empty in the balancer phase. Directives
+    (only the keepalive family is allowed in Lua mode) come after the
+    balancer, as nginx needs keepalive to wrap the balancer it follows.
+    """
+    lines = [f"upstream {upstream.name} {{"]
+    lines.extend(f"    {server_line(server)};" for server in upstream.servers)
+    lines.append(f'    balancer_by_lua_block {{ require("reloader_balancer").balance("{upstream.name}") }}')
+    lines.extend(f"    {directive};" for directive in upstream.directives)
+    lines.append("}")
+    return "\n".join(lines) + "\n"

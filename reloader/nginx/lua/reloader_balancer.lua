@@ -1,0 +1,189 @@
+-- reloader_balancer: balancer_by_lua handler for the upstreams the daemon manages.
+--
+-- Guarantees:
+--  * smooth weighted round robin, the algorithm of nginx's own round robin,
+--    over the servers last POSTed for the upstream; "down" servers are never
+--    picked; backup servers only when no primary server is usable;
+--  * every worker checks the upstream's revision in the shared dict on each
+--    request (one shared-dict read), so a change is seen on the very next
+--    request, without a timer; local state is rebuilt only when it changed;
+--  * passive health checks with max_fails / fail_timeout, counted per worker
+--    (as nginx does for an upstream without "zone"): a server that failed
+--    max_fails times within fail_timeout is skipped for fail_timeout.
+--    Failures are seen when nginx asks for the next peer after one (so they
+--    are counted when proxy_next_upstream retries, which is the default for
+--    "error" and "timeout");
+--  * a failed attempt is retried on the next untried usable server, within
+--    proxy_next_upstream_tries; when none is left the request gets 502;
+--  * while nothing was POSTed for the upstream (the shared dict is empty
+--    right after an nginx start) or it was DELETEd, no peer is set, and
+--    nginx's own round robin serves the servers listed in the upstream file.
+
+local ngx_balancer = require "ngx.balancer"
+local store = require "reloader_store"
+local cjson = require("cjson.safe").new()
+
+local _M = {}
+
+-- nginx's NGX_BUSY: the balancer's "no live upstreams", which nginx answers
+-- with 502 like its own round robin does (ngx.exit(502) would give 500).
+local NGX_BUSY = -3
+
+-- Per-worker state by upstream name: { revision, primary, backup, usable }.
+-- A Lua module table lives in each worker's own VM; nothing is shared here.
+local states = {}
+
+local function peer_key(server)
+    return server.host .. "|" .. server.port
+end
+
+local function build(name, revision, old)
+    local text = store.get(name)
+    if not text then
+        return { revision = revision, deleted = true }
+    end
+    local doc = cjson.decode(text)
+    local previous = {}
+    if old and old.all then
+        for _, peer in ipairs(old.all) do
+            previous[peer.key] = peer
+        end
+    end
+    local state = { revision = revision, primary = {}, backup = {}, all = {} }
+    for _, server in ipairs(doc.servers) do
+        local family = store.ip_family(server.host)
+        if family == nil then
+            -- set_current_peer takes addresses only: nginx cannot resolve in this phase.
+            ngx.log(ngx.ERR, "upstream ", name, ": skipping ", server.host,
+                ": the Lua balancer connects to IP addresses only")
+        else
+            local key = peer_key(server)
+            local before = previous[key]
+            local peer = {
+                key = key,
+                host = family == "ipv6" and "[" .. server.host .. "]" or server.host,
+                port = server.port,
+                weight = server.weight,
+                max_fails = server.max_fails,
+                fail_timeout = server.fail_timeout,
+                down = server.down,
+                -- Keep the failure record of a server that stays in the set.
+                fails = before and before.fails or 0,
+                failed_at = before and before.failed_at or 0,
+                current = 0,
+            }
+            local list = server.backup and state.backup or state.primary
+            list[#list + 1] = peer
+            state.all[#state.all + 1] = peer
+        end
+    end
+    -- nginx ignores failures of the only server of an upstream without backups.
+    state.single = #state.primary == 1 and #state.backup == 0
+    return state
+end
+
+local function usable(peer, tried, now, single)
+    if peer.down or tried[peer] then
+        return false
+    end
+    if single or peer.max_fails == 0 or peer.fails < peer.max_fails then
+        return true
+    end
+    return now - peer.failed_at >= peer.fail_timeout
+end
+
+-- Smooth weighted round robin among the usable peers of one list.
+local function pick(peers, tried, now, single)
+    local best, total = nil, 0
+    for i = 1, #peers do
+        local peer = peers[i]
+        if usable(peer, tried, now, single) then
+            peer.current = peer.current + peer.weight
+            total = total + peer.weight
+            if best == nil or peer.current > best.current then
+                best = peer
+            end
+        end
+    end
+    if best then
+        best.current = best.current - total
+    end
+    return best
+end
+
+local function count_usable(state, now)
+    local none, count = {}, 0
+    for _, peer in ipairs(state.all) do
+        if usable(peer, none, now, state.single) then
+            count = count + 1
+        end
+    end
+    return count
+end
+
+local function record_failure(peer, now)
+    -- Failures count within a fail_timeout window, as nginx documents it.
+    if now - peer.failed_at >= peer.fail_timeout and peer.fails < peer.max_fails then
+        peer.fails = 0
+    end
+    peer.fails = peer.fails + 1
+    peer.failed_at = now
+    if peer.max_fails > 0 and peer.fails == peer.max_fails then
+        ngx.log(ngx.WARN, "upstream server ", peer.host, ":", peer.port,
+            " failed ", peer.fails, " times; skipped for ", peer.fail_timeout, " s")
+    end
+end
+
+--- The balancer_by_lua handler of upstream ``name`` (rendered into its file).
+function _M.balance(name)
+    local revision = store.revision(name)
+    if revision == nil then
+        return -- never POSTed: nginx's round robin over the file's servers
+    end
+    local state = states[name]
+    if state == nil or state.revision ~= revision then
+        state = build(name, revision, state)
+        states[name] = state
+    end
+    if state.deleted then
+        return
+    end
+
+    local ctx = ngx.ctx
+    local now = ngx.now()
+    local tried = ctx.upstream_reloader_tried
+    if tried == nil then
+        tried = {}
+        ctx.upstream_reloader_tried = tried
+        -- nginx allots one try per server of the file; allow one per usable
+        -- server of the live set (capped by proxy_next_upstream_tries).
+        local extra = count_usable(state, now) - 1
+        if extra > 0 then
+            ngx_balancer.set_more_tries(extra)
+        end
+    else
+        local failure = ngx_balancer.get_last_failure()
+        local last = ctx.upstream_reloader_peer
+        if failure == "failed" and last then
+            record_failure(last, now)
+        end
+    end
+
+    local peer = pick(state.primary, tried, now, state.single)
+        or pick(state.backup, tried, now, state.single)
+    if peer == nil then
+        if next(tried) == nil then
+            ngx.log(ngx.ERR, "upstream ", name, ": no usable server")
+        end
+        return ngx.exit(NGX_BUSY)
+    end
+    tried[peer] = true
+    ctx.upstream_reloader_peer = peer
+    local ok, err = ngx_balancer.set_current_peer(peer.host, peer.port)
+    if not ok then
+        ngx.log(ngx.ERR, "upstream ", name, ": cannot use ", peer.host, ":", peer.port, ": ", err)
+        return ngx.exit(500)
+    end
+end
+
+return _M

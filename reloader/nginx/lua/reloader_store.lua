@@ -1,0 +1,307 @@
+-- reloader_store: the validated, versioned state of every dynamic upstream.
+--
+-- Guarantees:
+--  * decode() accepts exactly the documented update body (format version 1)
+--    and returns either a normalised upstream or an error naming the field;
+--    nothing is stored unless the whole body is valid.
+--  * every upstream lives in the lua_shared_dict "upstream_reloader" as two
+--    keys: "s:NAME" (the normalised JSON, byte-stable) and "r:NAME" (a
+--    revision counter). The state is written before the counter is bumped,
+--    so a worker that sees a new revision always reads a state at least as
+--    new; the counter is only bumped when the state really changed, so a
+--    periodic re-assert of the same state never resets balancer state.
+--  * the counter survives a DELETE, so a later POST never reuses a revision
+--    that a worker may still have cached.
+
+-- A private cjson instance, so these settings never leak into other code.
+local cjson = require("cjson.safe").new()
+-- "NaN", "Infinity" and hex numbers are not JSON; deep nesting is not an update.
+cjson.decode_invalid_numbers(false)
+cjson.decode_max_depth(8)
+local ffi = require "ffi"
+
+local _M = {}
+
+_M.DICT_NAME = "upstream_reloader"
+_M.FORMAT_VERSION = 1
+-- Bodies larger than this are refused with 413 (the interface server sets
+-- client_max_body_size to the same value). 64 KiB holds about 600 servers.
+_M.MAX_BODY = 65536
+_M.MAX_SERVERS = 2048
+_M.MAX_WEIGHT = 1000000
+_M.MAX_FAILS = 1000000
+_M.MAX_FAIL_TIMEOUT = 86400
+
+local AF_INET, AF_INET6 = 2, 10
+pcall(ffi.cdef, "int inet_pton(int af, const char *src, void *dst);")
+local addr_buf = ffi.new("unsigned char[16]")
+
+local SERVER_KEYS = {
+    host = true, port = true, weight = true, max_fails = true,
+    fail_timeout = true, backup = true, down = true,
+}
+
+local function dict()
+    local shm = ngx.shared[_M.DICT_NAME]
+    if not shm then
+        error("lua_shared_dict " .. _M.DICT_NAME .. " is not defined; see nginx-upstream-reloader nginx-snippet --lua")
+    end
+    return shm
+end
+
+--- True for an upstream name as the daemon allows it.
+function _M.valid_name(name)
+    return type(name) == "string" and #name <= 255
+        and ngx.re.find(name, [[^[a-z0-9][a-z0-9._-]*$]], "jo") ~= nil
+end
+
+--- "ipv4", "ipv6" or nil: whether host is a literal IP address.
+function _M.ip_family(host)
+    if ffi.C.inet_pton(AF_INET, host, addr_buf) == 1 then
+        return "ipv4"
+    end
+    if ffi.C.inet_pton(AF_INET6, host, addr_buf) == 1 then
+        return "ipv6"
+    end
+    return nil
+end
+
+-- An RFC 1123 host name: dot-separated labels of letters, digits and
+-- hyphens, no label starting or ending with a hyphen, 253 characters at
+-- most, and a last label that is not all digits (that would be a
+-- mistyped IPv4 address, not a name).
+local function valid_hostname(host)
+    if #host == 0 or #host > 253 then
+        return false
+    end
+    local last
+    for label in (host .. "."):gmatch("([^.]*)%.") do
+        if #label == 0 or #label > 63
+            or not label:find("^[A-Za-z0-9]") or not label:find("[A-Za-z0-9]$")
+            or label:find("[^A-Za-z0-9-]") then
+            return false
+        end
+        last = label
+    end
+    return last ~= nil and last:find("^%d+$") == nil
+end
+
+local function valid_host(host)
+    if type(host) ~= "string" then
+        return false
+    end
+    return _M.ip_family(host) ~= nil or valid_hostname(host)
+end
+
+local function is_integer(value, low, high)
+    return type(value) == "number" and value == math.floor(value)
+        and value >= low and value <= high
+end
+
+local function is_array(value)
+    if type(value) ~= "table" then
+        return false
+    end
+    -- cjson decodes [] and {} alike to an empty table; either means "no servers".
+    local count = 0
+    for key in pairs(value) do
+        if type(key) ~= "number" then
+            return false
+        end
+        count = count + 1
+    end
+    return count == #value
+end
+
+local function field_error(index, key, what)
+    return string.format("servers[%d].%s: %s", index, key, what)
+end
+
+local function check_server(index, raw)
+    if type(raw) ~= "table" or is_array(raw) and next(raw) ~= nil then
+        return nil, string.format("servers[%d]: must be an object", index)
+    end
+    for key in pairs(raw) do
+        if type(key) ~= "string" or not SERVER_KEYS[key] then
+            return nil, string.format("servers[%d]: unknown field %s", index, tostring(key))
+        end
+    end
+    if not valid_host(raw.host) then
+        return nil, field_error(index, "host",
+            "must be an IPv4 or IPv6 address or an RFC 1123 host name")
+    end
+    if not is_integer(raw.port, 1, 65535) then
+        return nil, field_error(index, "port", "must be an integer from 1 to 65535")
+    end
+    local server = {
+        host = raw.host, port = raw.port, weight = 1, max_fails = 1,
+        fail_timeout = 10, backup = false, down = false,
+    }
+    if raw.weight ~= nil then
+        if not is_integer(raw.weight, 1, _M.MAX_WEIGHT) then
+            return nil, field_error(index, "weight",
+                "must be an integer from 1 to " .. _M.MAX_WEIGHT)
+        end
+        server.weight = raw.weight
+    end
+    if raw.max_fails ~= nil then
+        if not is_integer(raw.max_fails, 0, _M.MAX_FAILS) then
+            return nil, field_error(index, "max_fails",
+                "must be an integer from 0 to " .. _M.MAX_FAILS)
+        end
+        server.max_fails = raw.max_fails
+    end
+    if raw.fail_timeout ~= nil then
+        local value = raw.fail_timeout
+        -- "value == value" rejects NaN, which cjson.safe can produce.
+        if type(value) ~= "number" or value ~= value or value < 0
+            or value > _M.MAX_FAIL_TIMEOUT then
+            return nil, field_error(index, "fail_timeout",
+                "must be a number of seconds from 0 to " .. _M.MAX_FAIL_TIMEOUT)
+        end
+        server.fail_timeout = value
+    end
+    for _, key in ipairs({ "backup", "down" }) do
+        if raw[key] ~= nil then
+            if type(raw[key]) ~= "boolean" then
+                return nil, field_error(index, key, "must be true or false")
+            end
+            server[key] = raw[key]
+        end
+    end
+    return server
+end
+
+local function number_text(value)
+    if value == math.floor(value) then
+        return string.format("%d", value)
+    end
+    return string.format("%.17g", value)
+end
+
+-- Fixed key order and number formatting: equal states give equal bytes,
+-- which is what lets the daemon skip an unchanged GET /upstreams cheaply.
+local function encode_server(s)
+    return string.format(
+        '{"host":%s,"port":%d,"weight":%d,"max_fails":%d,"fail_timeout":%s,"backup":%s,"down":%s}',
+        cjson.encode(s.host), s.port, s.weight, s.max_fails, number_text(s.fail_timeout),
+        tostring(s.backup), tostring(s.down))
+end
+
+--- Encode a normalised upstream ({servers = {...}}) as its canonical JSON.
+function _M.encode(upstream)
+    local parts = {}
+    for i, server in ipairs(upstream.servers) do
+        parts[i] = encode_server(server)
+    end
+    return string.format('{"version":%d,"servers":[%s]}', _M.FORMAT_VERSION,
+        table.concat(parts, ","))
+end
+
+--- Parse and validate an update body. Returns the normalised upstream, or nil and an error.
+function _M.decode(body)
+    local doc, err = cjson.decode(body)
+    if doc == nil then
+        return nil, "body is not valid JSON: " .. tostring(err)
+    end
+    if type(doc) ~= "table" or is_array(doc) and next(doc) ~= nil then
+        return nil, "body must be a JSON object"
+    end
+    for key in pairs(doc) do
+        if key ~= "version" and key ~= "servers" then
+            return nil, "unknown field " .. tostring(key)
+        end
+    end
+    if doc.version ~= _M.FORMAT_VERSION then
+        return nil, "version: must be " .. _M.FORMAT_VERSION
+    end
+    if not is_array(doc.servers) then
+        return nil, "servers: must be an array"
+    end
+    if #doc.servers > _M.MAX_SERVERS then
+        return nil, "servers: at most " .. _M.MAX_SERVERS .. " servers"
+    end
+    local servers, primary, seen = {}, false, {}
+    for i, raw in ipairs(doc.servers) do
+        local server, server_err = check_server(i - 1, raw)
+        if not server then
+            return nil, server_err
+        end
+        local endpoint = server.host .. "|" .. server.port
+        if seen[endpoint] then
+            return nil, string.format("servers[%d]: %s port %d is listed twice", i - 1,
+                server.host, server.port)
+        end
+        seen[endpoint] = true
+        primary = primary or not server.backup
+        servers[i] = server
+    end
+    if not primary then
+        -- nginx refuses an upstream of backups only; so do we.
+        return nil, "servers: at least one server must not be a backup"
+    end
+    return { servers = servers }
+end
+
+--- Store a normalised upstream. Returns the revision and whether it changed, or nil and an error.
+function _M.put(name, upstream)
+    local shm = dict()
+    local text = _M.encode(upstream)
+    if shm:get("s:" .. name) == text then
+        return shm:get("r:" .. name) or 0, false
+    end
+    -- safe_set never evicts another upstream to make room.
+    local ok, err = shm:safe_set("s:" .. name, text)
+    if not ok then
+        return nil, "cannot store the upstream: " .. tostring(err)
+    end
+    local revision, incr_err = shm:incr("r:" .. name, 1, 0)
+    if not revision then
+        return nil, "cannot bump the revision: " .. tostring(incr_err)
+    end
+    return revision, true
+end
+
+--- Forget an upstream (the balancer falls back to the file's servers). Returns true if it existed.
+function _M.delete(name)
+    local shm = dict()
+    if shm:get("s:" .. name) == nil then
+        return false
+    end
+    shm:delete("s:" .. name)
+    shm:incr("r:" .. name, 1, 0)
+    return true
+end
+
+--- The canonical JSON of one upstream, or nil.
+function _M.get(name)
+    return dict():get("s:" .. name)
+end
+
+--- The current revision of an upstream (nil until it is first stored).
+function _M.revision(name)
+    return dict():get("r:" .. name)
+end
+
+--- Every stored upstream as one JSON document, names sorted (byte-stable).
+function _M.all()
+    local shm = dict()
+    local names = {}
+    for _, key in ipairs(shm:get_keys(0)) do
+        if key:sub(1, 2) == "s:" then
+            names[#names + 1] = key:sub(3)
+        end
+    end
+    table.sort(names)
+    local parts = {}
+    for _, name in ipairs(names) do
+        local text = shm:get("s:" .. name)
+        if text then
+            parts[#parts + 1] = cjson.encode(name) .. ":" .. text
+        end
+    end
+    return string.format('{"version":%d,"upstreams":{%s}}', _M.FORMAT_VERSION,
+        table.concat(parts, ","))
+end
+
+return _M

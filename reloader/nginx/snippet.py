@@ -1,0 +1,97 @@
+"""The nginx configuration that switches on the Lua dynamic upstreams.
+
+Guarantees: :func:`lua_snippet` returns text that goes into the ``http``
+block as it is -- the ``lua_package_path`` pointing at the installed Lua
+files, the ``lua_shared_dict``, the loopback interface server and the
+``include`` of the upstream files -- and :func:`load_module_lines` the
+main-context lines for an nginx that does not load the module already
+(Debian's package enables it through ``modules-enabled``; OpenResty has it
+built in). Nothing here reads or writes nginx's files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from reloader.nginx import LUA_DIR, MAX_BODY, SHARED_DICT
+
+DEFAULT_LISTEN: tuple[str, int] = ("127.0.0.1", 14444)
+DEFAULT_INCLUDE_DIR: Path = Path("/etc/nginx/upstreams")
+#: Room for roughly 20,000 servers in 1 MB; 16 MB is plenty and only touched pages cost memory.
+DEFAULT_DICT_SIZE: str = "16m"
+
+# Debian's module directory; lua needs the NDK module loaded first.
+_DEBIAN_MODULES = Path("/usr/lib/nginx/modules")
+
+
+def listen_from_url(url: str | None) -> tuple[str, int]:
+    """The (host, port) the interface server listens on, from the daemon's ``lua_url``."""
+    if not url:
+        return DEFAULT_LISTEN
+    parts = urlsplit(url)
+    host = parts.hostname or DEFAULT_LISTEN[0]
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return host, port
+
+
+def _listen_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def load_module_lines(modules_dir: Path = _DEBIAN_MODULES) -> str:
+    """Main-context ``load_module`` lines for Debian's NDK and Lua modules."""
+    return (
+        f"load_module {modules_dir / 'ndk_http_module.so'};\n"
+        f"load_module {modules_dir / 'ngx_http_lua_module.so'};\n"
+    )
+
+
+def lua_snippet(
+    listen: tuple[str, int] = DEFAULT_LISTEN,
+    include_dir: Path | None = DEFAULT_INCLUDE_DIR,
+    lua_dir: Path = LUA_DIR,
+    dict_size: str = DEFAULT_DICT_SIZE,
+    access_log: bool = False,
+) -> str:
+    """The http-block text for Lua mode.
+
+    ``include_dir`` None leaves the include line out (for callers that add
+    their own). The interface answers loopback clients only, whatever
+    address it listens on.
+    """
+    host, port = listen
+    lines = [
+        "# nginx-upstream-reloader: dynamic upstreams through Lua. Goes inside http { }.",
+        f"lua_package_path {_quote(str(lua_dir) + '/?.lua;;')};",
+        f"lua_shared_dict {SHARED_DICT} {dict_size};",
+        "",
+        "# The interface the daemon POSTs to (lua_url). Keep it on loopback.",
+        "server {",
+        f"    listen {_listen_text(host, port)};",
+        "    allow 127.0.0.1;",
+        "    allow ::1;",
+        "    deny all;",
+        *([] if access_log else ["    access_log off;"]),
+        f"    client_max_body_size {MAX_BODY // 1024}k;",
+        f"    client_body_buffer_size {MAX_BODY // 1024}k;",
+        "    location / {",
+        "        content_by_lua_block { require(\"reloader_api\").handle() }",
+        "    }",
+        "    error_page 413 = @too_large;",
+        "    location @too_large {",
+        "        content_by_lua_block { require(\"reloader_api\").too_large() }",
+        "    }",
+        "}",
+    ]
+    if include_dir is not None:
+        lines += [
+            "",
+            "# One upstream NAME { ... } block per upstream, written by the daemon.",
+            f"include {_quote(str(include_dir) + '/*.upstream')};",
+        ]
+    return "\n".join(lines) + "\n"

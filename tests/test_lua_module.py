@@ -1,0 +1,347 @@
+"""The Lua module in real nginx (Debian's nginx + libnginx-mod-http-lua), two workers.
+
+Covers the interface (validation, hostile input), propagation to every
+worker without a timer, smooth weighted round robin, down and backup
+servers, passive health checks, and what survives a reload, a killed worker
+and a full restart. Backends are real HTTP servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from reloader.localenv.backends import Backend
+from reloader.localenv.luanginx import LuaNginx, lua_missing
+from reloader.localenv.nginx import server_block
+from reloader.localenv.ports import free_port
+from reloader.model import Server, Upstream
+from reloader.render import render_file_lua
+from tests.conftest import require
+
+# The front server: new connections spread over both workers (reuseport),
+# every answer names the worker and the peers nginx tried. HTTP/1.0 to the
+# backends (nginx's default): http.server answers in two writes, which on a
+# kept-alive connection waits for a delayed ACK, 40 ms a request.
+FRONT = """
+location / {{
+    proxy_pass http://{name};
+    proxy_connect_timeout 1s;
+    add_header X-Upstream $upstream_addr always;
+    header_filter_by_lua_block {{ ngx.header["X-Worker"] = ngx.worker.id() }}
+}}
+"""
+
+
+class Rig:
+    """One nginx with the Lua module, its backends and a client for the interface."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.backends = [Backend(f"b{i}") for i in range(1, 7)]
+        for backend in self.backends:
+            backend.start()
+        self.upstream_dir = tmp / "upstreams"
+        self.upstream_dir.mkdir()
+        # "app" lists b1 and b2 in its file; "flaky" (b5, b6) is for the health tests.
+        self.write_file("app", self.backends[0], self.backends[1])
+        self.write_file("flaky", self.backends[4], self.backends[5])
+        # Only loaded, so that nginx -t proves the Lua-mode file takes keepalive and backup.
+        kept = Upstream(
+            "kept",
+            (Server("127.0.0.1", self.backends[0].port), Server("127.0.0.1", self.backends[1].port, backup=True)),
+            ("keepalive 8", "keepalive_timeout 30s"),
+        )
+        (self.upstream_dir / "kept.upstream").write_text(render_file_lua(kept))
+        self.nginx = LuaNginx(free_port(), self.upstream_dir, workdir=tmp / "nginx")
+        self.ports = {"app": free_port(), "flaky": free_port()}
+        body = "".join(
+            server_block(port, FRONT.format(name=name)).replace(
+                f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port} reuseport;"
+            )
+            for name, port in self.ports.items()
+        )
+        self.nginx.write_config(body)
+        self.nginx.start()
+        self.http = requests.Session()
+        self.http.trust_env = False
+
+    def write_file(self, name: str, *backends: Backend) -> None:
+        upstream = Upstream(name, tuple(Server("127.0.0.1", b.port) for b in backends))
+        (self.upstream_dir / f"{name}.upstream").write_text(render_file_lua(upstream))
+
+    def by_port(self, port: int) -> Backend:
+        return next(b for b in self.backends if b.port == port)
+
+    def post(self, name: str, body: Any) -> requests.Response:
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return self.http.post(f"{self.nginx.api_url}/upstream/{name}", data=data, timeout=5)
+
+    def state(self, name: str) -> Any:
+        answer = self.http.get(f"{self.nginx.api_url}/upstream/{name}", timeout=5)
+        return answer.json() if answer.status_code == 200 else answer.status_code
+
+    def close(self) -> None:
+        self.http.close()
+        self.nginx.close()
+        for backend in self.backends:
+            backend.stop()
+
+
+def servers(*entries: tuple[Backend, dict[str, Any]] | Backend) -> list[dict[str, Any]]:
+    out = []
+    for entry in entries:
+        backend, extra = entry if isinstance(entry, tuple) else (entry, {})
+        out.append({"host": "127.0.0.1", "port": backend.port, **extra})
+    return out
+
+
+def update(*entries: tuple[Backend, dict[str, Any]] | Backend) -> dict[str, Any]:
+    return {"version": 1, "servers": servers(*entries)}
+
+
+def fresh_get(port: int) -> tuple[int, str, str, str]:
+    """One GET on a new connection: (status, body, worker id, X-Upstream)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: front\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), body.decode().strip(), headers.get("X-Worker", ""), headers.get("X-Upstream", "")
+
+
+def poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory, nginx_bin: str) -> Iterator[Rig]:
+    require(lua_missing())
+    rig = Rig(tmp_path_factory.mktemp("lua"))
+    yield rig
+    rig.close()
+
+
+def test_file_servers_serve_until_the_first_post(rig: Rig) -> None:
+    rig.nginx.restart()
+    seen = {fresh_get(rig.ports["app"])[1] for _ in range(20)}
+    assert seen == {"b1", "b2"}
+
+
+def test_post_reaches_every_worker_at_once(rig: Rig, record_property: Callable[[str, object], None]) -> None:
+    b1, b2, b3, b4 = rig.backends[:4]
+    assert rig.post("app", update(b1, b2)).status_code == 200
+    # Warm both workers on the old set, so each has built local state that must now be dropped.
+    workers: set[str] = set()
+    poll(lambda: workers.add(fresh_get(rig.ports["app"])[2]) or len(workers) == 2, 5, "both workers")
+
+    answer = rig.post("app", update(b3, b4))
+    answered = time.monotonic()
+    assert answer.status_code == 200, answer.text
+    first_new: dict[str, float] = {}
+    results = []
+    while len(first_new) < 2 and time.monotonic() - answered < 2:
+        status, body, worker, _ = fresh_get(rig.ports["app"])
+        results.append((status, body))
+        first_new.setdefault(worker, time.monotonic() - answered)
+    # Not one request after the answer reached the old set: no timer, no lag.
+    assert all(result[0] == 200 and result[1] in {"b3", "b4"} for result in results), results
+    slowest = max(first_new.values())
+    record_property("all_workers_ms", round(slowest * 1000, 2))
+    print(f"every worker served the new set {slowest * 1000:.1f} ms after the POST's answer")
+    assert len(first_new) == 2 and slowest < 0.05, first_new
+
+
+def test_weights_share_within_two_percent(rig: Rig) -> None:
+    b1, b2, b3 = rig.backends[:3]
+    weights = {b1.name: 1, b2.name: 3, b3.name: 6}
+    assert rig.post("app", update((b1, {"weight": 1}), (b2, {"weight": 3}), (b3, {"weight": 6}))).status_code == 200
+    counts: Counter[str] = Counter()
+    total = 10_000
+    # Keep-alive connections, opened anew every 500 requests so both workers take part.
+    done = 0
+    while done < total:
+        conn = HTTPConnection("127.0.0.1", rig.ports["app"], timeout=5)
+        for _ in range(min(500, total - done)):
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            counts[response.read().decode().strip()] += 1
+            done += 1
+        conn.close()
+    for name, weight in weights.items():
+        share = counts[name] / total
+        assert abs(share - weight / 10) < 0.02, (name, share, counts)
+
+
+def test_down_and_backup_servers(rig: Rig) -> None:
+    b1, b2, b3 = rig.backends[:3]
+    assert rig.post("app", update((b1, {"down": True}), b2)).status_code == 200
+    assert {fresh_get(rig.ports["app"])[1] for _ in range(20)} == {"b2"}
+
+    # Backups only while every primary is unusable.
+    assert rig.post("app", update(b1, b2, (b3, {"backup": True}))).status_code == 200
+    assert {fresh_get(rig.ports["app"])[1] for _ in range(30)} == {"b1", "b2"}
+    assert rig.post("app", update((b1, {"down": True}), (b2, {"down": True}), (b3, {"backup": True}))).status_code == 200
+    assert {fresh_get(rig.ports["app"])[1] for _ in range(20)} == {"b3"}
+
+    # Every server down: 502, as nginx answers with no live upstream.
+    assert rig.post("app", update((b1, {"down": True}))).status_code == 200
+    assert fresh_get(rig.ports["app"])[0] == 502
+
+
+def test_killed_backend_is_skipped_then_returns(rig: Rig) -> None:
+    b5, b6 = rig.backends[4:6]
+    port = rig.ports["flaky"]
+    health = {"max_fails": 1, "fail_timeout": 1}
+    assert rig.post("flaky", update((b5, health), (b6, health))).status_code == 200
+    assert {fresh_get(port)[1] for _ in range(20)} == {"b5", "b6"}
+
+    b6.stop()
+    try:
+        began = time.monotonic()
+        results = [fresh_get(port) for _ in range(40)]
+        elapsed = time.monotonic() - began
+        # Every request still succeeds: the failed attempt is retried on b5.
+        assert all(status == 200 and body == "b5" for status, body, _, _ in results), results
+        retried = [r for r in results if "," in r[3]]
+        if elapsed < health["fail_timeout"]:
+            # One failure per worker marks b6 down for fail_timeout (max_fails 1).
+            assert 1 <= len(retried) <= 2, retried
+    finally:
+        b6.start()
+    before = b6.requests
+    # Back after fail_timeout.
+    poll(lambda: fresh_get(port)[1] == "b6" or b6.requests > before, 3 * health["fail_timeout"] + 2, "b6 back")
+
+
+def test_retry_stops_with_502_when_no_untried_server_is_left(rig: Rig) -> None:
+    b5, b6 = rig.backends[4:6]
+    dead = Backend("dead")  # never started: connection refused
+    assert rig.post("flaky", update((dead, {"max_fails": 0}), (b5, {"down": True}))).status_code == 200
+    status, _, _, tried = fresh_get(rig.ports["flaky"])
+    # nginx repeats the last peer's name in $upstream_addr for the "no live
+    # upstreams" step; the dead server is the only one ever tried.
+    assert status == 502 and set(tried.split(", ")) == {dead.address}, tried
+
+
+def test_reload_and_killed_worker_keep_the_state(rig: Rig) -> None:
+    b3, b4 = rig.backends[2:4]
+    assert rig.post("app", update(b3, b4)).status_code == 200
+    rig.nginx.reload()
+    assert {fresh_get(rig.ports["app"])[1] for _ in range(20)} == {"b3", "b4"}
+
+    victim = min(rig.nginx.worker_pids())
+    os.kill(victim, signal.SIGKILL)
+    poll(
+        lambda: victim not in rig.nginx.worker_pids() and len(rig.nginx.worker_pids()) == 2,
+        10,
+        "the master to replace the killed worker",
+    )
+    workers: set[str] = set()
+    bodies: set[str] = set()
+
+    def both_seen() -> bool:
+        _, body, worker, _ = fresh_get(rig.ports["app"])
+        workers.add(worker)
+        bodies.add(body)
+        return len(workers) == 2
+
+    poll(both_seen, 5, "both workers")
+    assert bodies == {"b3", "b4"}
+
+
+def test_restart_falls_back_to_the_file_servers(rig: Rig) -> None:
+    b3, b4 = rig.backends[2:4]
+    assert rig.post("app", update(b3, b4)).status_code == 200
+    rig.nginx.restart()
+    assert rig.state("app") == 404
+    assert {fresh_get(rig.ports["app"])[1] for _ in range(20)} == {"b1", "b2"}
+
+
+HOSTILE: list[tuple[str, bytes, int]] = [
+    ("bad json", b'{"version": 1, "servers": [', 400),
+    ("not an object", b"[1, 2]", 400),
+    ("wrong version", b'{"version": 2, "servers": []}', 400),
+    ("unknown field", b'{"version": 1, "servers": [], "extra": 1}', 400),
+    ("servers not a list", b'{"version": 1, "servers": {"host": "127.0.0.1"}}', 400),
+    ("port as string", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": "80"}]}', 400),
+    ("port out of range", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": 70000}]}', 400),
+    ("fractional port", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": 80.5}]}', 400),
+    ("weight zero", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": 80, "weight": 0}]}', 400),
+    ("down as string", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": 80, "down": "no"}]}', 400),
+    ("host with ;", b'{"version": 1, "servers": [{"host": "127.0.0.1;", "port": 80}]}', 400),
+    ("host with braces", b'{"version": 1, "servers": [{"host": "a}b", "port": 80}]}', 400),
+    ("host with space", b'{"version": 1, "servers": [{"host": "a b", "port": 80}]}', 400),
+    ("host not a string", b'{"version": 1, "servers": [{"host": 1, "port": 80}]}', 400),
+    ("only backups", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": 80, "backup": true}]}', 400),
+    ("no servers", b'{"version": 1, "servers": []}', 400),
+    ("NaN", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": NaN}]}', 400),
+    ("empty body", b"", 400),
+    ("1 MB body", b'{"version": 1, "servers": [' + b" " * (1 << 20) + b"]}", 413),
+]
+
+
+@pytest.mark.parametrize(("what", "body", "status"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_update_is_refused_and_changes_nothing(rig: Rig, what: str, body: bytes, status: int) -> None:
+    b1, b2 = rig.backends[:2]
+    good = update(b1, b2)
+    assert rig.post("app", good).status_code == 200
+    before = rig.state("app")
+    answer = rig.post("app", body)
+    assert answer.status_code == status, answer.text
+    assert "error" in answer.json()
+    assert rig.state("app") == before
+    assert {fresh_get(rig.ports["app"])[1] for _ in range(6)} == {"b1", "b2"}
+
+
+def test_chunked_body_over_the_cap_is_413(rig: Rig) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(20):
+            yield b" " * 10_000
+
+    answer = rig.http.post(f"{rig.nginx.api_url}/upstream/app", data=chunks(), timeout=5)
+    assert answer.status_code == 413 and "error" in answer.json()
+
+
+def test_paths_methods_and_names(rig: Rig) -> None:
+    api = rig.nginx.api_url
+    assert rig.http.get(f"{api}/nope", timeout=5).status_code == 404
+    assert rig.http.get(f"{api}/upstream/never-posted", timeout=5).status_code == 404
+    assert rig.http.post(f"{api}/upstreams", data=b"{}", timeout=5).status_code == 405
+    assert rig.http.patch(f"{api}/upstream/app", data=b"{}", timeout=5).status_code == 405
+    assert rig.http.get(f"{api}/upstream/Bad;Name", timeout=5).status_code == 400
+
+
+def test_get_all_and_delete(rig: Rig) -> None:
+    b1, b2, b3 = rig.backends[:3]
+    assert rig.post("app", update((b3, {"weight": 2, "max_fails": 3, "fail_timeout": 2.5}))).status_code == 200
+    everything = rig.http.get(f"{rig.nginx.api_url}/upstreams", timeout=5).json()
+    assert everything["version"] == 1
+    assert everything["upstreams"]["app"]["servers"] == [
+        {"host": "127.0.0.1", "port": b3.port, "weight": 2, "max_fails": 3, "fail_timeout": 2.5,
+         "backup": False, "down": False}
+    ]
+    # An unchanged re-POST keeps the revision, so workers keep their balancer state.
+    first = rig.post("app", update((b3, {"weight": 2, "max_fails": 3, "fail_timeout": 2.5}))).json()
+    assert first["changed"] is False
+    assert rig.http.delete(f"{rig.nginx.api_url}/upstream/app", timeout=5).status_code == 200
+    assert rig.state("app") == 404
+    # Deleted: the file's servers serve again.
+    assert {fresh_get(rig.ports["app"])[1] for _ in range(20)} == {b1.name, b2.name}
