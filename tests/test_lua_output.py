@@ -1,0 +1,135 @@
+"""LuaOutput driven directly (no ZooKeeper) against real nginx with the Lua module.
+
+The output is ticked from the test thread, as its own thread would: every
+call comes from one thread, and healing is waited for with a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from reloader.localenv.backends import Backend
+from reloader.localenv.luanginx import lua_missing
+from reloader.model import Server, Upstream
+from reloader.outputs.lua import LuaOutput, upstream_document
+from tests.conftest import require
+from tests.test_lua_module import Rig, fresh_get, update
+
+
+def upstream(name: str, *backends: Backend, params: tuple[tuple[str, str], ...] = ()) -> Upstream:
+    return Upstream(name, tuple(Server("127.0.0.1", b.port, params=params) for b in backends),
+                    live_count=len(backends))
+
+
+def tick_until(output: LuaOutput, condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Tick ``output`` every 20 ms until ``condition()``; return the seconds it took."""
+    began = time.monotonic()
+    while not condition():
+        now = time.monotonic()
+        if now - began > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        output.tick(now)
+        time.sleep(0.02)
+    return time.monotonic() - began
+
+
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory, nginx_bin: str) -> Iterator[Rig]:
+    require(lua_missing())
+    rig = Rig(tmp_path_factory.mktemp("luaout"))
+    yield rig
+    rig.close()
+
+
+@pytest.fixture
+def output(rig: Rig) -> Iterator[LuaOutput]:
+    out = LuaOutput(rig.nginx.api_url, reconcile_interval=1.0, reassert_interval=60.0, retry_interval=0.2)
+    yield out
+    out.close()
+
+
+def served(rig: Rig, count: int = 20) -> set[str]:
+    return {fresh_get(rig.ports["app"])[1] for _ in range(count)}
+
+
+def test_publish_serves_at_once(rig: Rig, output: LuaOutput) -> None:
+    b3, b4 = rig.backends[2:4]
+    output.publish(upstream("app", b3, b4))
+    assert output.pending == frozenset()
+    assert served(rig) == {"b3", "b4"}
+    assert rig.state("app") == upstream_document(upstream("app", b3, b4))
+
+
+def test_params_are_mapped_and_max_conns_dropped(rig: Rig, output: LuaOutput,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    b3 = rig.backends[2]
+    params = (("max_fails", "3"), ("fail_timeout", "2500ms"), ("max_conns", "10"))
+    with caplog.at_level(logging.WARNING, logger="reloader.outputs.lua"):
+        output.publish(upstream("app", b3, params=params))
+    server = rig.state("app")["servers"][0]
+    assert (server["max_fails"], server["fail_timeout"]) == (3, 2.5)
+    assert "max_conns is not supported" in caplog.text
+
+
+def test_restart_heals_within_reconcile_interval(rig: Rig, output: LuaOutput,
+                                                record_property: Callable[[str, object], None]) -> None:
+    b3, b4 = rig.backends[2:4]
+    output.publish(upstream("app", b3, b4))
+    rig.nginx.restart()
+    restarted = time.monotonic()
+    # Before the output notices, the file's servers serve: no request fails.
+    assert served(rig, 5) <= {"b1", "b2"}
+    took = tick_until(output, lambda: rig.state("app") != 404, 1.0 + 1.0 + 1.0, "the re-POST")
+    healed = time.monotonic() - restarted
+    record_property("heal_after_restart_s", round(healed, 2))
+    print(f"healed {healed:.2f} s after the restart (reconcile_interval 1 s)")
+    assert healed <= 1.0 + 1.0 + 0.5, took
+    assert served(rig) == {"b3", "b4"}
+
+
+def test_unreachable_interface_keeps_pending_and_probes(rig: Rig, output: LuaOutput) -> None:
+    b3, b4 = rig.backends[2:4]
+    rig.nginx.stop()
+    try:
+        began = time.monotonic()
+        output.publish(upstream("app", b4))
+        # One attempt, short timeouts: publish never hangs on a dead interface.
+        assert time.monotonic() - began < 1.5
+        assert output.pending == frozenset({"app"})
+        output.tick(time.monotonic())
+        assert output.pending == frozenset({"app"})
+    finally:
+        rig.nginx.start()
+    took = tick_until(output, lambda: not output.pending, 0.2 + 1.0, "the probe to flush the pending upstream")
+    assert took <= 1.2
+    assert served(rig) == {"b4"}
+
+
+def test_drift_is_repaired_and_unmanaged_upstreams_are_left_alone(
+    rig: Rig, output: LuaOutput, caplog: pytest.LogCaptureFixture
+) -> None:
+    b1, b3, b4, b5 = rig.backends[0], rig.backends[2], rig.backends[3], rig.backends[4]
+    output.publish(upstream("app", b3))
+    assert rig.post("other", update(b5)).status_code == 200
+    other = rig.state("other")
+    # Someone changes "app" behind the daemon's back.
+    assert rig.post("app", update(b1, b4)).status_code == 200
+    with caplog.at_level(logging.INFO, logger="reloader.outputs.lua"):
+        tick_until(output, lambda: rig.state("app") == upstream_document(upstream("app", b3)), 2.5, "the repair")
+    assert "upstream app drifted" in caplog.text
+    output.reassert("test")
+    assert rig.state("other") == other
+
+
+def test_refused_body_is_logged_not_retried(rig: Rig, output: LuaOutput, caplog: pytest.LogCaptureFixture) -> None:
+    bad = Upstream("app", (Server("bad;host", 80),), live_count=1)
+    with caplog.at_level(logging.ERROR, logger="reloader.outputs.lua"):
+        output.publish(bad)
+    assert "nginx refused upstream app" in caplog.text
+    assert output.pending == frozenset()
