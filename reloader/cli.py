@@ -46,6 +46,11 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--connect", action="store_true",
                        help="also try every ZooKeeper cluster (within the session timeout); exit 1 if one is unreachable")
 
+    snippet = commands.add_parser("nginx-snippet", help="print the nginx configuration to add for Lua mode")
+    snippet.add_argument("--lua", action="store_true", required=True,
+                         help="the Lua module set-up (lua_package_path, shared dict, interface, include)")
+    snippet.add_argument("--config", help="take lua_url and files_output_path from this config")
+
     demo = commands.add_parser("demo", help="a self-contained local demo (ZooKeeper, nginx, three backends)")
     demo.add_argument("--nginx", metavar="PATH", help="a dyups-enabled nginx binary (default: stock nginx, reload mode)")
     demo.add_argument("--interval", type=float, default=3.0, help=argparse.SUPPRESS)
@@ -139,6 +144,18 @@ def _run(args: argparse.Namespace) -> int:
         _release(locks)
 
 
+def _nginx_snippet(args: argparse.Namespace) -> int:
+    from reloader.nginx.snippet import snippet_for_config  # imported late: only this command needs it
+
+    config = None
+    if args.config is not None:
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+    print(snippet_for_config(config), end="")
+    return 0
+
+
 def _holder(held: LockHeld) -> str:
     return f"pid {held.pid}" if held.pid is not None else "another process"
 
@@ -154,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "nginx-snippet":
+        return _nginx_snippet(args)
     if args.command == "demo":
         from reloader.demo import run_demo  # imported late: only the demo needs localenv
 

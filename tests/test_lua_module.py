@@ -345,3 +345,20 @@ def test_get_all_and_delete(rig: Rig) -> None:
     assert rig.state("app") == 404
     # Deleted: the file's servers serve again.
     assert {fresh_get(rig.ports["app"])[1] for _ in range(20)} == {b1.name, b2.name}
+
+
+def test_nginx_snippet_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reloader.cli import main
+    from reloader.nginx import LUA_DIR, LUA_MODULES
+
+    config = tmp_path / "reloader.conf"
+    config.write_text(
+        f"lua_url: http://127.0.0.1:15555\nfiles_output_path: {tmp_path / 'ups'}\n"
+        "zk_servers: 127.0.0.1:2181\nzk_nodes:\n  app: /services/app\n"
+    )
+    assert main(["nginx-snippet", "--lua", "--config", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert f'lua_package_path "{LUA_DIR}/?.lua;;";' in text
+    assert "listen 127.0.0.1:15555;" in text
+    assert f'include "{tmp_path / "ups"}/*.upstream";' in text
+    assert all((LUA_DIR / f"{module}.lua").is_file() for module in LUA_MODULES)

@@ -12,9 +12,13 @@ built in). Nothing here reads or writes nginx's files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from reloader.nginx import LUA_DIR, MAX_BODY, SHARED_DICT
+
+if TYPE_CHECKING:
+    from reloader.config import Config
 
 DEFAULT_LISTEN: tuple[str, int] = ("127.0.0.1", 14444)
 DEFAULT_INCLUDE_DIR: Path = Path("/etc/nginx/upstreams")
@@ -95,3 +99,20 @@ def lua_snippet(
             f"include {_quote(str(include_dir) + '/*.upstream')};",
         ]
     return "\n".join(lines) + "\n"
+
+
+def snippet_for_config(config: Config | None) -> str:
+    """What ``nginx-upstream-reloader nginx-snippet --lua [--config FILE]`` prints.
+
+    With a config, the interface listens where its ``lua_url`` points and the
+    include line names its ``files_output_path``; without one, the defaults.
+    """
+    listen = listen_from_url(getattr(config, "lua_url", None)) if config is not None else DEFAULT_LISTEN
+    include_dir = config.files_output_path if config is not None else DEFAULT_INCLUDE_DIR
+    return (
+        "# Main context, unless Debian's modules-enabled already loads them (it does after\n"
+        "# apt-get install libnginx-mod-http-lua; OpenResty has them built in):\n"
+        + "".join(f"# {line}\n" for line in load_module_lines().splitlines())
+        + "\n"
+        + lua_snippet(listen=listen, include_dir=Path(include_dir))
+    )
