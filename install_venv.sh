@@ -3,9 +3,9 @@
 #
 #   ./install_venv.sh              the daemon and its dependencies
 #   ./install_venv.sh --dev        plus the test dependencies
-#   ./install_venv.sh --services   also install ZooKeeper, nginx and Java with
-#                                  apt-get when they are missing (root only;
-#                                  otherwise prints the command to run)
+#   ./install_venv.sh --services   also install ZooKeeper, nginx with its Lua
+#                                  module, and Java with apt-get when missing
+#                                  (root only; otherwise prints the command)
 #
 # Safe to run again: an existing .venv is reused and brought up to date.
 set -euo pipefail
@@ -64,6 +64,11 @@ if [ "$services" -eq 1 ]; then
     [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
     command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+    # Lua mode on stock nginx: the Lua module, lua-resty-core and lua-cjson
+    # (the JSON library the project's Lua module uses), detected by their files.
+    [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing+=(libnginx-mod-http-lua)
+    [ -f /usr/share/lua/5.1/resty/core.lua ] || missing+=(lua-resty-core)
+    compgen -G '/usr/lib/*/lua/5.1/cjson.so' >/dev/null || missing+=(lua-cjson)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     fi
