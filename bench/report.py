@@ -76,6 +76,9 @@ def how_to_run() -> list[str]:
         ".venv/bin/python bench/latency.py [--quick]",
         ".venv/bin/python bench/scale.py   [--quick] [--upstreams N] [--session-timeout S] [--cycles N]",
         ".venv/bin/python bench/heal.py    [--quick] [--samples N]",
+        ".venv/bin/python bench/floor.py demo [--upstreams N] [--json-data]   # the floor's own figures",
+        ".venv/bin/python bench/targets.py [--quick] [--only BLOCKS] [--daemon-rev REV] [--output PATH]",
+        ".venv/bin/python bench/fleet.py   [--quick] [--daemons N] [--layouts standalone,ensemble]",
         ".venv/bin/python bench/report.py  [--quick] [--output PATH]   # this page from bench/results/*.json",
         ".venv/bin/python bench/profile_worker.py cold|burst|reconcile   # cProfile of the worker (see Findings)",
         "```",
@@ -426,13 +429,169 @@ def findings(lat: dict | None, scale: dict | None, heal: dict | None) -> list[st
 """.splitlines()
 
 
+# Everything after this line in docs/benchmarks.md is written by hand (or by another
+# bench) and is kept as it is when the page is regenerated.
+KEEP_MARKER = "<!-- Hand-written sections below: bench/report.py keeps everything after this line. -->"
+
+
+def kept_tail(path: Path) -> str:
+    """The hand-written part of the existing page (after KEEP_MARKER), or ''."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ""
+    at = text.find(KEEP_MARKER)
+    return text[at + len(KEEP_MARKER):].strip("\n") if at >= 0 else ""
+
+
+def fig(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        text = f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.0f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".strip()
+
+
+def verdict(row: dict[str, Any]) -> str:
+    return {True: "**pass**", False: "**FAIL**", None: "-"}[row.get("pass")]
+
+
+def targets_section(r: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
+    n, c = r["upstreams"], r["children_per_upstream"]
+    lines = [
+        f"## Targets against the floor{quick_note(r)}",
+        "",
+        f"`bench/targets.py` at {n:,} upstreams x {c} instances, daemon `{r.get('daemon_revision', '?')}`"
+        f" ({r.get('took_s', '?')} s). The *floor* is `bench/floor.py`, a minimal kazoo program doing the",
+        "same work with nothing else (raw watches, pipelined reads, durable file writes, keep-alive POSTs),",
+        "run as a subprocess in the same run right beside the daemon, against the same tree and timed by",
+        "the same clocks. ratio = daemon / floor. The load average was recorded at the start of each block:",
+        "other work on the machine moves these figures, so judge the ratios more than the absolutes.",
+        "",
+    ]
+    before_rows = {row["id"]: row for row in before["targets"]} if before else {}
+    head = "| target | daemon | floor | ratio | goal | verdict | load at start |"
+    sep = "|---|---:|---:|---:|---|---|---|"
+    if before_rows:
+        head = f"| target | before (`{before.get('daemon_revision', '?')}`) | before ratio | daemon | floor | ratio | goal | verdict | load at start |"
+        sep = "|---|---:|---:|---:|---:|---:|---|---|---|"
+    lines += [head, sep]
+    for row in r["targets"]:
+        load = " / ".join(str(x) for x in row.get("loadavg", []))
+        cells = [row["title"]]
+        if before_rows:
+            b = before_rows.get(row["id"], {})
+            cells += [fig(b.get("figure"), row["unit"]), fig(b.get("ratio"))]
+        cells += [fig(row["figure"], row["unit"]), fig(row["floor"], row["unit"]), fig(row["ratio"]), row["target"], verdict(row), load]
+        lines.append("| " + " | ".join(cells) + " |")
+    blocks = r.get("blocks", {})
+    notes = []
+    if "sustained" in blocks:
+        sus = blocks["sustained"]
+        d, f = sus["daemon"], sus["floor"]
+        notes.append(f"* **sustained**: the writer (its own process, pipelined `set_async` and `commit_async`) reached "
+                     f"{fig(d['writer']['acked_per_s'])} changes/s acknowledged for the daemon and {fig(f['writer']['acked_per_s'])} for the floor; "
+                     f"final state exact: daemon {fig(d['exact'])}, floor {fig(f['exact'])}; the daemon made {fig(d.get('posts'))} POSTs "
+                     f"and {fig(d.get('file_renames'))} file renames (floor: {fig(f.get('posts'))} / {fig(f.get('file_renames'))}).")
+    if "latency" in blocks:
+        lat = blocks["latency"]
+        notes.append(f"* **latency**: {lat['samples']} creates; median create -> POST daemon {fig(lat['daemon']['create_to_post']['median_ms'], 'ms')}, "
+                     f"floor {fig(lat['floor']['create_to_post']['median_ms'], 'ms')}; {lat['daemon']['creates_near_a_reconcile']} of the daemon's "
+                     f"samples fell within a reconcile GET (worst of those {fig(lat['daemon']['worst_near_a_reconcile_ms'], 'ms')}).")
+    for label in ("plain", "json"):
+        cr = blocks.get(f"cold_{label}")
+        if cr:
+            notes.append(f"* **cold/resync, {label}**: the floor's own pipelined read of the tree took {fig(cr['floor'].get('pipelined_read_s'), 's')} "
+                         f"at the cold start and {fig(cr['floor'].get('resync_read_s'), 's')} after the reconnect; the reconnect back-off "
+                         f"(gate reopened -> first reconnect) was daemon {fig(cr['daemon']['reconnect_backoff_s'], 's')}, floor "
+                         f"{fig(cr['floor']['reconnect_backoff_s'], 's')} and is not counted.")
+    if "burst" in blocks:
+        bur = blocks["burst"]
+        notes.append(f"* **burst**: files only, the daemon reached {fig(max(b['files_per_s'] for b in bur['daemon_files']['bursts']))} files/s "
+                     f"(floor {fig(max(b['files_per_s'] for b in bur['floor_files']['bursts']))}); VmRSS files only / with dyups: daemon "
+                     f"{fig(bur['daemon_files']['vmrss_mb'], 'MB')} / {fig(bur['daemon_dyups']['vmrss_mb'], 'MB')}, floor "
+                     f"{fig(bur['floor_files']['vmrss_mb'], 'MB')} / {fig(bur['floor_dyups']['vmrss_mb'], 'MB')}.")
+    lines += ["", *notes, "",
+              "How each figure is taken: cold start = process start -> the last `NAME.upstream` renamed into place",
+              "(inotify); resync = the client's first reconnect through a TCP gate (`bench/_gate.py`), shut while one",
+              "instance was added to every upstream -> every file shows it; latency = create sent -> the DyupsServer's",
+              "answer to the POST carrying it; burst = one multi per upstream (all pipelined) sent -> the last file / the",
+              "last POST; sustained lag = the writer's last acknowledgement -> the last rename or POST that made every file",
+              "and every dyups upstream equal to ZooKeeper; RSS = VmRSS after the bursts; idle CPU = utime+stime over the",
+              "window with nothing changing.", ""]
+    return lines
+
+
+def fleet_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Fleet: many daemons on one ZooKeeper{quick_note(r)}",
+        "",
+        "`bench/fleet.py`: N daemons (real processes, files only) each watching the same upstreams; the",
+        "server figures come from the four-letter words (`mntr`, `wchs`, `cons`) and `jcmd GC.heap_info`",
+        "of the server the daemons talk to. `docs/sizing.md` extrapolates from these to 1,000 hosts.",
+        "",
+        "| layout | daemons | upstreams x instances | sessions | watches | watched paths | JVM heap used / RSS | cold start, all daemons | fan-out to all: median / max | restart: reconnect spread | restart: time to truth (max) | load at start |",
+        "|---|---:|---|---:|---:|---:|---|---:|---|---:|---:|---|",
+    ]
+    for x in r["layouts"]:
+        st = x["steady"]
+        jvm = st.get("jvm", {})
+        rs = x.get("restart", {})
+        spread = (rs.get("reconnect_after_ready_s") or {}).get("spread")
+        truth = (rs.get("time_to_truth_s") or {}).get("max")
+        lines.append(
+            f"| {x['server']} | {x['daemons']} | {x['upstreams']:,} x {x['children_per_upstream']} | {st.get('cons_daemon_sessions')} | "
+            f"{fig(st['wchs'].get('watches'))} | {fig(st['wchs'].get('paths'))} | {fig(jvm.get('heap_used_mb'), 'MB')} / {fig(jvm.get('vmrss_mb'), 'MB')} | "
+            f"{fig(x['cold_start_all_daemons_s'], 's')} | {fig(x['fanout_all_daemons']['median_ms'], 'ms')} / {fig(x['fanout_all_daemons']['max_ms'], 'ms')} | "
+            f"{fig(spread, 's')} | {fig(truth, 's')} | {' / '.join(str(v) for v in x.get('loadavg_at_start', []))} |")
+    lines += ["", "Before any daemon connected, the same server held: "
+              + "; ".join(f"{x['server']}: {fig(x['before_daemons']['wchs'].get('watches'))} watches, heap "
+                          f"{fig(x['before_daemons'].get('jvm', {}).get('heap_used_mb'), 'MB')}" for x in r["layouts"]) + ".",
+              "Per daemon VmRSS: " + "; ".join(f"{x['server']}: median {x['daemon_vmrss_mb']['median']} MB" for x in r["layouts"]) + ".", ""]
+    return lines
+
+
+def generic_section(title: str, r: dict[str, Any]) -> list[str]:
+    """Any other result file, as a flat table of its figures (nested keys joined with '.')."""
+    rows: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+        elif isinstance(value, list) and value and all(isinstance(v, (int, float, str, bool)) for v in value):
+            rows.append((prefix, ", ".join(str(v) for v in value)))
+        elif isinstance(value, list):
+            for i, sub in enumerate(value):
+                walk(f"{prefix}[{i}]", sub)
+        else:
+            rows.append((prefix, value))
+
+    walk("", {k: v for k, v in r.items() if k not in ("machine", "benchmark", "quick")})
+    lines = [f"## {title}{quick_note(r)}", "", "| figure | value |", "|---|---|"]
+    lines += [f"| `{key}` | {fig(value)} |" for key, value in rows[:200]]
+    return lines + [""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="report the --quick results")
     parser.add_argument("--output", type=Path, default=DOC, help=f"default: {DOC.relative_to(ROOT)}")
     args = parser.parse_args()
     lat, scale, heal = (load(name, args.quick) for name in ("latency", "scale", "heal"))
-    present = [r for r in (lat, scale, heal) if r]
+    targets, fleet, lua = (load(name, args.quick) for name in ("targets", "fleet", "lua"))
+    before_path = RESULTS / "targets-before.json"
+    before = json.loads(before_path.read_text()) if before_path.exists() else None
+    if targets and targets.get("quick") and before and not args.quick:
+        targets = None  # a full "before" run says more than a quick one of the same page
+    tail = kept_tail(args.output)
+    present = [r for r in (lat, scale, heal, targets, fleet, lua) if r]
     if not present:
         print("no results in bench/results/; run the benchmarks first", file=sys.stderr)
         return 1
@@ -454,8 +613,20 @@ def main() -> int:
         lines += scale_section(scale)
     if heal:
         lines += heal_section(heal)
-    lines += interpretation(lat, scale, heal)
-    lines += findings(lat, scale, heal)
+    if targets:
+        lines += targets_section(targets, before if before is not targets else None)
+    elif before:
+        lines += targets_section(before, None)
+    if fleet:
+        lines += fleet_section(fleet)
+    if lat or scale or heal:
+        lines += interpretation(lat, scale, heal)
+        lines += findings(lat, scale, heal)
+    if lua and "lua.json" not in tail:
+        lines += generic_section("Lua balancer (bench/results/lua.json)", lua)
+    lines += ["", KEEP_MARKER, ""]
+    if tail:
+        lines += [tail, ""]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {args.output}")

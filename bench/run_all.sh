@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # Run every benchmark, then regenerate docs/benchmarks.md from bench/results/*.json.
-#   bench/run_all.sh           full runs (about 5 minutes on 2 cores)
-#   bench/run_all.sh --quick   smaller runs (under 30 s each); the page goes to
+#   bench/run_all.sh           full runs (about 15 minutes on 2 cores)
+#   bench/run_all.sh --quick   smaller runs (about 3 minutes in all); the page goes to
 #                              bench/results/benchmarks-quick.md, docs/ is left alone
+# Extra arguments after --quick (or alone) go to targets.py and fleet.py, for example
+# --daemon-rev REV to bench a committed revision instead of the working tree.
 # Run them one after another on an otherwise idle machine: they share the cores
-# with ZooKeeper and the daemon, and contention shows up in the figures.
+# with ZooKeeper and the daemon, and contention shows up in the figures (each
+# targets/fleet block records the load average it started under).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 QUICK=()
-if [ "${1:-}" = "--quick" ]; then QUICK=(--quick); fi
-for bench in latency scale heal; do
-    echo "=== bench/$bench.py ${QUICK[*]:-}"
+if [ "${1:-}" = "--quick" ]; then QUICK=(--quick); shift; fi
+run() {
+    echo "=== bench/$1.py ${QUICK[*]:-} ${*:2}"
+    local start
     start=$(date +%s)
-    "$PY" "bench/$bench.py" "${QUICK[@]}"
-    echo "=== bench/$bench.py took $(( $(date +%s) - start )) s"
+    "$PY" "bench/$1.py" "${QUICK[@]}" "${@:2}"
+    echo "=== bench/$1.py took $(( $(date +%s) - start )) s"
+}
+for bench in latency scale heal; do
+    run "$bench"
 done
+run targets "$@"
+run fleet "$@"
 if [ ${#QUICK[@]} -gt 0 ]; then
     "$PY" bench/report.py --quick --output bench/results/benchmarks-quick.md
 else

@@ -600,7 +600,7 @@ def verdicts(blocks: dict[str, Any]) -> list[dict[str, Any]]:
     sus = blocks.get("sustained")
     if sus:
         d, f = sus["daemon"], sus["floor"]
-        row("sustained", f"lag after {sus['rate']} changes/s for {sus['duration_s']} s stop (files + dyups)", d.get("lag_s"), f.get("lag_s"),
+        row("sustained", f"lag after {sus['rate']:g} changes/s for {sus['duration_s']:g} s stop (files + dyups)", d.get("lag_s"), f.get("lag_s"),
             "s", "< 0.5 s; final state exact", d.get("lag_s") is not None and d["lag_s"] < 0.5 and d["exact"],
             exact=d["exact"], floor_exact=f["exact"], writer_rate=d["writer"]["acked_per_s"],
             floor_writer_rate=f["writer"]["acked_per_s"], loadavg=sus["loadavg_at_start"])
