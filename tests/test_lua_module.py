@@ -264,7 +264,9 @@ def test_reload_and_killed_worker_keep_the_state(rig: Rig) -> None:
         return len(workers) == 2
 
     poll(both_seen, 5, "both workers")
-    assert bodies == {"b3", "b4"}
+    # The new worker starts its round robin afresh, so a couple of answers may all be b3.
+    assert bodies <= {"b3", "b4"}
+    assert {fresh_get(rig.ports["app"])[1] for _ in range(20)} == {"b3", "b4"}
 
 
 def test_restart_falls_back_to_the_file_servers(rig: Rig) -> None:

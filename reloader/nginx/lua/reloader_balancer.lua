@@ -33,6 +33,9 @@ local NGX_BUSY = -3
 -- A Lua module table lives in each worker's own VM; nothing is shared here.
 local states = {}
 
+-- The (never written) tried-set of a first attempt.
+local NONE_TRIED = setmetatable({}, { __newindex = function() error("NONE_TRIED is read-only") end })
+
 local function peer_key(server)
     return server.host .. "|" .. server.port
 end
@@ -112,9 +115,9 @@ local function pick(peers, tried, now, single)
 end
 
 local function count_usable(state, now)
-    local none, count = {}, 0
+    local count = 0
     for _, peer in ipairs(state.all) do
-        if usable(peer, none, now, state.single) then
+        if usable(peer, NONE_TRIED, now, state.single) then
             count = count + 1
         end
     end
@@ -151,10 +154,11 @@ function _M.balance(name)
 
     local ctx = ngx.ctx
     local now = ngx.now()
-    local tried = ctx.upstream_reloader_tried
-    if tried == nil then
-        tried = {}
-        ctx.upstream_reloader_tried = tried
+    local last = ctx.upstream_reloader_peer
+    local tried
+    if last == nil then
+        -- First attempt: the common case, kept free of extra tables.
+        tried = NONE_TRIED
         -- nginx allots one try per server of the file; allow one per usable
         -- server of the live set (capped by proxy_next_upstream_tries).
         local extra = count_usable(state, now) - 1
@@ -162,9 +166,12 @@ function _M.balance(name)
             ngx_balancer.set_more_tries(extra)
         end
     else
-        local failure = ngx_balancer.get_last_failure()
-        local last = ctx.upstream_reloader_peer
-        if failure == "failed" and last then
+        tried = ctx.upstream_reloader_tried
+        if tried == nil then
+            tried = { [last] = true }
+            ctx.upstream_reloader_tried = tried
+        end
+        if ngx_balancer.get_last_failure() == "failed" then
             record_failure(last, now)
         end
     end
@@ -172,12 +179,14 @@ function _M.balance(name)
     local peer = pick(state.primary, tried, now, state.single)
         or pick(state.backup, tried, now, state.single)
     if peer == nil then
-        if next(tried) == nil then
+        if last == nil then
             ngx.log(ngx.ERR, "upstream ", name, ": no usable server")
         end
         return ngx.exit(NGX_BUSY)
     end
-    tried[peer] = true
+    if tried ~= NONE_TRIED then
+        tried[peer] = true
+    end
     ctx.upstream_reloader_peer = peer
     local ok, err = ngx_balancer.set_current_peer(peer.host, peer.port)
     if not ok then

@@ -41,12 +41,16 @@ local SERVER_KEYS = {
     fail_timeout = true, backup = true, down = true,
 }
 
+local shm_cache
+
 local function dict()
-    local shm = ngx.shared[_M.DICT_NAME]
-    if not shm then
-        error("lua_shared_dict " .. _M.DICT_NAME .. " is not defined; see nginx-upstream-reloader nginx-snippet --lua")
+    if shm_cache == nil then
+        shm_cache = ngx.shared[_M.DICT_NAME]
+        if not shm_cache then
+            error("lua_shared_dict " .. _M.DICT_NAME .. " is not defined; see nginx-upstream-reloader nginx-snippet --lua")
+        end
     end
-    return shm
+    return shm_cache
 end
 
 --- True for an upstream name as the daemon allows it.
@@ -278,9 +282,17 @@ function _M.get(name)
     return dict():get("s:" .. name)
 end
 
+-- "r:NAME" keys by name, so the balancer's per-request read builds no string.
+local revision_keys = setmetatable({}, { __mode = "k" })
+
 --- The current revision of an upstream (nil until it is first stored).
 function _M.revision(name)
-    return dict():get("r:" .. name)
+    local key = revision_keys[name]
+    if key == nil then
+        key = "r:" .. name
+        revision_keys[name] = key
+    end
+    return dict():get(key)
 end
 
 --- Every stored upstream as one JSON document, names sorted (byte-stable).

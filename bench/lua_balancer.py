@@ -1,0 +1,239 @@
+#!/usr/bin/env python
+"""Throughput and p99 latency through nginx: the Lua balancer against a static upstream.
+
+One run, side by side, on one front nginx (2 workers) with two upstreams of
+the same three backends: ``static`` (a plain ``upstream`` file) and ``lua``
+(the Lua-mode file, its servers POSTed to the Lua interface). With
+``RELOADER_TEST_DYUPS_NGINX`` naming a dyups-enabled nginx, a third target
+goes through dyups. The backends are a separate nginx answering ``return
+200`` on three ports, so the proxy path, not the backends, is what is
+measured. Load comes from ``wrk`` (Debian package ``wrk``), aimed only at
+127.0.0.1, for a bounded time; the targets alternate round by round so that
+drift in the machine's load hits all of them alike.
+
+Writes ``bench/results/lua.json`` (``lua-quick.json`` with ``--quick``) and
+its section of ``docs/benchmarks.md`` (between its own markers, after the
+hand-written-sections marker that bench/report.py keeps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from reloader.localenv.luanginx import LuaNginx, lua_missing  # noqa: E402
+from reloader.localenv.nginx import LocalNginx, server_block  # noqa: E402
+from reloader.localenv.ports import free_port  # noqa: E402
+from reloader.model import Server, Upstream  # noqa: E402
+from reloader.outputs.lua import upstream_document  # noqa: E402
+from reloader.render import render_file, render_file_lua  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+KEEP_MARKER = "<!-- Hand-written sections below: bench/report.py keeps everything after this line. -->"
+BEGIN = "<!-- lua-balancer: begin (written by bench/lua_balancer.py) -->"
+END = "<!-- lua-balancer: end -->"
+
+# Both proxied upstreams keep connections to the backends, so the balancer is a
+# visible share of each request's cost.
+PROXY = """location / {{
+    proxy_pass http://{target};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+}}
+"""
+
+
+def wrk(url: str, seconds: float, connections: int, threads: int) -> dict[str, float]:
+    """One wrk run: requests/s and p99 latency in ms."""
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        capture_output=True, text=True, timeout=seconds + 30, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    assert p99 is not None, out
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def start_backends(workdir: Path, ports: list[int]) -> LocalNginx:
+    backends = LocalNginx(workdir=workdir / "backends")
+    backends.worker_processes = 1
+    body = "access_log off;\n" + "".join(
+        server_block(port, f'access_log off;\nlocation / {{ return 200 "b{i}\\n"; }}\n')
+        for i, port in enumerate(ports, 1)
+    )
+    backends.write_config(body)
+    backends.start()
+    return backends
+
+
+def start_dyups(binary: str, workdir: Path, servers: tuple[Server, ...]) -> tuple[LocalNginx, int]:
+    """A dyups nginx proxying ``dy`` (POSTed) on a port of its own; returns (nginx, port)."""
+    front, api = free_port(), free_port()
+    nginx = LocalNginx(binary, workdir=workdir / "dyups")
+    nginx.write_config(
+        "access_log off;\n"
+        + server_block(api, "location / { dyups_interface; }\n")
+        + server_block(front, "location / {\n    set $ups dy;\n    proxy_pass http://$ups;\n"
+                       "    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n}\n")
+    )
+    nginx.start()
+    body = "".join(f"server {s.address};" for s in servers)
+    answer = requests.post(f"http://127.0.0.1:{api}/upstream/dy", data=body.encode(), timeout=5)
+    answer.raise_for_status()
+    return nginx, front
+
+
+def run(quick: bool) -> dict[str, Any]:
+    missing = lua_missing()
+    if missing:
+        raise SystemExit(missing)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed; install it with: apt-get install -y wrk")
+    seconds, rounds = (2.0, 2) if quick else (5.0, 5)
+    connections, threads = 32, 1
+    workdir = Path(tempfile.mkdtemp(prefix="bench-lua-"))
+    started: list[LocalNginx] = []
+    try:
+        backend_ports = [free_port() for _ in range(3)]
+        started.append(start_backends(workdir, backend_ports))
+        servers = tuple(Server("127.0.0.1", port) for port in backend_ports)
+        files = workdir / "upstreams"
+        files.mkdir()
+        (files / "static.upstream").write_text(render_file(Upstream("static", servers, ("keepalive 32",))))
+        lua_upstream = Upstream("lua", servers, ("keepalive 32",))
+        (files / "lua.upstream").write_text(render_file_lua(lua_upstream))
+        front = LuaNginx(free_port(), files, workdir=workdir / "front")
+        ports = {"static": free_port(), "lua": free_port()}
+        front.write_config("access_log off;\n" + "".join(
+            server_block(port, PROXY.format(target=name)) for name, port in ports.items()))
+        front.start()
+        started.append(front)
+        answer = requests.post(f"{front.api_url}/upstream/lua", json=upstream_document(lua_upstream), timeout=5)
+        answer.raise_for_status()
+
+        dyups_binary = os.environ.get("RELOADER_TEST_DYUPS_NGINX")
+        if dyups_binary:
+            dyups, ports["dyups"] = start_dyups(dyups_binary, workdir, servers)
+            started.append(dyups)
+
+        # Warm every target (worker caches, keepalive pools) before measuring.
+        for port in ports.values():
+            wrk(f"http://127.0.0.1:{port}/", 1, connections, threads)
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
+        for _ in range(rounds):
+            for name, port in ports.items():
+                samples[name].append(wrk(f"http://127.0.0.1:{port}/", seconds, connections, threads))
+    finally:
+        for nginx in reversed(started):
+            nginx.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    summary = {
+        name: {
+            "median_rps": statistics.median(s["rps"] for s in runs),
+            "median_p99_ms": statistics.median(s["p99_ms"] for s in runs),
+            "non_2xx": sum(int(s["non_2xx"]) for s in runs),
+            "runs": runs,
+        }
+        for name, runs in samples.items()
+    }
+    ratio = summary["lua"]["median_rps"] / summary["static"]["median_rps"]
+    return {
+        "benchmark": "lua_balancer",
+        "quick": quick,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cpus": os.cpu_count(),
+        "load_at_start": os.getloadavg(),
+        "front_workers": 2,
+        "wrk": {"threads": threads, "connections": connections, "seconds": seconds, "rounds": rounds},
+        "targets": summary,
+        "lua_to_static_rps": ratio,
+        "lua_cost_pct": (1 - ratio) * 100,
+        "target_cost_pct": 10,
+    }
+
+
+def section(result: dict[str, Any]) -> str:
+    t = result["targets"]
+    rows = [
+        f"| {name} | {v['median_rps']:,.0f} | {v['median_p99_ms']:.2f} | {v['non_2xx']} |"
+        for name, v in t.items()
+    ]
+    quick = " *(quick run)*" if result["quick"] else ""
+    w = result["wrk"]
+    return "\n".join([
+        BEGIN,
+        "",
+        f"## Lua balancer against a static upstream{quick}",
+        "",
+        f"`bench/lua_balancer.py`, {result['generated']}: one front nginx with {result['front_workers']} "
+        f"workers, three backends (a separate nginx answering `return 200`), upstream keepalive 32; "
+        f"`wrk -t{w['threads']} -c{w['connections']}`, {w['rounds']} alternating rounds of {w['seconds']:g} s "
+        f"per target, medians shown. {result['cpus']} CPUs shared by wrk, both nginx and everything "
+        f"else; load average at start {result['load_at_start'][0]:.2f}.",
+        "",
+        "| target | requests/s | p99 ms | non-2xx |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        f"The Lua balancer serves **{result['lua_to_static_rps'] * 100:.1f} %** of the static upstream's "
+        f"throughput: a cost of {result['lua_cost_pct']:.1f} % (target: under {result['target_cost_pct']} %). "
+        "Per request it reads one revision number from the shared dict and runs the weighted round "
+        "robin over the worker's own copy of the servers.",
+        "",
+        END,
+    ])
+
+
+def write_doc(result: dict[str, Any]) -> None:
+    text = DOC.read_text() if DOC.exists() else ""
+    block = section(result)
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        if KEEP_MARKER not in text:
+            text = text.rstrip("\n") + "\n\n" + KEEP_MARKER + "\n"
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s instead of 5 of 5 s")
+    parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    args = parser.parse_args()
+    result = run(args.quick)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / ("lua-quick.json" if args.quick else "lua.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_doc:
+        write_doc(result)
+    for name, v in result["targets"].items():
+        print(f"{name:7s} {v['median_rps']:10,.0f} req/s  p99 {v['median_p99_ms']:.2f} ms  non-2xx {v['non_2xx']}")
+    print(f"lua/static throughput: {result['lua_to_static_rps']:.3f} (cost {result['lua_cost_pct']:.1f} %); wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
