@@ -61,15 +61,23 @@ def apply_server_params(server: Server, params: tuple[tuple[str, str], ...]) -> 
     return replace(server, weight=weight, backup=backup, down=down, params=tuple(extra))
 
 
-def assemble_upstream(name: str, live: Iterable[Server], options: UpstreamOptions = UpstreamOptions()) -> Upstream:
-    """The desired upstream for ``name`` given its live registry servers.
+def desired_live(live: Iterable[Server], options: UpstreamOptions = UpstreamOptions()) -> list[Server]:
+    """The registry's servers as nginx should serve them: one per endpoint, configured parameters applied.
+
+    This is what the guards compare with what is published.
+    """
+    return [apply_server_params(server, options.server_params) for server in merge_duplicates(live)]
+
+
+def finalize_upstream(name: str, live: Iterable[Server], options: UpstreamOptions = UpstreamOptions()) -> Upstream:
+    """The upstream for ``name`` made of ``live`` (already from :func:`desired_live`) and static backups.
 
     Static backup servers are rendered with ``backup`` while live servers
     exist; with none live they are rendered as plain servers, because nginx and
     dyups both refuse an upstream whose every server is a backup. They never
     count towards ``live_count``.
     """
-    merged = [apply_server_params(server, options.server_params) for server in merge_duplicates(live)]
+    merged = list(live)
     live_endpoints = {server.endpoint for server in merged}
     servers = list(merged)
     for static in options.backup_servers:
@@ -82,3 +90,8 @@ def assemble_upstream(name: str, live: Iterable[Server], options: UpstreamOption
         directives=options.directives,
         live_count=len(merged),
     )
+
+
+def assemble_upstream(name: str, live: Iterable[Server], options: UpstreamOptions = UpstreamOptions()) -> Upstream:
+    """The desired upstream for ``name`` given its live registry servers (both steps above)."""
+    return finalize_upstream(name, desired_live(live, options), options)

@@ -1,12 +1,18 @@
-"""The daemon: wires sources, pipeline and outputs, and runs the worker loop.
+"""The daemon: wires clusters, the files output and its followers, and runs until asked to stop.
 
-The worker thread drains the inbox (watch events and session transitions
-enqueued by kazoo's threads, plus delayed tasks), lets each source read what
-changed, and gives every output its periodic ``tick``. The thread that called
-``run()`` only waits for a stop request and then shuts down: it gives the
-worker a moment to finish its task, then closes the ZooKeeper sessions,
-which fails any request the worker is still waiting on. A worker stuck on a
-frozen ZooKeeper therefore cannot hold up a SIGTERM.
+Threads, and what each may wait on:
+
+* one thread per ZooKeeper cluster (:mod:`reloader.cluster`): that cluster's
+  session, watches, reads and pipeline;
+* one thread per output (:mod:`reloader.runner`): the files output first;
+  dyups, Lua or reload follow it, fed by "file written" events, so none of
+  them is ever ahead of what survives an nginx restart, and a hung one delays
+  only itself;
+* the thread that called :meth:`Daemon.run`: it waits for a stop request,
+  then shuts everything down within a bounded time, whatever state the other
+  threads are in (they are daemon threads).
+
+No thread is made per znode, per child or per reconnect.
 """
 
 from __future__ import annotations
@@ -19,26 +25,35 @@ from typing import Callable
 
 from kazoo.client import KazooClient
 
+from reloader.cluster import ClusterWorker
 from reloader.config import Config
-from reloader.inbox import Inbox
-from reloader.outputs.base import Output
+from reloader.model import Upstream
+from reloader.outputs.base import FileWritten, Output
 from reloader.outputs.dyups import DyupsOutput
-from reloader.outputs.files import FilesOutput
+from reloader.outputs.files import FilesOutput, FileStore
 from reloader.outputs.reload import ReloadOutput
-from reloader.pipeline import Pipeline
 from reloader.readback import ReadbackError, parse_upstream_block
-from reloader.sources.zookeeper import ZooKeeperSource
+from reloader.resolve import HostChecker
+from reloader.runner import OutputRunner
 
 log = logging.getLogger(__name__)
 
 # How long shutdown may spend closing ZooKeeper sessions; an unreachable
 # ensemble must not keep the process from exiting.
 SHUTDOWN_GRACE = 2.0
-# How long a stop request waits for the worker to finish its current task
-# before the sessions are closed under it.
-WORKER_GRACE = 1.0
-# The longest the worker sleeps, so that output retries and timers stay timely.
-MAX_IDLE = 0.5
+# How long shutdown waits for the outputs to finish what they are doing.
+OUTPUT_GRACE = 2.0
+# How often the main thread looks up from its wait (signal handlers run in between).
+MAIN_SLICE = 0.5
+
+
+def _follower_runner(output: Output) -> OutputRunner[FileWritten]:
+    return OutputRunner(
+        output,
+        deliver=output.file_written,
+        key=lambda event: event.upstream.name,
+        merge=lambda older, newer: newer.after(older),
+    )
 
 
 class Daemon:
@@ -46,138 +61,142 @@ class Daemon:
 
     def __init__(self, config: Config, client_factory: Callable[..., KazooClient] = KazooClient) -> None:
         self.config = config
-        self.inbox = Inbox()
-        self.files = FilesOutput(config.files_output_path)
-        outputs: list[Output] = [self.files]
+        self._stop = threading.Event()
+        self.store = FileStore(config.files_output_path)
+        self.files = FilesOutput(self.store)
+        self.files_runner: OutputRunner[Upstream] = OutputRunner(
+            self.files, deliver=self.files.publish, key=lambda upstream: upstream.name,
+        )
         self.dyups: DyupsOutput | None = None
+        followers: list[Output] = []
         if config.dyups_url:
             self.dyups = DyupsOutput(
                 config.dyups_url,
                 reconcile_interval=config.reconcile_interval,
                 reassert_interval=config.reassert_interval,
+                retry_interval=config.retry_interval,
             )
-            outputs.append(self.dyups)
+            followers.append(self.dyups)
         if config.nginx_reload:
-            outputs.append(ReloadOutput(self.files, config.nginx_reload))
-        self.pipeline = Pipeline(config.znodes, outputs)
-        self._stop = threading.Event()
-        self.sources = [
-            ZooKeeperSource(
-                cluster, self.inbox, self.pipeline, config.zk_session_timeout, client_factory,
-                stopping=self._stop.is_set,
+            followers.append(ReloadOutput(self.store, config.nginx_reload))
+        self.followers = [_follower_runner(output) for output in followers]
+        for runner in self.followers:
+            self.files.subscribe(runner.offer_many)
+        self.hosts = HostChecker()
+        self.clusters = [
+            ClusterWorker(
+                cluster, self.files_runner.offer_many, config.zk_session_timeout, client_factory,
+                hosts=self.hosts, stopping=self._stop,
             )
             for cluster in config.clusters
         ]
-        for source in self.sources:
-            for name in source.upstreams:
-                self.pipeline.attach_gate(name, source.gate)
+        self._cluster_of = {name: worker for worker in self.clusters for name in worker.pipeline.upstream_names}
+
+    @property
+    def runners(self) -> list[OutputRunner]:  # type: ignore[type-arg]
+        return [self.files_runner, *self.followers]
 
     def request_stop(self) -> None:
-        """Ask the worker loop to finish; safe from a signal handler or any thread."""
+        """Ask the daemon to finish; safe from a signal handler or any thread."""
         self._stop.set()
-        self.inbox.put(lambda: None)  # wake the worker if it is waiting
+        for worker in self.clusters:
+            worker.wake()
 
     def request_reassert(self) -> None:
-        """Ask the worker to re-POST every managed upstream now (SIGHUP); safe from any thread."""
-        if self.dyups is not None:
-            dyups = self.dyups
-            self.inbox.put(lambda: dyups.reassert("SIGHUP"))
+        """Re-POST every managed upstream now (SIGHUP); safe from any thread."""
+        for runner in self.followers:
+            reassert = getattr(runner.output, "reassert", None)
+            if reassert is not None:
+                runner.submit(lambda reassert=reassert: reassert("SIGHUP"))
 
     def run(self) -> int:
         """Run until asked to stop; returns the process exit code."""
         try:
-            self.files.prepare()
+            self.store.prepare()
         except OSError as error:
-            log.error("files_output_path %s is not usable: %s", self.files.directory, error.strerror or error)
+            log.error("files_output_path %s is not usable: %s", self.store.directory, error.strerror or error)
             return 1
-        self._seed_from_files()
-        for source in self.sources:
-            source.start()
+        for runner in self.runners:
+            runner.start()
+        self._adopt_files()
+        for worker in self.clusters:
+            worker.start()
         log.info(
             "watching %d upstreams in %d clusters; files in %s%s",
-            len(self.pipeline.upstream_names), len(self.sources), self.files.directory,
+            len(self._cluster_of), len(self.clusters), self.store.directory,
             f"; dyups at {self.config.dyups_url}" if self.config.dyups_url else "",
         )
-        worker = threading.Thread(target=self._work, name="reloader-worker", daemon=True)
-        worker.start()
         # Wait in slices: a signal handler runs between them even where a
         # platform's untimed wait would not be interrupted.
-        while not self._stop.wait(MAX_IDLE):
-            if not worker.is_alive():
-                log.error("the worker thread died; stopping")
+        while not self._stop.wait(MAIN_SLICE):
+            dead = [worker.label for worker in self.clusters if not worker.alive]
+            dead += [runner.name for runner in self.runners if not runner.alive]
+            if dead:
+                log.error("thread of %s died; stopping", ", ".join(dead))
                 break
-        worker.join(WORKER_GRACE)
-        if worker.is_alive():
-            log.warning("the worker is still waiting on ZooKeeper; closing the sessions under it")
-        self._close_sources()
-        worker.join(WORKER_GRACE / 2)  # closed sessions fail its waits at once
-        if not worker.is_alive():
-            # Only now: an output must not be closed while the worker may still use it.
-            self._close_outputs()
+        self._shutdown()
         log.info("stopped")
         return 0
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            self.step(MAX_IDLE)
+    def _adopt_files(self) -> None:
+        """Existing files are what is published, before and regardless of ZooKeeper.
 
-    def step(self, max_wait: float) -> None:
-        """One pass of the worker loop."""
-        for task in self.inbox.drain(max_wait):
-            if self._stop.is_set():
-                return  # what is left of the batch is moot; shut down promptly
-            try:
-                task()
-            except Exception:  # noqa: BLE001 - the worker must survive any one task
-                log.exception("worker task failed")
-        for source in self.sources:
-            try:
-                source.flush()
-            except Exception:  # noqa: BLE001
-                log.exception("source %s failed to read its changes", source.cluster.label)
-        self.pipeline.end_batch()
-        now = time.monotonic()
-        for output in self.pipeline.outputs:
-            try:
-                output.tick(now)
-            except Exception:  # noqa: BLE001
-                log.exception("output %s failed in its periodic work", output.name)
+        Each is adopted by its upstream's guard and offered to the files runner,
+        which finds it already on disk and hands it to the followers: nginx may
+        have reloaded or restarted while the daemon was down and lost every
+        POSTed upstream. This never blocks: a hung dyups delays only its runner.
+        """
+        adopted: list[Upstream] = []
+        for worker in self.clusters:
+            for znode in worker.cluster.znodes:
+                upstream = self._read_back(znode.upstream)
+                if upstream is None:
+                    continue
+                # The config, not an old file, is the authority on directives.
+                upstream = replace(upstream, directives=znode.options.directives)
+                worker.pipeline.adopt(upstream)
+                adopted.append(upstream)
+        self.files_runner.offer_many(adopted)
 
-    def _seed_from_files(self) -> None:
-        """Adopt existing files as the last good state, before and regardless of ZooKeeper."""
-        directives = {znode.upstream: znode.options.directives for znode in self.config.znodes}
-        for name in self.pipeline.upstream_names:
-            path = self.files.path_for(name)
-            try:
-                text = self.files.read(name)
-            except (OSError, UnicodeDecodeError) as error:
-                log.warning("cannot read %s at start-up: %s", path, error)
-                continue
-            if text is None:
-                continue
-            try:
-                upstream = parse_upstream_block(text)
-            except ReadbackError as error:
-                log.warning("ignoring %s at start-up: %s", path, error)
-                continue
-            if upstream.name != name:
-                log.warning("ignoring %s at start-up: it defines upstream %r", path, upstream.name)
-                continue
-            # The config, not an old file, is the authority on directives.
-            self.pipeline.seed(replace(upstream, directives=directives[name]))
-            log.info("start-up: %s holds %d servers; adopted as the last good state", path, len(upstream.servers))
+    def _read_back(self, name: str) -> Upstream | None:
+        path = self.store.path_for(name)
+        try:
+            text = self.store.read(name)
+        except (OSError, UnicodeDecodeError) as error:
+            log.warning("cannot read %s at start-up: %s", path, error)
+            return None
+        if text is None:
+            return None
+        try:
+            upstream = parse_upstream_block(text)
+        except ReadbackError as error:
+            log.warning("ignoring %s at start-up: %s", path, error)
+            return None
+        if upstream.name != name:
+            log.warning("ignoring %s at start-up: it defines upstream %r", path, upstream.name)
+            return None
+        log.info("start-up: %s holds %d servers; adopted as the last good state", path, len(upstream.servers))
+        return upstream
 
-    def _close_sources(self) -> None:
-        stoppers = [threading.Thread(target=source.stop, daemon=True) for source in self.sources]
-        for stopper in stoppers:
-            stopper.start()
+    def _shutdown(self) -> None:
+        self._stop.set()
+        # Sessions first, in parallel and bounded: no more publishes after this,
+        # and closing a session fails any read a cluster thread still waits on.
+        closers = [threading.Thread(target=worker.close_session, daemon=True) for worker in self.clusters]
+        for closer in closers:
+            closer.start()
         deadline = time.monotonic() + SHUTDOWN_GRACE
-        for stopper in stoppers:
-            stopper.join(max(deadline - time.monotonic(), 0.0))
-
-    def _close_outputs(self) -> None:
-        for output in self.pipeline.outputs:
-            try:
-                output.close()
-            except Exception:  # noqa: BLE001
-                log.exception("output %s failed to close", output.name)
+        for closer in closers:
+            closer.join(max(deadline - time.monotonic(), 0.0))
+        for worker in self.clusters:
+            worker.join(deadline)
+        # Then the outputs, files first: a follower's close (the reload output
+        # applies what it still owes) must see every file written.
+        deadline = time.monotonic() + OUTPUT_GRACE
+        self.files_runner.stop(deadline)
+        for runner in self.followers:
+            runner.stop(deadline)
+        stuck = [runner.name for runner in self.runners if runner.alive]
+        if stuck:
+            log.warning("output %s still busy at exit (a peer that does not answer); leaving it", ", ".join(stuck))
+        self.hosts.close()

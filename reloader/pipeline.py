@@ -1,147 +1,186 @@
-"""The one path every change takes: parse, assemble, guard, then hand to the outputs.
+"""The one path every change takes: parse, assemble, guard, finalize, then hand to the outputs.
 
 A source hands a complete snapshot of a znode's children to
-:meth:`Pipeline.update`. The pipeline parses each child with the configured
-format, assembles the desired upstream, and then the guards decide whether it
-may be published:
+:meth:`Pipeline.update`. The pipeline
 
-* **frozen**: the upstream's cluster gate is closed (session suspended, lost,
-  or not yet resynced), so nothing is published;
-* **zero instances**: the registry offers no valid live instance; nginx
-  refuses an empty upstream, and an empty registry is far more often an
-  outage than an intent, so the last good state stays;
-* **unchanged**: the desired upstream equals the last one published.
+1. **parses** each child with the configured format (a child that is
+   malformed, unreadable, or names a host that does not resolve is skipped
+   with one warning; its siblings are served);
+2. **assembles** the desired live servers (one per endpoint, configured
+   server parameters applied);
+3. asks the upstream's :class:`~reloader.publication.UpstreamGuard` which
+   live servers may be published now (frozen cluster, zero instances, settle
+   window, shrink guard: all in :mod:`reloader.publication`);
+4. **finalizes** the upstream (static backup servers) and, if it differs from
+   what was last published, hands it to ``publish`` — in the daemon, the files
+   runner's queue, which never blocks.
 
-Only then does each output get the upstream, files first so that what
-survives an nginx restart is never behind what dyups serves. Runs on the
-worker thread only.
+When a guard's decision may change with time alone (a settle window or a
+drop hold ending), the pipeline schedules a re-check of the last desired
+state, so a held drop is released without waiting for another registry
+change.
+
+One pipeline serves one cluster and runs on that cluster's thread only.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Protocol
+from typing import Callable, Iterable
 
-from reloader.assemble import assemble_upstream
+from reloader.assemble import desired_live, finalize_upstream
 from reloader.config import ZnodeConfig
 from reloader.formats import Skip, parse_instance
 from reloader.model import Server, Upstream
-from reloader.outputs.base import Output
+from reloader.publication import ClusterFreeze, UpstreamGuard
+from reloader.resolve import HostChecker
+from reloader.snapshot import Snapshot, Unreadable
 
 log = logging.getLogger(__name__)
 
-
-class GateView(Protocol):
-    """Read-only view of a cluster gate (see :class:`reloader.sources.zookeeper.Gate`)."""
-
-    @property
-    def is_open(self) -> bool: ...
+Publish = Callable[[Upstream], None]
+Schedule = Callable[[float, Callable[[], None]], None]
 
 
 @dataclass
 class _UpstreamState:
     config: ZnodeConfig
-    gate: GateView | None = None
-    last_good: Upstream | None = None
+    guard: UpstreamGuard
+    # The latest desired live servers and where they came from, kept for re-checks.
+    desired: tuple[Server, ...] | None = None
+    origin: str = ""
+    recheck_at: float | None = None
     # Children we already warned about, with the reason, so a bad child is
     # reported once when it appears (or changes), not on every event.
     warned: dict[str, str] = field(default_factory=dict)
-    empty_warned: bool = False
 
 
 class Pipeline:
-    """Turns registry snapshots into published upstreams."""
+    """Turns one cluster's registry snapshots into published upstreams."""
 
-    def __init__(self, znodes: Iterable[ZnodeConfig], outputs: Iterable[Output]) -> None:
-        self._states = {znode.upstream: _UpstreamState(znode) for znode in znodes}
-        self.outputs: tuple[Output, ...] = tuple(outputs)
-
-    def attach_gate(self, upstream: str, gate: GateView) -> None:
-        """Tie ``upstream`` to its cluster's gate; until then it counts as open."""
-        self._states[upstream].gate = gate
-
-    def last_good(self, upstream: str) -> Upstream | None:
-        return self._states[upstream].last_good
+    def __init__(
+        self,
+        znodes: Iterable[ZnodeConfig],
+        publish: Publish,
+        freeze: ClusterFreeze | None = None,
+        schedule: Schedule | None = None,
+        hosts: HostChecker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._publish = publish
+        self._schedule = schedule
+        self._hosts = hosts
+        self._clock = clock
+        self._states = {
+            znode.upstream: _UpstreamState(
+                znode, UpstreamGuard(znode.upstream, znode.guards, freeze, clock)
+            )
+            for znode in znodes
+        }
 
     @property
     def upstream_names(self) -> tuple[str, ...]:
         return tuple(self._states)
 
+    def last_published(self, upstream: str) -> Upstream | None:
+        """What was last handed to the outputs for ``upstream`` (or adopted from its file)."""
+        return self._states[upstream].guard.last_published
+
+    def guard(self, upstream: str) -> UpstreamGuard:
+        return self._states[upstream].guard
+
     # ---- start-up --------------------------------------------------------------
 
-    def seed(self, upstream: Upstream) -> None:
-        """Adopt ``upstream`` (read back from its file) as the last good state.
-
-        The outputs are told with ``seed``, not ``publish``: the file already
-        holds it, but nginx may have reloaded and lost its dyups state.
-        """
+    def adopt(self, upstream: Upstream) -> bool:
+        """Take ``upstream`` (read back from its file) as published; False if it is not configured here."""
         state = self._states.get(upstream.name)
         if state is None:
-            return
-        state.last_good = upstream
-        self._each_output(lambda output: output.seed(upstream), upstream.name)
+            return False
+        static = (server.endpoint for server in state.config.options.backup_servers)
+        state.guard.adopt(upstream, static)
+        return True
 
     # ---- the pipeline ------------------------------------------------------------
 
-    def update(self, upstream: str, children: Mapping[str, bytes | None], origin: str) -> None:
+    def update(self, upstream: str, children: Snapshot, origin: str) -> None:
         """Process a complete view of ``upstream``'s children from znode ``origin``."""
         state = self._states.get(upstream)
         if state is None:
             return
         servers = self._parse(state, children, origin)
-        desired = assemble_upstream(upstream, servers, state.config.options)
-        if not self._guard(state, desired, origin):
+        state.desired = tuple(desired_live(servers, state.config.options))
+        state.origin = origin
+        self._decide(state)
+
+    def recheck(self, upstream: str) -> None:
+        """Decide again with the last desired state (a guard's window may have ended)."""
+        state = self._states.get(upstream)
+        if state is None or state.desired is None:
             return
-        state.last_good = desired
+        state.recheck_at = None
+        self._decide(state)
+
+    def _decide(self, state: _UpstreamState) -> None:
+        assert state.desired is not None
+        name = state.config.upstream
+        decision = state.guard.decide(state.desired, state.origin, bool(state.config.options.backup_servers))
+        if decision.recheck_at is not None:
+            self._schedule_recheck(state, decision.recheck_at)
+        if decision.live is None:
+            return
+        upstream = finalize_upstream(name, decision.live, state.config.options)
+        if upstream.same_servers(state.guard.last_published):
+            state.guard.published(upstream, decision.live)
+            return
+        state.guard.published(upstream, decision.live)
+        held = state.guard.holding
         log.info(
-            "upstream %s: %d servers (%d live) from %s",
-            upstream, len(desired.servers), desired.live_count, origin,
+            "upstream %s: %d servers (%d live%s) from %s",
+            name, len(upstream.servers), upstream.live_count,
+            f", {held} kept by the guards" if held else "", state.origin,
+            extra={"upstream": name},
         )
-        self._each_output(lambda output: output.publish(desired), upstream)
+        try:
+            self._publish(upstream)
+        except Exception:  # noqa: BLE001 - a broken output must not take the cluster down
+            log.exception("upstream %s: handing it to the outputs failed", name)
 
-    def end_batch(self) -> None:
-        """Tell the outputs a batch of updates is complete (they may act on it as a whole)."""
-        for output in self.outputs:
-            try:
-                output.end_batch()
-            except Exception:  # noqa: BLE001 - one output must not take the daemon down
-                log.exception("output %s failed at the end of a batch", output.name)
+    def _schedule_recheck(self, state: _UpstreamState, at: float) -> None:
+        if self._schedule is None:
+            return
+        if state.recheck_at is not None and state.recheck_at <= at:
+            return  # an earlier re-check is already due; it schedules the next one
+        state.recheck_at = at
+        name = state.config.upstream
+        # A hair past the deadline, so that the re-check sees the window as over.
+        self._schedule(max(at - self._clock(), 0.0) + 0.01, lambda: self.recheck(name))
 
-    def _parse(self, state: _UpstreamState, children: Mapping[str, bytes | None], origin: str) -> list[Server]:
+    def _parse(self, state: _UpstreamState, children: Snapshot, origin: str) -> list[Server]:
         servers: list[Server] = []
         still_bad: dict[str, str] = {}
         znode = state.config
         for child, data in children.items():
-            result = parse_instance(child, data, znode.format, znode.format_options)
-            if isinstance(result, Skip):
-                if not result.quiet:
-                    still_bad[child] = result.reason
-                    if state.warned.get(child) != result.reason:
-                        log.warning("znode %s child %r skipped: %s", origin, _short(child), result.reason)
-                continue
-            servers.append(result)
+            if isinstance(data, Unreadable):
+                reason: str | None = data.reason
+            else:
+                result = parse_instance(child, data, znode.format, znode.format_options)
+                if isinstance(result, Skip):
+                    reason = None if result.quiet else result.reason
+                    if reason is None:
+                        continue
+                else:
+                    reason = self._hosts.problem(result.host) if self._hosts is not None else None
+                    if reason is None:
+                        servers.append(result)
+                        continue
+            still_bad[child] = reason
+            if state.warned.get(child) != reason:
+                log.warning("znode %s child %r skipped: %s", origin, _short(child), reason,
+                            extra={"upstream": znode.upstream})
         state.warned = still_bad
         return servers
-
-    def _guard(self, state: _UpstreamState, desired: Upstream, origin: str) -> bool:
-        if state.gate is not None and not state.gate.is_open:
-            return False
-        if desired.live_count == 0 and (state.last_good is not None or not desired.servers):
-            if not state.empty_warned:
-                kept = f"keeping the last good state ({len(state.last_good.servers)} servers)" if state.last_good else "nothing to publish yet"
-                log.warning("upstream %s: znode %s has no valid instances; %s", desired.name, origin, kept)
-                state.empty_warned = True
-            return False
-        state.empty_warned = False
-        return not desired.same_servers(state.last_good)
-
-    def _each_output(self, action: Callable[[Output], None], upstream: str) -> None:
-        for output in self.outputs:
-            try:
-                action(output)
-            except Exception:  # noqa: BLE001 - one output must not take the daemon down
-                log.exception("output %s failed for upstream %s", output.name, upstream)
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -100,9 +100,20 @@ def posts(server: DyupsServer, name: str, since: int = 0) -> list[RequestRecord]
     ]
 
 
+# The guards against collapse (settle window, shrink guard) have tests of their
+# own; here they are off unless a test asks, so that a test of something else
+# sees every registry change published at once.
+GUARDS_OFF = {"settle_after_reconnect": 0, "max_drop": "100%"}
+
+
 def cluster(zk_servers: str, nodes: dict[str, Any], **settings: Any) -> dict[str, Any]:
-    """A shape-1 config with a short session timeout."""
-    return {"zk_servers": zk_servers, "zk_session_timeout": SESSION_TIMEOUT, **settings, "zk_nodes": nodes}
+    """A shape-1 config with a short session timeout and the guards off."""
+    return {"zk_servers": zk_servers, "zk_session_timeout": SESSION_TIMEOUT, **GUARDS_OFF, **settings, "zk_nodes": nodes}
+
+
+def upstream_files(directory: Path) -> dict[str, bytes]:
+    """The ``*.upstream`` files of ``directory`` by name (the lock and other dot files are not upstreams)."""
+    return {p.name: p.read_bytes() for p in directory.iterdir() if not p.name.startswith(".")}
 
 
 def create_children(client: KazooClient, path: str, children: dict[str, bytes]) -> None:
@@ -489,7 +500,7 @@ def test_two_upstreams_on_one_znode(
 
 def _session_lines(daemon: DaemonProcess, label: str) -> list[str]:
     """The states (SUSPENDED, LOST, CONNECTED) of the session transition lines for one cluster."""
-    pattern = re.compile(rf"cluster {re.escape(label)}: session (\w+)")
+    pattern = re.compile(rf"cluster {re.escape(label)}(?: #\d+)?: session (\w+)")
     return [m.group(1) for line in daemon.log().splitlines() if (m := pattern.search(line))]
 
 
@@ -503,7 +514,7 @@ def test_paused_cluster_freezes_other_cluster_keeps_updating_then_resyncs(
         create_children(client_a, "/svc/a1", {"10.1.0.1:80": b"", "10.1.0.2:80": b""})
         create_children(client_b, "/svc/b1", {"10.2.0.1:80": b""})
         config = {
-            "zk_session_timeout": SESSION_TIMEOUT,
+            "zk_session_timeout": SESSION_TIMEOUT, **GUARDS_OFF,
             "clusters": [
                 {"zk_servers": zka.hosts, "zk_nodes": {"a1": "/svc/a1"}},
                 {"zk_servers": zkb.hosts, "zk_nodes": {"b1": "/svc/b1"}},
@@ -519,7 +530,7 @@ def test_paused_cluster_freezes_other_cluster_keeps_updating_then_resyncs(
         frozen_from = len(dyups.requests_log)
 
         zka.pause()
-        daemon.wait_log(rf"cluster {re.escape(zka.hosts)}: session SUSPENDED; freezing 1 upstreams")
+        daemon.wait_log(rf"cluster {re.escape(zka.hosts)} #0: session SUSPENDED; freezing 1 upstreams")
 
         # Cluster B keeps updating for longer than the session timeout.
         paused_at = time.monotonic()
@@ -567,7 +578,7 @@ def test_paused_cluster_freezes_other_cluster_keeps_updating_then_resyncs(
         finally:
             os.kill(daemon.pid, signal.SIGCONT)
         daemon.wait_both(dyups, "a1", "server 10.1.0.2:80 weight=4", "server 10.1.0.3:80 weight=2", timeout=20)
-        daemon.wait_log(rf"cluster {re.escape(zka.hosts)}: resynced 1 znodes; thawed", count=2)
+        daemon.wait_log(rf"cluster {re.escape(zka.hosts)} #0: resynced 1 znodes; thawed", count=2)
 
         states = _session_lines(daemon, zka.hosts)
         assert states[0] == "SUSPENDED" and states[-1] == "CONNECTED", states
@@ -777,7 +788,9 @@ def test_dyups_down_files_keep_updating_then_catch_up(
     dyups.start()
     daemon.wait_dyups(dyups, "app1", ("server 10.0.0.2:80",), timeout=5)
     daemon.wait_dyups(dyups, "app2", ("server 10.0.1.1:80 weight=6",), timeout=5)
-    caught_up = [record for record in dyups.requests_log[back_from:] if record.status == 200]
+    caught_up = [
+        record for record in dyups.requests_log[back_from:] if record.status == 200 and record.method == "POST"
+    ]
     assert {record.path: record.body for record in caught_up} == {
         "/upstream/app1": body_of_file(daemon.read("app1") or ""),
         "/upstream/app2": body_of_file(daemon.read("app2") or ""),
@@ -839,7 +852,7 @@ def test_startup_adopts_only_valid_files_of_its_own_upstreams(
         "upstream hostile {\n    server 10.0.0.3:80;\n}\nupstream injected {\n    server 6.6.6.6:80;\n}\n"
     )
     (files_dir / "dollar.upstream").write_text(upstream_file("dollar", "server $host:80"))
-    originals = {p.name: p.read_bytes() for p in files_dir.iterdir()}
+    originals = upstream_files(files_dir)
     nodes = {name: f"{zk_root}/{name}" for name in ("good", "foreign", "hostile", "dollar")}
     fresh = DyupsServer(generation="stable")
     fresh.start()
@@ -851,7 +864,7 @@ def test_startup_adopts_only_valid_files_of_its_own_upstreams(
         daemon.wait_log(r"ignoring .*dollar\.upstream at start-up")
         daemon.stop()
         assert [r.path for r in fresh.requests_log if r.method == "POST"] == ["/upstream/good"]
-        assert {p.name: p.read_bytes() for p in files_dir.iterdir()} == originals
+        assert upstream_files(files_dir) == originals
     finally:
         fresh.stop()
 
@@ -996,7 +1009,7 @@ def test_files_are_replaced_atomically_and_unchanged_content_is_not_rewritten(
     second = daemon.path("app1").stat()
     assert second.st_ino != first.st_ino
     assert second.st_mode & 0o777 == 0o644
-    assert sorted(p.name for p in files_dir.iterdir()) == ["app1.upstream", "app2.upstream"]
+    assert sorted(upstream_files(files_dir)) == ["app1.upstream", "app2.upstream"]
 
     # Changes that render the same (data that is not a weight, a skipped child)
     # rewrite nothing and POST nothing. A real change to app2 afterwards is the
@@ -1022,7 +1035,7 @@ def test_files_are_replaced_atomically_and_unchanged_content_is_not_rewritten(
     again.wait_both(dyups, "app2", "server 10.0.1.1:80", "server 10.0.1.2:80", "server 10.0.1.3:80")
     now = daemon.path("app1").stat()
     assert (now.st_ino, now.st_mtime_ns) == (stats["app1"].st_ino, stats["app1"].st_mtime_ns)
-    assert sorted(p.name for p in files_dir.iterdir()) == ["app1.upstream", "app2.upstream"]
+    assert sorted(upstream_files(files_dir)) == ["app1.upstream", "app2.upstream"]
     nginx_check(files_dir)
     again.stop()
 

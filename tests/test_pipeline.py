@@ -7,47 +7,38 @@ import logging
 
 import pytest
 
+from typing import Callable
+
 from reloader.assemble import UpstreamOptions
-from reloader.config import ZnodeConfig
+from reloader.config import GuardSettings, ZnodeConfig
 from reloader.model import Server, Upstream
-from reloader.outputs.base import Output
 from reloader.pipeline import Pipeline
+from reloader.publication import ClusterFreeze
+from reloader.snapshot import Unreadable
 
 
-class RecordingOutput(Output):
-    name = "recording"
+class Recorder:
+    """Stands where the daemon puts the files runner's queue: records what is published."""
 
     def __init__(self) -> None:
         self.published: list[Upstream] = []
-        self.seeded: list[Upstream] = []
-        self.batches = 0
 
-    def publish(self, upstream: Upstream) -> None:
+    def __call__(self, upstream: Upstream) -> None:
         self.published.append(upstream)
 
-    def seed(self, upstream: Upstream) -> None:
-        self.seeded.append(upstream)
 
-    def end_batch(self) -> None:
-        self.batches += 1
+GUARDS_OFF = GuardSettings(settle_after_reconnect=0, max_drop=1.0, drop_hold=0)
 
 
-class BrokenOutput(Output):
-    name = "broken"
-
-    def publish(self, upstream: Upstream) -> None:
-        raise RuntimeError("disk on fire")
-
-
-class Gate:
-    def __init__(self, is_open: bool) -> None:
-        self.is_open = is_open
-
-
-def make(options: UpstreamOptions = UpstreamOptions(), outputs: tuple[Output, ...] = ()) -> tuple[Pipeline, RecordingOutput]:
-    recorder = RecordingOutput()
-    znode = ZnodeConfig(upstream="app", path="/services/app", key_path="zk_nodes.app", options=options)
-    return Pipeline([znode], [*outputs, recorder]), recorder
+def make(
+    options: UpstreamOptions = UpstreamOptions(),
+    freeze: ClusterFreeze | None = None,
+    publish: Callable[[Upstream], None] | None = None,
+) -> tuple[Pipeline, Recorder]:
+    recorder = Recorder()
+    znode = ZnodeConfig(upstream="app", path="/services/app", key_path="zk_nodes.app", options=options,
+                        guards=GUARDS_OFF)
+    return Pipeline([znode], publish or recorder, freeze), recorder
 
 
 def addresses(upstream: Upstream) -> list[str]:
@@ -82,7 +73,7 @@ def test_zero_valid_instances_keep_the_last_good_state(caplog: pytest.LogCapture
         pipeline.update("app", {}, "/services/app")
         pipeline.update("app", {"garbage;}": b""}, "/services/app")
     assert len(out.published) == 1
-    assert addresses(pipeline.last_good("app")) == ["10.0.0.1:80"]  # type: ignore[arg-type]
+    assert addresses(pipeline.last_published("app")) == ["10.0.0.1:80"]  # type: ignore[arg-type]
     empty_warnings = [r for r in caplog.records if "no valid instances" in r.getMessage()]
     assert len(empty_warnings) == 1, "one warning per transition to empty, not one per event"
     assert "keeping the last good state (1 servers)" in empty_warnings[0].getMessage()
@@ -108,17 +99,36 @@ def test_backup_servers_alone_make_a_valid_first_state_but_never_replace_a_live_
     assert len(out.published) == 2
 
 
-def test_a_closed_gate_freezes_the_upstream() -> None:
-    pipeline, out = make()
-    gate = Gate(is_open=True)
-    pipeline.attach_gate("app", gate)
+def test_a_frozen_cluster_publishes_nothing_until_it_thaws() -> None:
+    freeze = ClusterFreeze()
+    pipeline, out = make(freeze=freeze)
+    assert freeze.open_if(freeze.epoch)
     pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
-    gate.is_open = False
+    freeze.close()
     pipeline.update("app", {"10.0.0.2:80": b""}, "/services/app")
     assert len(out.published) == 1
-    gate.is_open = True
+    assert freeze.open_if(freeze.epoch)
     pipeline.update("app", {"10.0.0.2:80": b""}, "/services/app")
     assert addresses(out.published[-1]) == ["10.0.0.2:80"]
+
+
+def test_a_freeze_overtaken_by_a_newer_transition_does_not_thaw() -> None:
+    freeze = ClusterFreeze()
+    epoch = freeze.epoch
+    freeze.close()
+    assert not freeze.open_if(epoch)
+    assert not freeze.is_open
+
+
+def test_an_unreadable_child_is_skipped_and_its_siblings_are_served(caplog: pytest.LogCaptureFixture) -> None:
+    pipeline, out = make()
+    with caplog.at_level(logging.WARNING):
+        pipeline.update("app", {"10.0.0.1:80": b"", "10.0.0.2:80": Unreadable("NoAuthError")}, "/services/app")
+        pipeline.update("app", {"10.0.0.1:80": b"", "10.0.0.2:80": Unreadable("NoAuthError"),
+                                "10.0.0.3:80": b""}, "/services/app")
+    assert addresses(out.published[-1]) == ["10.0.0.1:80", "10.0.0.3:80"]
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 1 and "'10.0.0.2:80'" in warnings[0] and "NoAuthError" in warnings[0]
 
 
 def test_a_bad_child_is_warned_about_once_not_on_every_event(caplog: pytest.LogCaptureFixture) -> None:
@@ -140,19 +150,27 @@ def test_a_bad_child_that_leaves_and_returns_is_warned_about_again(caplog: pytes
     assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 2
 
 
-def test_a_failing_output_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
-    pipeline, out = make(outputs=(BrokenOutput(),))
+def test_a_failing_publish_is_logged_and_the_next_change_still_goes_out(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[Upstream] = []
+
+    def publish(upstream: Upstream) -> None:
+        calls.append(upstream)
+        if len(calls) == 1:
+            raise RuntimeError("queue on fire")
+
+    pipeline, _out = make(publish=publish)
     with caplog.at_level(logging.ERROR):
         pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
-    assert len(out.published) == 1
-    assert any("output broken failed for upstream app" in r.getMessage() for r in caplog.records)
+        pipeline.update("app", {"10.0.0.2:80": b""}, "/services/app")
+    assert len(calls) == 2
+    assert any("handing it to the outputs failed" in r.getMessage() for r in caplog.records)
 
 
-def test_seed_adopts_a_state_without_publishing_it() -> None:
+def test_adopt_takes_a_state_without_publishing_it() -> None:
     pipeline, out = make()
-    seeded = Upstream("app", (Server("10.0.0.1", 80),), live_count=1)
-    pipeline.seed(seeded)
-    assert out.seeded == [seeded] and out.published == []
+    adopted = Upstream("app", (Server("10.0.0.1", 80),), live_count=1)
+    assert pipeline.adopt(adopted)
+    assert out.published == []
     pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
     assert out.published == [], "the registry agrees with the file: nothing to publish"
 
@@ -160,5 +178,5 @@ def test_seed_adopts_a_state_without_publishing_it() -> None:
 def test_unknown_upstreams_are_ignored() -> None:
     pipeline, out = make()
     pipeline.update("other", {"10.0.0.1:80": b""}, "/services/other")
-    pipeline.seed(Upstream("other", (Server("10.0.0.1", 80),)))
-    assert out.published == [] and out.seeded == []
+    assert not pipeline.adopt(Upstream("other", (Server("10.0.0.1", 80),)))
+    assert out.published == []

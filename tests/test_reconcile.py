@@ -159,13 +159,13 @@ def test_a_frozen_cluster_is_reasserted_with_its_last_good_state(
     with DyupsServer() as dyups:
         with running_daemon(settings_for(server.hosts, path, dyups, tmp_path)) as daemon:
             wait_until(lambda: served(dyups) == WANTED, 10, "the first POST")
-            source = daemon.sources[0]
+            source = daemon.clusters[0]
             server.pause()
-            wait_until(lambda: not source.gate.is_open, 10, "the cluster to freeze")
+            wait_until(lambda: not source.freeze.is_open, 10, "the cluster to freeze")
             dyups.simulate_restart()
             took = wait_until(lambda: served(dyups) == WANTED, RECONCILE + 1, "the frozen upstream to be restored")
             print(f"frozen upstream restored in {took:.2f} s")
             file_text = (tmp_path / "out" / "app1.upstream").read_text()
             assert "10.0.0.2:80 weight=3" in file_text
             server.resume()
-            wait_until(lambda: source.gate.is_open, 15, "the cluster to thaw")
+            wait_until(lambda: source.freeze.is_open, 15, "the cluster to thaw")

@@ -31,7 +31,8 @@ from reloader.localenv.nginx import LocalNginx, server_block
 from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper
 from reloader.model import Server, Upstream
-from reloader.outputs.files import FilesOutput
+from reloader.outputs.base import FileWritten
+from reloader.outputs.files import FilesOutput, FileStore
 from reloader.outputs.reload import REFUSED_RETRY_MAX, REFUSED_RETRY_MIN, ReloadOutput
 from reloader.render import render_file
 
@@ -90,18 +91,18 @@ def upstream(name: str, *ports: int) -> Upstream:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> tuple[FilesOutput, ReloadOutput, FakeRun, FakeClock]:
-    files = FilesOutput(tmp_path)
-    files.prepare()
+    store = FileStore(tmp_path)
+    store.prepare()
     run, clock = FakeRun(), FakeClock()
-    output = ReloadOutput(files, ReloadConfig(TEST_CMD, RELOAD_CMD, 2.0), clock=clock, run=run)
+    output = ReloadOutput(store, ReloadConfig(TEST_CMD, RELOAD_CMD, 2.0), clock=clock, run=run)
+    files = FilesOutput(store, listeners=[lambda events: [output.file_written(event) for event in events]])
     return files, output, run, clock
 
 
 def batch(files: FilesOutput, output: ReloadOutput, *upstreams: Upstream) -> None:
-    """What the pipeline does for one batch: every output gets each upstream, files first."""
+    """One batch as the runners see it: the files output writes, the reload output follows its events."""
     for item in upstreams:
         files.publish(item)
-        output.publish(item)
     files.end_batch()
     output.end_batch()
 
@@ -184,7 +185,10 @@ def test_change_undone_within_the_window_causes_no_reload(rig: Any) -> None:
 
 def test_seed_never_reloads(rig: Any) -> None:
     files, output, run, clock = rig
-    output.seed(upstream("app1", 8001))
+    text = render_file(upstream("app1", 8001))
+    files.path_for("app1").write_text(text)
+    # Start-up: the file already holds the state, and nginx loaded it.
+    output.file_written(FileWritten(upstream("app1", 8001), text, text))
     output.end_batch()
     clock.now += 10
     output.tick(clock.now)
@@ -370,11 +374,17 @@ def test_a_change_refused_again_backs_off_and_a_newer_state_replaces_it(rig: Any
     assert files.read("app1") == render_file(upstream("app1", 8003))
 
 
-def test_changes_written_by_the_files_retry_are_picked_up_in_tick(rig: Any) -> None:
+def test_a_write_that_failed_is_reloaded_once_the_files_retry_writes_it(rig: Any, tmp_path: Path) -> None:
     files, output, run, clock = rig
-    # As if a failed write was retried from the files output's tick (it runs just before ours).
-    files._write("app1", "upstream app1 {\n    server 127.0.0.1:1;\n}\n", None)
-    output.tick(clock.now)
+    real_path = files.store.directory
+    files.store.directory = tmp_path / "missing"  # writes fail: the directory is not there
+    files.publish(upstream("app1", 8001))
+    files.end_batch()
+    output.end_batch()
+    assert run.calls == [] and files.pending == ("app1",), "nothing written: nothing tested, nothing reloaded"
+    files.store.directory = real_path
+    files.tick(1e12)  # the files output's retry writes it and announces it
+    output.end_batch()
     assert run.reloads == 1
 
 
@@ -594,12 +604,13 @@ def test_reload_mode_routes_and_survives_a_refused_change(
         print(f"\n[reload mode] znode change -> traffic moved: add {total_add:.2f} s, remove {total_remove:.2f} s")
 
 
-def test_unresolvable_host_is_refused_by_real_nginx_t(stack: Stack, zk_client: KazooClient) -> None:
-    """The real failure: nginx -t resolves upstream host names; the file is restored.
+def test_unresolvable_host_never_reaches_the_file_or_nginx(stack: Stack, zk_client: KazooClient) -> None:
+    """nginx -t, a reload and a restart all fail on a host name that does not resolve.
 
-    Here the daemon starts before nginx, as at boot: it writes the first file,
-    its first reload fails (no nginx yet) and is retried; nginx starts from
-    the file meanwhile. The refusal must restore that file, not delete it.
+    So such a child is skipped before it is published, with one warning, and
+    nothing is tested or reloaded for it. Here the daemon starts before nginx,
+    as at boot: its first reload fails (no nginx yet) and is retried; nginx
+    starts from the file meanwhile.
     """
     register(zk_client, stack, 0)
     stack.start_daemon(min_interval=0.2, test_cmd=stack.nginx.test_argv())
@@ -609,9 +620,10 @@ def test_unresolvable_host_is_refused_by_real_nginx_t(stack: Stack, zk_client: K
     good_text = stack.upstream_file.read_text()
 
     zk_client.create(f"{stack.znode}/nonexistent-host.invalid:80")
-    wait_for(lambda: "refused the new upstream app1" in stack.daemon_output(), 15, "the refusal in the log")
-    assert "host not found in upstream" in stack.daemon_output()
+    wait_for(lambda: "'nonexistent-host.invalid:80' skipped: host name 'nonexistent-host.invalid' does not resolve"
+             in stack.daemon_output(), 15, "the skip in the log")
     assert stack.upstream_file.read_text() == good_text
+    assert "refused" not in stack.daemon_output()
     assert stack.reached() == stack.names([0])
 
     # Removing the bad instance and adding a good one works as usual.

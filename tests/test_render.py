@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +13,8 @@ from hypothesis import strategies as st
 from reloader.assemble import UpstreamOptions, assemble_upstream, merge_duplicates
 from reloader.model import Server, Upstream
 from reloader.outputs import files as files_module
-from reloader.outputs.files import FilesOutput, atomic_write
+from reloader.outputs.base import FileWritten
+from reloader.outputs.files import FilesOutput, FileStore, atomic_write
 from reloader.readback import ReadbackError, parse_server_statement, parse_upstream_block
 from reloader.render import render_dyups_body, render_file, server_line
 
@@ -208,24 +210,66 @@ def test_temporary_names_cannot_match_the_include_glob(tmp_path: Path, monkeypat
     assert seen and not seen[0].endswith(".upstream") and seen[0].startswith(".")
 
 
-def test_files_output_does_not_rewrite_unchanged_content(tmp_path: Path) -> None:
-    output = FilesOutput(tmp_path)
+def test_files_output_does_not_rewrite_unchanged_content_and_announces_every_state(tmp_path: Path) -> None:
+    events: list[FileWritten] = []
+    output = FilesOutput(tmp_path, listeners=[events.extend])
     output.prepare()
     upstream = Upstream("app1", (Server("10.0.0.1", 80),), live_count=1)
     output.publish(upstream)
+    assert events == [], "announced only once the batch is done"
+    output.end_batch()
     before = output.path_for("app1").stat()
-    assert output.take_changes() == {"app1": None}
+    assert [(e.previous, e.changed) for e in events] == [(None, True)]
     output.publish(Upstream("app1", (Server("10.0.0.1", 80),), live_count=1))
+    output.end_batch()
     after = output.path_for("app1").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert output.take_changes() == {}
+    assert events[-1].changed is False, "an unchanged file is still announced, for the followers"
 
     output.publish(Upstream("app1", (Server("10.0.0.2", 80),), live_count=1))
-    assert output.take_changes() == {"app1": render_file(upstream)}
-    output.restore("app1", render_file(upstream))
+    output.end_batch()
+    assert events[-1].previous == render_file(upstream) and events[-1].changed
+    store = output.store
+    assert not store.replace_if("app1", "something else\n", render_file(upstream)), "compare-and-replace"
+    assert store.replace_if("app1", events[-1].text, render_file(upstream))
     assert output.read("app1") == render_file(upstream)
-    output.restore("app1", None)
+    assert store.replace_if("app1", render_file(upstream), None)
     assert output.read("app1") is None
+
+
+def test_a_new_file_keeps_the_mode_of_the_one_it_replaces(tmp_path: Path) -> None:
+    output = FilesOutput(tmp_path)
+    output.publish(Upstream("app1", (Server("10.0.0.1", 80),), live_count=1))
+    assert output.path_for("app1").stat().st_mode & 0o777 == 0o644
+    output.path_for("app1").chmod(0o640)
+    output.publish(Upstream("app1", (Server("10.0.0.2", 80),), live_count=1))
+    assert output.path_for("app1").stat().st_mode & 0o777 == 0o640
+
+
+def test_leftover_temporary_files_are_removed_at_start(tmp_path: Path) -> None:
+    (tmp_path / ".app1.upstream.x1y2.tmp").write_text("half")
+    (tmp_path / "app1.upstream").write_text("upstream app1 {\n    server 10.0.0.1:80;\n}\n")
+    (tmp_path / ".nginx-upstream-reloader.lock").write_text("1\n")
+    FileStore(tmp_path).prepare()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".nginx-upstream-reloader.lock", "app1.upstream"]
+
+
+def test_a_failed_directory_fsync_after_the_rename_is_a_successful_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_directory_open(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_DIRECTORY:
+            raise OSError(5, "Input/output error")
+        return real_open(path, flags, *args)
+
+    events: list[FileWritten] = []
+    output = FilesOutput(tmp_path, listeners=[events.extend])
+    monkeypatch.setattr(files_module.os, "open", no_directory_open)
+    output.publish(Upstream("app1", (Server("10.0.0.1", 80),), live_count=1))
+    output.end_batch()
+    assert output.read("app1") is not None and len(events) == 1 and output.pending == ()
 
 
 def test_files_output_retries_a_failed_write(tmp_path: Path) -> None:

@@ -12,9 +12,12 @@ project's dyups protocol notes):
 * A 500 on a body that passed validation means nginx is in a bad state: it is
   logged with the body that was sent, and left to the file and the next
   re-POST.
-* A refused connection means the interface is down: the upstream stays
-  pending, files keep being written by their own output, and the pending
-  state is POSTed as soon as the interface answers again.
+* A refused connection or a request that gets no answer in time means the
+  interface is down: the upstream stays pending, and the interface is probed
+  every ``retry_interval`` (a read of the live state); as soon as it answers,
+  the pending states go out and drift is repaired. This output runs on its
+  own thread and follows the files output, so a dyups that hangs delays
+  nothing but itself, and it never serves a state the files do not hold.
 
 Real builds also lose POSTed state behind the daemon's back: ``nginx -s
 reload`` and restarts wipe it, and a crashed worker comes back with the files
@@ -59,8 +62,8 @@ class DyupsOutput(Output):
         self,
         base_url: str,
         *,
-        connect_timeout: float = 2.0,
-        read_timeout: float = 5.0,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 3.0,
         max_attempts: int = 5,
         backoff: float = 0.05,
         retry_interval: float = 1.0,
@@ -106,12 +109,15 @@ class DyupsOutput(Output):
         if self._reachable:
             self._push(upstream.name)
 
-    def seed(self, upstream: Upstream) -> None:
-        # nginx may have reloaded or restarted while the daemon was down and
-        # lost every POSTed upstream; the file's state goes back in at once.
-        self.publish(upstream)
-
     def tick(self, now: float) -> None:
+        if not self._reachable:
+            # Probe on our own schedule: an nginx restart is healed within about
+            # retry_interval of the interface coming back, whatever reassert_interval is.
+            if now >= self._next_retry:
+                self._next_retry = now + self._retry_interval
+                self._next_reconcile = now + self._reconcile_interval
+                self.reconcile()
+            return
         if self._pending and now >= self._next_retry:
             self._push_pending()
         if self._reassert_interval and now >= self._next_reassert:
@@ -146,13 +152,17 @@ class DyupsOutput(Output):
             if _interface_down(error):
                 self._mark_unreachable(error)
             return {}
+        except requests.Timeout as error:
+            self._reader.forget_api()
+            self._mark_unreachable(error)
+            return {}
         except (requests.RequestException, LiveStateError) as error:
             self._reader.forget_api()
             log.warning("dyups: cannot read the live state: %s", error)
             return {}
         self._mark_reachable()
         fingerprint_of_pass = (api, text, self._desired_version)
-        if fingerprint_of_pass == self._last_clean:
+        if fingerprint_of_pass == self._last_clean and not self._pending:
             return {}  # the same live text against the same desired state: still clean
         try:
             live = self._reader.parse(api, text)
@@ -174,7 +184,7 @@ class DyupsOutput(Output):
             log.warning("dyups: upstream %s drifted (%s); re-POSTing", name, reason)
             self.counters["repairs"] += 1
             self._pending[name] = None
-        if repairs:
+        if self._pending:
             self._push_pending()
         return repairs
 
@@ -216,9 +226,11 @@ class DyupsOutput(Output):
                 log.info("dyups: connection dropped on POST %s (attempt %d); retrying", name, attempt + 1)
                 continue
             except requests.Timeout as error:
+                # No answer in time: the interface is hung or overloaded. Retrying at
+                # once would only stack waits; probe it on the retry schedule instead.
                 self.counters["timeout"] += 1
-                log.warning("dyups: POST %s timed out (attempt %d): %s", name, attempt + 1, error)
-                continue
+                self._mark_unreachable(error)
+                return False
             self._mark_reachable()
             if response.status_code == 200:
                 self.counters["ok"] += 1

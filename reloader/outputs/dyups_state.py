@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from functools import lru_cache
+from typing import Iterable
 
 import requests
 
@@ -78,6 +79,23 @@ def fingerprints(servers: tuple[Server, ...]) -> frozenset[Fingerprint]:
     return frozenset(fingerprint(server) for server in servers)
 
 
+def _parse_lines(statements: Iterable[str]) -> tuple[Server, ...]:
+    """The servers of the statements that parse.
+
+    A line the daemon cannot parse (``server unix:/run/php/php-fpm.sock`` in an
+    upstream it does not manage, say) is left out: it can never belong to a
+    managed upstream, whose lines are the daemon's own, and a managed
+    upstream that somehow shows one compares as drifted and is re-POSTed.
+    """
+    servers = []
+    for statement in statements:
+        try:
+            servers.append(_parse_live_line(statement))
+        except ReadbackError:
+            continue
+    return tuple(servers)
+
+
 def parse_detail(text: str) -> dict[str, tuple[Server, ...]]:
     """Parse a ``GET /detail`` answer (stable, Tengine)."""
     live: dict[str, tuple[Server, ...]] = {}
@@ -86,10 +104,7 @@ def parse_detail(text: str) -> dict[str, tuple[Server, ...]]:
         if not lines:
             continue
         name, server_lines = lines[0], lines[1:]
-        try:
-            live[name] = tuple(_parse_live_line(line.rstrip(";")) for line in server_lines)
-        except ReadbackError as error:
-            raise LiveStateError(f"/detail block {name!r}: {error}") from None
+        live[name] = _parse_lines(line.rstrip(";") for line in server_lines)
     return live
 
 
@@ -98,12 +113,7 @@ def parse_list_blocks(text: str) -> dict[str, tuple[Server, ...]]:
     live: dict[str, tuple[Server, ...]] = {}
     for name, body in _LIST_BLOCK.findall(text):
         statements = [" ".join(raw.split()) for raw in body.split(";")]
-        try:
-            live[name] = tuple(
-                _parse_live_line(statement) for statement in statements if statement.startswith("server ")
-            )
-        except ReadbackError as error:
-            raise LiveStateError(f"/list block {name!r}: {error}") from None
+        live[name] = _parse_lines(statement for statement in statements if statement.startswith("server "))
     return live
 
 

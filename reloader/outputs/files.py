@@ -1,32 +1,74 @@
-"""The files output: one ``<name>.upstream`` file per upstream, written atomically.
+"""The files output: one ``<name>.upstream`` file per upstream, written atomically and durably.
 
 nginx ``include``s these files, so they are what survives a reload or a
 restart. A file is replaced, never edited in place: write a temporary file in
 the same directory, fsync it, rename it over the target, fsync the directory.
 A reader (nginx, or a crash) sees the old file or the new one, never half.
+
+Guarantees:
+
+* a rename that succeeded is a write that succeeded, even if the directory
+  fsync after it fails (that is logged): the file holds the new state;
+* a new file keeps the mode of the file it replaces;
+* temporary files never match ``*.upstream``, and leftovers of an earlier
+  crash are removed at start-up;
+* every file written (or found already holding the state) is announced to the
+  followers as a :class:`~reloader.outputs.base.FileWritten` event, all the
+  events of a batch together once the whole batch is on disk; a file that
+  cannot be written is announced to nobody and is retried, so dyups and reload
+  are never ahead of the files.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 from reloader.model import Upstream
-from reloader.outputs.base import Output
+from reloader.outputs.base import FileWritten, Output
 from reloader.render import render_file
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".upstream"
-# Seconds between retries of a failed write (a full disk must not flood the log).
-RETRY_INTERVAL = 5.0
+DEFAULT_MODE = 0o644
+# Back-off between retries of a failed write (a full disk must not flood the log).
+RETRY_MIN = 1.0
+RETRY_MAX = 10.0
+_LEFTOVER = re.compile(r"\..+\.upstream\..+\.tmp")
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text`` atomically and durably."""
+def _fsync_directory(directory: Path) -> None:
+    try:
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory_fd)
+        finally:
+            os.close(directory_fd)
+    except OSError as error:
+        # The rename is done: readers see the new file. Only its durability
+        # across a power cut is in doubt, which must not undo the write.
+        log.warning("files: fsync of directory %s failed: %s", directory, error.strerror or error)
+
+
+def atomic_write(path: Path, text: str, mode: int | None = None, sync_directory: bool = True) -> None:
+    """Replace ``path`` with ``text`` atomically and durably.
+
+    ``mode`` defaults to the mode of the file being replaced (0644 for a new one).
+    Raises OSError only when the file was not replaced.
+    """
     directory = path.parent
+    if mode is None:
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = DEFAULT_MODE
     # The temporary name does not end in ".upstream", so an
     # `include DIR/*.upstream;` can never pick up a half-written file.
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
@@ -43,33 +85,43 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
         except FileNotFoundError:
             pass
         raise
-    directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
+    if sync_directory:
+        _fsync_directory(directory)
 
 
-class FilesOutput(Output):
-    """Writes rendered upstreams into ``directory``."""
+class FileStore:
+    """The directory of ``<name>.upstream`` files, shared by the outputs that write there.
 
-    name = "files"
+    Every write goes through one lock, so that a compare-and-replace (the
+    reload output putting back a file that nginx refused) can never undo a
+    newer state that the files output wrote meanwhile.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self._failed: dict[str, Upstream] = {}
-        self._next_retry = 0.0
-        # name -> previous text (None if the file did not exist) for every file
-        # changed since the last take_changes(); the reload output uses it to
-        # roll back a change that `nginx -t` refuses.
-        self._changes: dict[str, str | None] = {}
+        self._lock = threading.Lock()
 
     def path_for(self, name: str) -> Path:
         return self.directory / f"{name}{SUFFIX}"
 
     def prepare(self) -> None:
-        """Create the output directory if needed; raise OSError naming it otherwise."""
+        """Create the directory if needed and remove leftover temporary files; OSError names it otherwise."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        for entry in os.scandir(self.directory):
+            if _LEFTOVER.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                    log.info("files: removed %s, left over from an earlier run", entry.path)
+                except OSError as error:
+                    log.warning("files: cannot remove leftover %s: %s", entry.path, error.strerror or error)
+
+    def names(self) -> list[str]:
+        """The upstream names that have a file in the directory."""
+        try:
+            entries = os.listdir(self.directory)
+        except OSError:
+            return []
+        return sorted(entry[: -len(SUFFIX)] for entry in entries if entry.endswith(SUFFIX) and not entry.startswith("."))
 
     def read(self, name: str) -> str | None:
         """The current text of ``name``'s file, or None if there is none."""
@@ -78,50 +130,132 @@ class FilesOutput(Output):
         except FileNotFoundError:
             return None
 
-    def publish(self, upstream: Upstream) -> None:
-        self._write(upstream.name, render_file(upstream), upstream)
-
-    def _write(self, name: str, text: str, upstream: Upstream | None) -> bool:
-        path = self.path_for(name)
+    def _read_quietly(self, name: str) -> str | None:
         try:
-            previous = self.read(name)
+            return self.read(name)
         except (OSError, UnicodeDecodeError):
-            previous = None
-        if previous == text:
-            self._failed.pop(name, None)
-            return False
-        try:
-            atomic_write(path, text)
-        except OSError as error:
-            log.error("files: cannot write %s: %s; will retry", path, error.strerror or error)
-            if upstream is not None:
-                self._failed[name] = upstream
-            return False
-        self._failed.pop(name, None)
-        self._changes.setdefault(name, previous)
-        log.info("files: wrote %s", path)
-        return True
+            return None
 
-    def take_changes(self) -> dict[str, str | None]:
-        """Return and forget the files changed since the last call, with their previous text."""
-        changes, self._changes = self._changes, {}
-        return changes
+    def write(self, name: str, text: str) -> str | None:
+        """Make ``name``'s file hold ``text``; returns the previous text. Raises OSError if not written."""
+        with self._lock:
+            previous = self._read_quietly(name)
+            if previous != text:
+                atomic_write(self.path_for(name), text)
+            return previous
 
-    def restore(self, name: str, previous: str | None) -> None:
-        """Put back ``previous`` (or remove the file if it did not exist before)."""
-        path = self.path_for(name)
-        if previous is None:
+    def replace_if(self, name: str, expected: str | None, text: str | None) -> bool:
+        """Put ``text`` (None: remove the file) only if the file still holds ``expected``; True if done."""
+        with self._lock:
+            if self._read_quietly(name) != expected:
+                return False
+            path = self.path_for(name)
+            if text is None:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+            else:
+                atomic_write(path, text)
+            return True
+
+    def remove(self, name: str) -> bool:
+        """Delete ``name``'s file; True if there was one."""
+        with self._lock:
             try:
-                path.unlink()
+                self.path_for(name).unlink()
+                return True
             except FileNotFoundError:
-                pass
-        else:
-            atomic_write(path, previous)
-        log.warning("files: restored the previous %s", path)
+                return False
+
+
+# Called with the events of one batch, once every file of the batch is on disk.
+Listener = Callable[[list[FileWritten]], None]
+
+
+class FilesOutput(Output):
+    """Writes rendered upstreams into a :class:`FileStore` and announces what it wrote."""
+
+    name = "files"
+
+    def __init__(
+        self,
+        store: FileStore | Path,
+        listeners: Iterable[Listener] = (),
+        render: Callable[[Upstream], str] = render_file,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store if isinstance(store, FileStore) else FileStore(Path(store))
+        self._listeners = list(listeners)
+        self._render = render
+        self._failed: dict[str, Upstream] = {}
+        self._announce: list[FileWritten] = []
+        self._retry_interval = RETRY_MIN
+        self._next_retry = 0.0
+        self._clock = clock
+        #: Files written, and writes that failed.
+        self.writes = 0
+        self.failures = 0
+
+    @property
+    def directory(self) -> Path:
+        return self.store.directory
+
+    def subscribe(self, listener: Listener) -> None:
+        """Announce every file written to ``listener`` (call before the runner starts)."""
+        self._listeners.append(listener)
+
+    def path_for(self, name: str) -> Path:
+        return self.store.path_for(name)
+
+    def prepare(self) -> None:
+        self.store.prepare()
+
+    def read(self, name: str) -> str | None:
+        return self.store.read(name)
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Upstreams whose newest state is not on disk yet (a write failed)."""
+        return tuple(self._failed)
+
+    def publish(self, upstream: Upstream) -> None:
+        text = self._render(upstream)
+        path = self.store.path_for(upstream.name)
+        try:
+            previous = self.store.write(upstream.name, text)
+        except OSError as error:
+            self.failures += 1
+            if upstream.name not in self._failed:
+                log.error("files: cannot write %s: %s; holding it back from the other outputs and retrying",
+                          path, error.strerror or error, extra={"upstream": upstream.name})
+            self._failed[upstream.name] = upstream
+            if self._next_retry <= self._clock():
+                self._next_retry = self._clock() + self._retry_interval
+            return
+        if self._failed.pop(upstream.name, None) is not None:
+            log.warning("files: wrote %s after earlier failures", path, extra={"upstream": upstream.name})
+        if previous != text:
+            self.writes += 1
+            log.info("files: wrote %s", path, extra={"upstream": upstream.name})
+        self._announce.append(FileWritten(upstream, previous, text))
+
+    def end_batch(self) -> None:
+        """Announce the batch's files to the followers, all at once."""
+        events, self._announce = self._announce, []
+        if events:
+            for listener in self._listeners:
+                listener(events)
 
     def tick(self, now: float) -> None:
-        if not self._failed or now < self._next_retry:
+        if not self._failed:
+            self._retry_interval = RETRY_MIN
             return
-        self._next_retry = now + RETRY_INTERVAL
+        if now < self._next_retry:
+            return
         for upstream in list(self._failed.values()):
             self.publish(upstream)
+        self.end_batch()
+        if self._failed:
+            self._retry_interval = min(self._retry_interval * 2, RETRY_MAX)
+            self._next_retry = now + self._retry_interval

@@ -1,7 +1,8 @@
 """The reload output: stock nginx, no dyups module, kept in step by ``nginx -s reload``.
 
-The files output writes ``<name>.upstream`` first (it runs before this output
-in every batch); this output then makes nginx pick the files up:
+This output follows the files output: it is fed a ``FileWritten`` event for
+every file written, with the text the file held before, and makes nginx pick
+the files up:
 
 1. run ``test_cmd`` (``nginx -t``). If nginx refuses the new files, put back
    their previous contents, log nginx's own message, and keep serving: the
@@ -29,7 +30,9 @@ published, so it would never reload for them.
 
 Commands are argv lists run without a shell and with a timeout; a timeout or
 a missing binary is a failure like any other, logged with the command.
-Everything here runs on the worker thread.
+Everything here runs on the output's own thread; files are put back through
+the shared :class:`~reloader.outputs.files.FileStore` with a compare-and-replace,
+so a refusal never undoes a newer state the files output wrote meanwhile.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ from typing import Callable, Iterable
 
 from reloader.config import ReloadConfig
 from reloader.model import Upstream
-from reloader.outputs.base import Output
-from reloader.outputs.files import FilesOutput, atomic_write
+from reloader.outputs.base import FileWritten, Output
+from reloader.outputs.files import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +71,14 @@ class ReloadOutput(Output):
 
     def __init__(
         self,
-        files: FilesOutput,
+        store: FileStore,
         config: ReloadConfig,
         *,
         clock: Clock = time.monotonic,
         run: Runner = subprocess.run,
         timeout: float = COMMAND_TIMEOUT,
     ) -> None:
-        self.files = files
+        self.store = store
         self.config = config
         self._clock = clock
         self._run = run
@@ -105,20 +108,19 @@ class ReloadOutput(Output):
     # ---- Output interface ---------------------------------------------------------
 
     def publish(self, upstream: Upstream) -> None:
-        """The files output wrote it; end_batch acts on the batch. A newer state replaces a refused one."""
-        self._refused.pop(upstream.name, None)
+        """Nothing to do: this output acts on files written (:meth:`file_written`), not on states."""
 
-    def seed(self, upstream: Upstream) -> None:
-        """Start-up: the file already holds ``upstream`` and nginx loaded it; never reload."""
+    def file_written(self, event: FileWritten) -> None:
+        """Collect a changed file; end_batch acts on the batch. A newer state replaces a refused one."""
+        self._refused.pop(event.upstream.name, None)
+        if event.changed:
+            # Keep the oldest previous text: the last one that passed test_cmd.
+            self._pending.setdefault(event.upstream.name, event.previous)
 
     def end_batch(self) -> None:
-        self._collect()
         self._maybe_apply(self._clock())
 
     def tick(self, now: float) -> None:
-        # The files output's own retries (in its tick, just before ours) may
-        # have written files; pick those up too.
-        self._collect()
         self._maybe_apply(now)
         self._retry_refused(now)
 
@@ -134,12 +136,13 @@ class ReloadOutput(Output):
             if previous == text:
                 continue
             try:
-                atomic_write(self.files.path_for(name), text)
+                written = self.store.replace_if(name, previous, text)
             except OSError as error:
-                log.error("reload: cannot write %s: %s", self.files.path_for(name), error.strerror or error)
+                log.error("reload: cannot write %s: %s", self.store.path_for(name), error.strerror or error)
                 self._refused[name] = text
                 continue
-            self._pending.setdefault(name, previous)
+            if written:
+                self._pending.setdefault(name, previous)
         self._retrying_refused = True
         try:
             self._apply(now)
@@ -154,7 +157,6 @@ class ReloadOutput(Output):
         Otherwise the files would hold a state nginx never loaded, and the
         next start-up, adopting the files as published, would never reload.
         """
-        self._collect()
         if self._pending or self._reload_owed:
             log.info("reload: applying pending changes before exit")
             self._apply(self._clock())
@@ -166,20 +168,15 @@ class ReloadOutput(Output):
 
     # ---- internals -----------------------------------------------------------------
 
-    def _collect(self) -> None:
-        for name, previous in self.files.take_changes().items():
-            # Keep the oldest previous text: the last one that passed test_cmd.
-            self._pending.setdefault(name, previous)
-
     def _maybe_apply(self, now: float) -> None:
         if (self._pending or self._reload_owed) and now >= self._next_allowed:
             self._apply(now)
 
     def _current(self, name: str) -> str | None:
         try:
-            return self.files.read(name)
+            return self.store.read(name)
         except (OSError, UnicodeDecodeError) as error:
-            log.warning("reload: cannot read %s: %s", self.files.path_for(name), error)
+            log.warning("reload: cannot read %s: %s", self.store.path_for(name), error)
             return None
 
     def _apply(self, now: float) -> None:
@@ -231,7 +228,7 @@ class ReloadOutput(Output):
         """
         self.test_failures += 1
         # Restore before logging, so the line never announces what has not happened yet.
-        restored = {name for name in sorted(net) if self._restore(name, net[name])}
+        restored = {name for name in sorted(net) if self._restore(name, net[name], current[name])}
         log.error(
             "reload: %s refused the new %s; kept the previous contents%s",
             _show(self.config.test_cmd), _names(net), _detail(output),
@@ -247,16 +244,17 @@ class ReloadOutput(Output):
             if name not in restored or refused_text is None:
                 continue
             try:
-                atomic_write(self.files.path_for(name), refused_text)
+                if not self.store.replace_if(name, net[name], refused_text):
+                    continue  # a newer state was written meanwhile; its own event follows
             except OSError as error:
-                log.error("reload: cannot write %s back: %s", self.files.path_for(name), error)
+                log.error("reload: cannot write %s back: %s", self.store.path_for(name), error)
                 continue
             ok, alone = self._command(self.config.test_cmd, "test_cmd", quiet=True)
             if ok:
                 accepted[name] = net[name]
             else:
                 log.error("reload: upstream %s is the one nginx refuses%s", name, _detail(alone))
-                self._restore(name, net[name])
+                self._restore(name, net[name], refused_text)
         if accepted:
             log.info("reload: %s pass on their own; reloading with them", _names(accepted))
         self._remember_refused({name: net[name] for name in net if name not in accepted}, current)
@@ -278,17 +276,22 @@ class ReloadOutput(Output):
             _names(self._refused), self._refused_backoff,
         )
 
-    def _restore(self, name: str, previous: str | None) -> bool:
+    def _restore(self, name: str, previous: str | None, refused: str | None) -> bool:
+        """Put ``previous`` back if the file still holds the ``refused`` text; True if it was put back."""
+        path = self.store.path_for(name)
         try:
-            self.files.restore(name, previous)
-            return True
+            if not self.store.replace_if(name, refused, previous):
+                log.info("reload: %s changed again meanwhile; its new state is tested next", path)
+                return False
         except OSError as error:
             log.error(
                 "reload: cannot restore %s: %s; nginx still serves the previous state, "
                 "but a restart would read the refused file",
-                self.files.path_for(name), error.strerror or error,
+                path, error.strerror or error,
             )
             return False
+        log.warning("files: restored the previous %s", path)
+        return True
 
     def _command(self, argv: tuple[str, ...], what: str, quiet: bool = False) -> tuple[bool, str]:
         """Run ``argv`` (no shell); return (succeeded, trimmed output)."""
