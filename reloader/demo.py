@@ -3,9 +3,11 @@
 It starts, all on 127.0.0.1 and inside one temporary directory:
 
 * a throwaway ZooKeeper server (Debian's ``zookeeper`` package);
-* nginx in a private prefix: stock nginx in reload mode (``nginx -t`` then
-  ``nginx -s reload``), or, with ``--nginx PATH`` naming a dyups-enabled
-  build, that nginx with a ``dyups_interface`` server, in dyups mode;
+* nginx in a private prefix: stock nginx with the project's Lua module when
+  Debian's Lua module is installed (Lua mode: no reloads), else stock nginx
+  in reload mode (``nginx -t`` then ``nginx -s reload``), or, with ``--nginx
+  PATH`` naming a dyups-enabled build, that nginx with a ``dyups_interface``
+  server, in dyups mode;
 * three tiny backends that answer with their own name;
 * the daemon itself, in-process, on a worker thread.
 
@@ -34,11 +36,12 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from reloader.localenv.backends import BackendPool
+from reloader.localenv.luanginx import LuaNginx, lua_missing
 from reloader.localenv.nginx import LocalNginx, NginxError, find_nginx, nginx_missing, server_block
 from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper, ZooKeeperError, find_java, zookeeper_missing
 from reloader.model import Server, Upstream
-from reloader.render import render_file
+from reloader.render import render_file, render_file_lua
 
 UPSTREAM = "demo"
 ZNODE = "/demo/services/demo"
@@ -204,14 +207,25 @@ def run_demo(nginx_binary: str | None = None, interval: float = 3.0) -> int:
     code = 0
     try:
         dyups = nginx_binary is not None
-        mode = "dyups (no reloads)" if dyups else "reload (nginx -t, then nginx -s reload)"
+        # Stock nginx goes without reloads when Debian's Lua module is there.
+        lua = not dyups and lua_missing() is None
+        if dyups:
+            mode = "dyups (no reloads)"
+        elif lua:
+            mode = "Lua (no reloads: the project's Lua module in stock nginx)"
+        else:
+            mode = "reload (nginx -t, then nginx -s reload; install libnginx-mod-http-lua for no reloads)"
         _say(f"nginx-upstream-reloader demo, {mode} mode. Starting ZooKeeper, nginx and three backends...")
 
         # nginx first: a --nginx build without dyups is refused before
         # anything else starts. The daemon's settings are completed below.
         files_dir = workdir / "upstreams"
         files_dir.mkdir()
-        nginx = LocalNginx(nginx_binary or "nginx", workdir=workdir / "nginx")
+        nginx = (
+            LuaNginx(free_port(), files_dir, workdir=workdir / "nginx")
+            if lua
+            else LocalNginx(nginx_binary or "nginx", workdir=workdir / "nginx")
+        )
         port = free_port()
         settings: dict[str, Any] = {"zk_nodes": {UPSTREAM: ZNODE}, "files_output_path": str(files_dir)}
         host_header: str | None = None
@@ -221,6 +235,10 @@ def run_demo(nginx_binary: str | None = None, interval: float = 3.0) -> int:
             if host_header is None:
                 return 1
             settings["dyups_url"] = f"http://127.0.0.1:{dyups_port}"
+        elif isinstance(nginx, LuaNginx):
+            # The Lua snippet includes the files itself.
+            nginx.write_config(server_block(port, f"location / {{\n    proxy_pass http://{UPSTREAM};\n}}\n"))
+            settings["lua_url"] = nginx.api_url
         else:
             nginx.write_config(_nginx_config(files_dir, port, None, f"    proxy_pass http://{UPSTREAM};\n"))
             settings["nginx_reload"] = {
@@ -242,7 +260,7 @@ def run_demo(nginx_binary: str | None = None, interval: float = 3.0) -> int:
         # written here; the daemon adopts it at start-up (no reload needed).
         servers = tuple(Server("127.0.0.1", pool[i].port) for i in sorted(members))
         (files_dir / f"{UPSTREAM}.upstream").write_text(
-            render_file(Upstream(UPSTREAM, servers, live_count=len(servers)))
+            (render_file_lua if lua else render_file)(Upstream(UPSTREAM, servers, live_count=len(servers)))
         )
         nginx.start()
 

@@ -58,6 +58,7 @@ class LuaNginx(LocalNginx):
 
     def write_config(self, http_block_body: str) -> Path:
         path = super().write_config(http_block_body)
-        # The interface server's port comes from the snippet, not the body.
-        self.listen_ports = sorted({*self.listen_ports, self.api_port})
+        # The interface server's port comes from the snippet, not the body; it
+        # goes last, so url() keeps naming the body's first server.
+        self.listen_ports = [port for port in self.listen_ports if port != self.api_port] + [self.api_port]
         return path
