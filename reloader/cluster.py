@@ -102,6 +102,21 @@ class ClusterWorker:
         except Exception:  # noqa: BLE001 - a broken queue must not take the cluster down
             log.exception("cluster %s: handing %d upstreams to the outputs failed", self.label, len(batch))
 
+    def status(self, now: float) -> dict[str, object]:
+        """What status and metrics show of this cluster (plain values; any thread)."""
+        freeze = self.freeze
+        frozen_since = freeze.frozen_since
+        return {
+            "label": self.label,
+            "hosts": self.cluster.zk_servers,
+            "state": self.source.state or "CONNECTING",
+            "frozen": not freeze.is_open,
+            "frozen_for_seconds": None if frozen_since is None else round(now - frozen_since, 3),
+            "read_in_full": freeze.ever_open,
+            "thaws": freeze.thaws,
+            "upstreams": list(self.pipeline.upstream_names),
+        }
+
     def close_session(self) -> None:
         """Close the session (any thread; may wait on ZooKeeper, so callers bound it)."""
         try:

@@ -21,18 +21,19 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Iterable
 
 from kazoo.client import KazooClient
 
 from reloader.cluster import ClusterWorker
-from reloader.config import Config
+from reloader.config import ClusterConfig, Config
 from reloader.model import Upstream
 from reloader.outputs.base import FileWritten, Output
 from reloader.outputs.dyups import DyupsOutput
 from reloader.outputs.files import FilesOutput, FileStore
 from reloader.outputs.reload import ReloadOutput
 from reloader.readback import ReadbackError, parse_upstream_block
+from reloader.render import render_file, render_file_lua
 from reloader.resolve import HostChecker
 from reloader.runner import OutputRunner
 
@@ -56,6 +57,33 @@ def _follower_runner(output: Output) -> OutputRunner[FileWritten]:
     )
 
 
+def sessions(clusters: Iterable[ClusterConfig]) -> list[ClusterConfig]:
+    """The clusters as ZooKeeper sessions: list entries with the same hosts and credentials become one.
+
+    Two entries for one ensemble (the seed config's second shape often has
+    them) then share one kazoo client and one session, and a znode named in
+    both is watched once and read once.
+    """
+    groups: dict[tuple[object, ...], list[ClusterConfig]] = {}
+    for cluster in clusters:
+        groups.setdefault(cluster.session_key, []).append(cluster)
+    merged = []
+    for group in groups.values():
+        first = group[0]
+        if len(group) == 1:
+            merged.append(first)
+            continue
+        names = [cluster.name for cluster in group if cluster.name]
+        merged.append(replace(
+            first,
+            znodes=tuple(znode for cluster in group for znode in cluster.znodes),
+            name="+".join(names) if names else None,
+        ))
+        log.info("clusters %s share one ZooKeeper session (same hosts and credentials)",
+                 ", ".join(cluster.label for cluster in group))
+    return merged
+
+
 class Daemon:
     """One running reloader: build it from a Config, then ``run()`` until ``request_stop()``."""
 
@@ -63,7 +91,9 @@ class Daemon:
         self.config = config
         self._stop = threading.Event()
         self.store = FileStore(config.files_output_path)
-        self.files = FilesOutput(self.store)
+        # In Lua mode the files carry the balancer hook, so that nginx serves
+        # the file's servers until the Lua module has been told the live set.
+        self.files = FilesOutput(self.store, render=render_file_lua if config.lua_url else render_file)
         self.files_runner: OutputRunner[Upstream] = OutputRunner(
             self.files, deliver=self.files.publish, key=lambda upstream: upstream.name,
         )
@@ -77,6 +107,15 @@ class Daemon:
                 retry_interval=config.retry_interval,
             )
             followers.append(self.dyups)
+        if config.lua_url:
+            from reloader.outputs.lua import LuaOutput  # imported late: only Lua mode needs it
+
+            followers.append(LuaOutput(
+                config.lua_url,
+                reconcile_interval=config.reconcile_interval,
+                reassert_interval=config.reassert_interval,
+                retry_interval=config.retry_interval,
+            ))
         if config.nginx_reload:
             followers.append(ReloadOutput(self.store, config.nginx_reload))
         self.followers = [_follower_runner(output) for output in followers]
@@ -88,9 +127,13 @@ class Daemon:
                 cluster, self.files_runner.offer_many, config.zk_session_timeout, client_factory,
                 hosts=self.hosts, stopping=self._stop,
             )
-            for cluster in config.clusters
+            for cluster in sessions(config.clusters)
         ]
         self._cluster_of = {name: worker for worker in self.clusters for name in worker.pipeline.upstream_names}
+        #: Config reloads applied, and reloads refused because the new file was invalid.
+        self.config_reloads = 0
+        self.config_reload_failures = 0
+        self.status_server: object | None = None
 
     @property
     def runners(self) -> list[OutputRunner]:  # type: ignore[type-arg]
@@ -101,6 +144,53 @@ class Daemon:
         self._stop.set()
         for worker in self.clusters:
             worker.wake()
+
+    @property
+    def ready(self) -> bool:
+        """True once every cluster has been read in full at least once."""
+        return all(worker.freeze.ever_open for worker in self.clusters)
+
+    @property
+    def healthy(self) -> bool:
+        """True while every cluster and output thread is alive."""
+        return all(worker.alive for worker in self.clusters) and all(runner.alive for runner in self.runners)
+
+    def status_snapshot(self) -> dict[str, object]:
+        """Everything status and metrics show, as plain values (any thread; read without locks)."""
+        now = time.monotonic()
+        upstreams: dict[str, dict[str, object]] = {}
+        clusters = []
+        for worker in self.clusters:
+            clusters.append(worker.status(now))
+            for name in worker.pipeline.upstream_names:
+                upstream = worker.pipeline.status(name, now)
+                upstream["cluster"] = worker.label
+                upstream["pending_in"] = [
+                    runner.name for runner in self.runners if name in runner.output.pending_names()
+                ]
+                upstreams[name] = upstream
+        outputs = {
+            runner.name: {
+                "alive": runner.alive,
+                "waiting": runner.waiting,
+                "delivered": runner.delivered,
+                "errors": runner.errors,
+                "busy_for_seconds": round(runner.busy_for, 3),
+                "pending": list(runner.output.pending_names()),
+                "counters": runner.output.stats(),
+            }
+            for runner in self.runners
+        }
+        return {
+            "ready": self.ready,
+            "healthy": self.healthy,
+            "files_output_path": str(self.store.directory),
+            "clusters": clusters,
+            "upstreams": upstreams,
+            "outputs": outputs,
+            "config_reloads": self.config_reloads,
+            "config_reload_failures": self.config_reload_failures,
+        }
 
     def request_reassert(self) -> None:
         """Re-POST every managed upstream now (SIGHUP); safe from any thread."""
@@ -121,10 +211,20 @@ class Daemon:
         self._adopt_files()
         for worker in self.clusters:
             worker.start()
+        if self.config.listen is not None:
+            from reloader.status import StatusServer  # imported late: only `listen:` needs it
+
+            try:
+                self.status_server = StatusServer(self, self.config.listen)
+                self.status_server.start()  # type: ignore[attr-defined]
+            except OSError as error:
+                log.error("listen %s:%d: cannot serve status: %s", *self.config.listen, error.strerror or error)
+                self._shutdown()
+                return 1
         log.info(
             "watching %d upstreams in %d clusters; files in %s%s",
             len(self._cluster_of), len(self.clusters), self.store.directory,
-            f"; dyups at {self.config.dyups_url}" if self.config.dyups_url else "",
+            self._telling_nginx(),
         )
         # Wait in slices: a signal handler runs between them even where a
         # platform's untimed wait would not be interrupted.
@@ -137,6 +237,16 @@ class Daemon:
         self._shutdown()
         log.info("stopped")
         return 0
+
+    def _telling_nginx(self) -> str:
+        config = self.config
+        if config.dyups_url:
+            return f"; dyups at {config.dyups_url}"
+        if config.lua_url:
+            return f"; Lua module at {config.lua_url}"
+        if config.nginx_reload:
+            return "; reloading nginx"
+        return ""
 
     def _adopt_files(self) -> None:
         """Existing files are what is published, before and regardless of ZooKeeper.
@@ -180,6 +290,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self._stop.set()
+        if self.status_server is not None:
+            self.status_server.stop()  # type: ignore[attr-defined]
         # Sessions first, in parallel and bounded: no more publishes after this,
         # and closing a session fails any read a cluster thread still waits on.
         closers = [threading.Thread(target=worker.close_session, daemon=True) for worker in self.clusters]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from reloader.assemble import desired_live, finalize_upstream
@@ -52,9 +52,9 @@ class _UpstreamState:
     desired: tuple[Server, ...] | None = None
     origin: str = ""
     recheck_at: float | None = None
-    # Children we already warned about, with the reason, so a bad child is
-    # reported once when it appears (or changes), not on every event.
-    warned: dict[str, str] = field(default_factory=dict)
+    # When the registry last said something about it, and when it was last published.
+    updated_at: float | None = None
+    published_at: float | None = None
 
 
 class Pipeline:
@@ -73,6 +73,10 @@ class Pipeline:
         self._schedule = schedule
         self._hosts = hosts
         self._clock = clock
+        # Per znode, the children already warned about with the reason, so a
+        # bad child is reported once when it appears (or changes), not on
+        # every event, and once for all the upstreams that share the znode.
+        self._warned: dict[str, dict[str, str]] = {}
         self._states = {
             znode.upstream: _UpstreamState(
                 znode, UpstreamGuard(znode.upstream, znode.guards, freeze, clock)
@@ -90,6 +94,23 @@ class Pipeline:
 
     def guard(self, upstream: str) -> UpstreamGuard:
         return self._states[upstream].guard
+
+    def status(self, upstream: str, now: float) -> dict[str, object]:
+        """What status and metrics show of one upstream (read from other threads: plain values only)."""
+        state = self._states[upstream]
+        guard = state.guard
+        published = guard.last_published
+        return {
+            "servers": len(published.servers) if published else 0,
+            "live_published": published.live_count if published else 0,
+            "live_instances": len(state.desired) if state.desired is not None else None,
+            "znode": state.config.path,
+            "last_change_seconds_ago": None if state.updated_at is None else round(now - state.updated_at, 3),
+            "last_publish_seconds_ago": None if state.published_at is None else round(now - state.published_at, 3),
+            "held_servers": guard.holding,
+            "holding_drop": guard.holding_drop,
+            "settling": guard.settling,
+        }
 
     # ---- start-up --------------------------------------------------------------
 
@@ -112,6 +133,7 @@ class Pipeline:
         servers = self._parse(state, children, origin)
         state.desired = tuple(desired_live(servers, state.config.options))
         state.origin = origin
+        state.updated_at = self._clock()
         self._decide(state)
 
     def recheck(self, upstream: str) -> None:
@@ -135,6 +157,7 @@ class Pipeline:
             state.guard.published(upstream, decision.live)
             return
         state.guard.published(upstream, decision.live)
+        state.published_at = self._clock()
         held = state.guard.holding
         log.info(
             "upstream %s: %d servers (%d live%s) from %s",
@@ -160,6 +183,7 @@ class Pipeline:
     def _parse(self, state: _UpstreamState, children: Snapshot, origin: str) -> list[Server]:
         servers: list[Server] = []
         still_bad: dict[str, str] = {}
+        warned = self._warned.get(origin, {})
         znode = state.config
         for child, data in children.items():
             if isinstance(data, Unreadable):
@@ -176,10 +200,12 @@ class Pipeline:
                         servers.append(result)
                         continue
             still_bad[child] = reason
-            if state.warned.get(child) != reason:
+            if warned.get(child) != reason:
                 log.warning("znode %s child %r skipped: %s", origin, _short(child), reason,
                             extra={"upstream": znode.upstream})
-        state.warned = still_bad
+        if still_bad:
+            warned.update(still_bad)
+        self._warned[origin] = {child: warned[child] for child in still_bad}
         return servers
 
 

@@ -162,7 +162,13 @@ class UpstreamGuard:
 
     @property
     def settling(self) -> bool:
+        """True while a settle window after a thaw keeps pre-outage servers."""
         return self._settle_until is not None
+
+    @property
+    def holding_drop(self) -> bool:
+        """True while the shrink guard holds a drop back."""
+        return self._hold_since is not None
 
     def adopt(self, upstream: Upstream, static_endpoints: Iterable[Endpoint] = ()) -> None:
         """Take ``upstream`` (read back from its file) as what is published."""

@@ -15,6 +15,7 @@ from reloader.addresses import InvalidAddress, split_hostport
 from reloader.model import Server, Upstream
 
 _BLOCK = re.compile(r"^\s*upstream\s+(?P<name>\S+)\s*\{(?P<body>[^{}]*)\}\s*$", re.DOTALL)
+_LUA_HOOK = re.compile(r"\s*balancer_by_lua_block\s*\{[^{}]*\}\s*")
 _PARAM = re.compile(r"(?P<key>[a-z_]+)(?:=(?P<value>[A-Za-z0-9.]+))?")
 
 
@@ -56,7 +57,11 @@ def parse_server_statement(statement: str) -> Server:
 
 def parse_upstream_block(text: str) -> Upstream:
     """Parse one ``upstream NAME { ... }`` block as this project renders it."""
-    without_comments = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    # Lua-mode files carry the balancer hook on a line of its own (see
+    # render.render_file_lua); it is how the file is served, not what it holds.
+    without_comments = "\n".join(
+        line.split("#", 1)[0] for line in text.splitlines() if not _LUA_HOOK.fullmatch(line)
+    )
     match = _BLOCK.match(without_comments)
     if not match:
         raise ReadbackError("expected exactly one 'upstream NAME { ... }' block")

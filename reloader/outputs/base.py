@@ -63,3 +63,15 @@ class Output(ABC):
 
     def close(self) -> None:
         """Release resources at shutdown (default: nothing)."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics and status: writes, POSTs, failures, retries, repairs (default: none).
+
+        Read from other threads while the output works: return plain ints
+        and build a new dict on every call.
+        """
+        return {}
+
+    def pending_names(self) -> tuple[str, ...]:
+        """Upstreams whose newest state this output has not delivered yet (default: none)."""
+        return tuple(getattr(self, "pending", ()) or ())

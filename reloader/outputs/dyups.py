@@ -191,6 +191,11 @@ class DyupsOutput(Output):
     def close(self) -> None:
         self._session.close()
 
+    def stats(self) -> dict[str, int]:
+        stats = {key: int(value) for key, value in list(self.counters.items())}
+        stats["reachable"] = int(self._reachable)
+        return stats
+
     @property
     def pending(self) -> tuple[str, ...]:
         """Upstreams not yet confirmed by nginx."""

@@ -219,6 +219,9 @@ class FilesOutput(Output):
         """Upstreams whose newest state is not on disk yet (a write failed)."""
         return tuple(self._failed)
 
+    def stats(self) -> dict[str, int]:
+        return {"writes": self.writes, "failures": self.failures, "retrying": len(self._failed)}
+
     def publish(self, upstream: Upstream) -> None:
         text = self._render(upstream)
         path = self.store.path_for(upstream.name)

@@ -161,6 +161,12 @@ class ReloadOutput(Output):
             log.info("reload: applying pending changes before exit")
             self._apply(self._clock())
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "reloads": self.reloads, "test_failures": self.test_failures,
+            "reload_failures": self.reload_failures, "skipped": self.skipped, "refused": len(self._refused),
+        }
+
     @property
     def pending(self) -> tuple[str, ...]:
         """Upstreams changed on disk and waiting for the next reload."""

@@ -68,7 +68,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 from kazoo.recipe.watchers import ChildrenWatch
 
-from reloader.config import ClusterConfig
+from reloader.config import ClusterConfig, kazoo_arguments
 from reloader.inbox import Inbox
 from reloader.publication import ClusterFreeze
 from reloader.snapshot import Snapshot, Unreadable
@@ -163,7 +163,7 @@ class ZooKeeperSource:
         self._last_state: str | None = None
         self._resync_pending = False
         self._client = client_factory(
-            hosts=cluster.zk_servers,
+            **kazoo_arguments(cluster),
             timeout=session_timeout,
             # Reconnect forever; a command gives up quickly so that a kazoo
             # callback thread is never stuck retrying while the session is gone.
