@@ -185,8 +185,10 @@ def test_weights_share_within_two_percent(rig: Rig) -> None:
             counts[response.read().decode().strip()] += 1
             done += 1
         conn.close()
+    shares = {name: counts[name] / total for name in weights}
+    print("weight shares over 10,000 requests:", {name: f"{share:.4f}" for name, share in shares.items()})
     for name, weight in weights.items():
-        share = counts[name] / total
+        share = shares[name]
         assert abs(share - weight / 10) < 0.02, (name, share, counts)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +20,11 @@ from reloader.model import Server, Upstream
 from reloader.outputs.lua import LuaOutput, upstream_document
 from tests.conftest import require
 from tests.test_lua_module import Rig, fresh_get, update
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
+
+    from reloader.localenv.zookeeper import LocalZooKeeper
 
 
 def upstream(name: str, *backends: Backend, params: tuple[tuple[str, str], ...] = ()) -> Upstream:
@@ -133,3 +140,67 @@ def test_refused_body_is_logged_not_retried(rig: Rig, output: LuaOutput, caplog:
         output.publish(bad)
     assert "nginx refused upstream app" in caplog.text
     assert output.pending == frozenset()
+
+
+def test_daemon_end_to_end(tmp_path: Path, nginx_bin: str, zk: LocalZooKeeper, zk_client: KazooClient,
+                           zk_root: str, record_property: Callable[[str, object], None]) -> None:
+    """The daemon as a process: ZooKeeper -> Lua-mode files and POSTs -> nginx, no reload."""
+    from tests.test_daemon import DaemonProcess
+
+    require(lua_missing())
+    (tmp_path / "rig").mkdir()
+    rig = Rig(tmp_path / "rig")
+    daemon = None
+    try:
+        b3, b4, b5 = rig.backends[2:5]
+        znode = f"{zk_root}/app"
+        for backend in (b3, b4):
+            zk_client.create(f"{znode}/{backend.address}", makepath=True)
+        config = {
+            "zk_servers": zk.hosts,
+            "zk_session_timeout": "4s",
+            "files_output_path": str(rig.upstream_dir),
+            "lua_url": rig.nginx.api_url,
+            "reconcile_interval": "1s",
+            "retry_interval": "0.5s",
+            "zk_nodes": {"app": znode},
+        }
+        # nginx has loaded the rig's file (b1, b2); without it on disk the daemon
+        # adopts no earlier state, so no drop guard holds b1 and b2 back.
+        (rig.upstream_dir / "app.upstream").unlink()
+        workers_before = rig.nginx.worker_pids()
+        daemon = DaemonProcess(tmp_path, config, name="lua-daemon", files_dir=None, dyups_url=None).start()
+
+        def serves(expected: set[str]) -> bool:
+            assert daemon is not None and daemon.running, daemon.log_tail() if daemon else ""
+            return served(rig) == expected
+
+        deadline = time.monotonic() + 15
+        while not serves({"b3", "b4"}):
+            assert time.monotonic() < deadline, daemon.log_tail()
+            time.sleep(0.05)
+        assert "balancer_by_lua_block" in (rig.upstream_dir / "app.upstream").read_text()
+
+        zk_client.create(f"{znode}/{b5.address}")
+        added = time.monotonic()
+        while not serves({"b3", "b4", "b5"}):
+            assert time.monotonic() - added < 5, daemon.log_tail()
+            time.sleep(0.01)
+        record_property("zk_change_to_traffic_s", round(time.monotonic() - added, 3))
+        # No reload happened: the same worker processes served all of it.
+        assert rig.nginx.worker_pids() == workers_before
+
+        rig.nginx.restart()
+        restarted = time.monotonic()
+        # The restarted nginx reads the file the daemon wrote: the live set, before any POST.
+        assert served(rig, 10) <= {"b3", "b4", "b5"}
+        while rig.state("app") == 404:
+            assert time.monotonic() - restarted < 1.0 + 1.0 + 1.0, daemon.log_tail()
+            time.sleep(0.05)
+        record_property("heal_after_restart_s", round(time.monotonic() - restarted, 2))
+        daemon.stop()
+        daemon = None
+    finally:
+        if daemon is not None:
+            daemon.kill()
+        rig.close()
