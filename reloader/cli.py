@@ -46,15 +46,38 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--connect", action="store_true",
                        help="also try every ZooKeeper cluster (within the session timeout); exit 1 if one is unreachable")
 
+    render = commands.add_parser(
+        "render", help="read every znode once and print (or write) what the daemon would publish")
+    render.add_argument("--config", required=True, help="path to upstream_zk_nodes.conf")
+    render.add_argument("--files-output-path", help="directory of the <name>.upstream files (overrides the config)")
+    render.add_argument("--diff", action="store_true",
+                        help="print a unified diff against the files on disk instead (differences keep exit 0)")
+    render.add_argument("--write", action="store_true", help="write the changed files atomically, one line each")
+
     snippet = commands.add_parser("nginx-snippet", help="print the nginx configuration to add for Lua mode")
     snippet.add_argument("--lua", action="store_true", required=True,
                          help="the Lua module set-up (lua_package_path, shared dict, interface, include)")
     snippet.add_argument("--config", help="take lua_url and files_output_path from this config")
 
+    status = commands.add_parser("status", help="print a running daemon's clusters, upstreams and outputs")
+    status.add_argument("--listen", metavar="ADDR", type=_listen_address, default=None,
+                        help="the daemon's `listen:` address, PORT or HOST:PORT (default: 127.0.0.1:9345)")
+    status.add_argument("--json", action="store_true", help="print the raw JSON of /status")
+
     demo = commands.add_parser("demo", help="a self-contained local demo (ZooKeeper, nginx, three backends)")
     demo.add_argument("--nginx", metavar="PATH", help="a dyups-enabled nginx binary (default: stock nginx, reload mode)")
     demo.add_argument("--interval", type=float, default=3.0, help=argparse.SUPPRESS)
     return parser
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    """``--listen``: the same forms as the config's ``listen:`` key."""
+    from reloader.config import _parse_listen
+
+    try:
+        return _parse_listen(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _load(path: str, overrides: dict[str, object] | None = None) -> Config | None:
@@ -137,11 +160,23 @@ def _run(args: argparse.Namespace) -> int:
         # thread before detaching.
         from reloader.daemon import Daemon
 
-        daemon = Daemon(config)
-        signals.install(daemon, logs, SystemdNotifier.from_environment())
+        notifier = SystemdNotifier.from_environment()
+        daemon = Daemon(config, notifier=notifier)
+        signals.install(daemon, logs, notifier)
         return daemon.run()
     finally:
         _release(locks)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from reloader.logsetup import configure_logging
+    from reloader.oneshot import run_render  # imported late: only `render` needs kazoo
+
+    config = _load(args.config, {"files_output_path": args.files_output_path})
+    if config is None:
+        return EXIT_CONFIG
+    configure_logging("WARNING", None, "text")  # skipped children and guard warnings, on stderr
+    return run_render(config, diff=args.diff, write=args.write, out=sys.stdout, err=sys.stderr)
 
 
 def _nginx_snippet(args: argparse.Namespace) -> int:
@@ -171,8 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "render":
+        return _render(args)
     if args.command == "nginx-snippet":
         return _nginx_snippet(args)
+    if args.command == "status":
+        from reloader.status import DEFAULT_ADDRESS, status_command  # imported late: only `status` needs it
+
+        return status_command(args.listen or DEFAULT_ADDRESS, as_json=args.json)
     if args.command == "demo":
         from reloader.demo import run_demo  # imported late: only the demo needs localenv
 

@@ -15,6 +15,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from typing import Callable
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 # The longest the thread sleeps, so that delayed tasks stay timely.
 MAX_IDLE = 0.5
+# While a cluster stays unreachable, how often a line says so.
+UNREACHABLE_REMINDER = 30.0
+# How long the reachability probe behind those lines may wait per host.
+PROBE_TIMEOUT = 1.0
 
 
 class ClusterWorker:
@@ -48,6 +53,7 @@ class ClusterWorker:
         stopping: threading.Event | None = None,
     ) -> None:
         self.cluster = cluster
+        self._session_timeout = session_timeout
         self._stopping = stopping or threading.Event()
         self.inbox = Inbox()
         self.freeze = ClusterFreeze()
@@ -72,7 +78,49 @@ class ClusterWorker:
 
     def start(self) -> None:
         self.source.start()
+        self.inbox.call_later(self._session_timeout, self._check_connected)
         self._thread.start()
+
+    # ---- saying what is wrong, and keeping on saying it ----------------------------
+
+    def _check_connected(self) -> None:
+        """After the first session timeout: warn if the cluster has never been read, then keep reminding."""
+        if not self.freeze.ever_open and not self._stopping.is_set():
+            log.warning(
+                "cluster %s (%s): not connected %.0f s after start (%s); its %d upstreams stay as their "
+                "files have them until it answers",
+                self.label, self.cluster.zk_servers, self._session_timeout, self._probe(),
+                len(self.pipeline.upstream_names), extra={"cluster": self.label},
+            )
+        self.inbox.call_later(UNREACHABLE_REMINDER, self._remind)
+
+    def _remind(self) -> None:
+        """While frozen, one line every UNREACHABLE_REMINDER seconds: for how long, and how many upstreams."""
+        if self._stopping.is_set():
+            return
+        since = self.freeze.frozen_since
+        if since is not None:
+            log.warning(
+                "cluster %s (%s): unreachable for %.0f s (%s); %d upstreams frozen at their last good state",
+                self.label, self.cluster.zk_servers, time.monotonic() - since, self._probe(),
+                len(self.pipeline.upstream_names), extra={"cluster": self.label},
+            )
+        self.inbox.call_later(UNREACHABLE_REMINDER, self._remind)
+
+    def _probe(self) -> str:
+        """Why the ensemble may not answer, from a plain TCP connect to each host (this thread only)."""
+        if self.source.state == "CONNECTED":
+            return "connected, still reading"
+        hosts = self.cluster.zk_servers.partition("/")[0]
+        problems = []
+        for entry in hosts.split(","):
+            host, _, port = entry.strip().rpartition(":") if ":" in entry else (entry.strip(), "", "2181")
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT):
+                    problems.append(f"{entry.strip()}: accepts TCP but ZooKeeper does not answer")
+            except OSError as error:
+                problems.append(f"{entry.strip()}: {error.strerror or error}")
+        return "; ".join(problems)
 
     def wake(self) -> None:
         self.inbox.put(lambda: None)

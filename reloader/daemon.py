@@ -36,6 +36,7 @@ from reloader.readback import ReadbackError, parse_upstream_block
 from reloader.render import render_file, render_file_lua
 from reloader.resolve import HostChecker
 from reloader.runner import OutputRunner
+from reloader.sdnotify import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,39 @@ def sessions(clusters: Iterable[ClusterConfig]) -> list[ClusterConfig]:
     return merged
 
 
+class _SystemdState:
+    """READY once every cluster has been read in full, and watchdog pings while every thread lives."""
+
+    def __init__(self, notifier: SystemdNotifier | None) -> None:
+        self._notifier = notifier
+        self._ready_sent = False
+        self._watchdog = notifier.watchdog_interval() if notifier is not None else None
+        self._next_ping = 0.0
+
+    def tick(self, daemon: "Daemon") -> None:
+        notifier = self._notifier
+        if notifier is None:
+            return
+        if not self._ready_sent and daemon.ready:
+            self._ready_sent = True
+            notifier.ready(f"watching {len(daemon.upstream_names)} upstreams")
+        now = time.monotonic()
+        if self._watchdog is not None and now >= self._next_ping and daemon.healthy:
+            self._next_ping = now + self._watchdog
+            notifier.watchdog()
+
+
 class Daemon:
     """One running reloader: build it from a Config, then ``run()`` until ``request_stop()``."""
 
-    def __init__(self, config: Config, client_factory: Callable[..., KazooClient] = KazooClient) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client_factory: Callable[..., KazooClient] = KazooClient,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
         self.config = config
+        self._notifier = notifier
         self._stop = threading.Event()
         self.store = FileStore(config.files_output_path)
         # In Lua mode the files carry the balancer hook, so that nginx serves
@@ -144,6 +173,10 @@ class Daemon:
         self._stop.set()
         for worker in self.clusters:
             worker.wake()
+
+    @property
+    def upstream_names(self) -> tuple[str, ...]:
+        return tuple(self._cluster_of)
 
     @property
     def ready(self) -> bool:
@@ -228,12 +261,16 @@ class Daemon:
         )
         # Wait in slices: a signal handler runs between them even where a
         # platform's untimed wait would not be interrupted.
+        systemd = _SystemdState(self._notifier)
         while not self._stop.wait(MAIN_SLICE):
             dead = [worker.label for worker in self.clusters if not worker.alive]
             dead += [runner.name for runner in self.runners if not runner.alive]
             if dead:
                 log.error("thread of %s died; stopping", ", ".join(dead))
                 break
+            systemd.tick(self)
+        if self._notifier is not None:
+            self._notifier.stopping()
         self._shutdown()
         log.info("stopped")
         return 0

@@ -144,6 +144,8 @@ class DaemonProcess:
         files_dir: Path | None,
         dyups_url: str | None,
         log_level: str = "INFO",
+        env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.config = config
@@ -152,6 +154,8 @@ class DaemonProcess:
         self.files_dir = files_dir
         self.dyups_url = dyups_url
         self.log_level = log_level
+        self.env = env
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -164,9 +168,11 @@ class DaemonProcess:
             argv += ["--files-output-path", str(self.files_dir)]
         if self.dyups_url is not None:
             argv += ["--dyups-url", self.dyups_url]
+        argv += list(self.extra_args)
+        env = None if self.env is None else {**os.environ, **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env
             )
         return self
 
@@ -285,10 +291,11 @@ def daemons(tmp_path: Path, files_dir: Path) -> Iterator[Callable[..., DaemonPro
     started: list[DaemonProcess] = []
 
     def make(config: Any, *, dyups_url: str | None = None, files_dir: Path | None = files_dir,
-             log_level: str = "INFO") -> DaemonProcess:
+             log_level: str = "INFO", env: dict[str, str] | None = None,
+             extra_args: tuple[str, ...] = ()) -> DaemonProcess:
         daemon = DaemonProcess(
             tmp_path, config, name=f"daemon{len(started)}", files_dir=files_dir, dyups_url=dyups_url,
-            log_level=log_level,
+            log_level=log_level, env=env, extra_args=extra_args,
         )
         started.append(daemon)
         return daemon.start()
