@@ -35,14 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import requests  # noqa: E402
+import requests
 
-from reloader.localenv.luanginx import LuaNginx, lua_missing  # noqa: E402
-from reloader.localenv.nginx import LocalNginx, server_block  # noqa: E402
-from reloader.localenv.ports import free_port  # noqa: E402
-from reloader.model import Server, Upstream  # noqa: E402
-from reloader.outputs.lua import upstream_document  # noqa: E402
-from reloader.render import render_file, render_file_lua  # noqa: E402
+from reloader.localenv.luanginx import LuaNginx, lua_missing
+from reloader.localenv.nginx import LocalNginx, server_block
+from reloader.localenv.ports import free_port
+from reloader.model import Server, Upstream
+from reloader.outputs.lua import upstream_document
+from reloader.render import render_file, render_file_lua
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -67,7 +67,7 @@ def wrk(url: str, seconds: float, connections: int, threads: int) -> dict[str, f
         capture_output=True, text=True, timeout=seconds + 30, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
     assert p99 is not None, out
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -148,7 +148,7 @@ def run(quick: bool) -> dict[str, Any]:
             nginx.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    summary = {
+    summary: dict[str, dict[str, Any]] = {
         name: {
             "median_rps": statistics.median(s["rps"] for s in runs),
             "median_p99_ms": statistics.median(s["p99_ms"] for s in runs),
@@ -186,22 +186,26 @@ def section(result: dict[str, Any]) -> str:
         "",
         f"## Lua balancer against a static upstream{quick}",
         "",
-        f"`bench/lua_balancer.py`, {result['generated']}: one front nginx with {result['front_workers']} "
-        f"workers, three backends (a separate nginx answering `return 200`), upstream keepalive 32; "
-        f"`wrk -t{w['threads']} -c{w['connections']}`, {w['rounds']} alternating rounds of {w['seconds']:g} s "
-        f"per target, medians shown. {result['cpus']} CPUs shared by wrk, both nginx and everything "
-        f"else; load average at start {result['load_at_start'][0]:.2f}.",
+        (
+            f"`bench/lua_balancer.py`, {result['generated']}: one front nginx with {result['front_workers']} "
+            f"workers, three backends (a separate nginx answering `return 200`), upstream keepalive 32; "
+            f"`wrk -t{w['threads']} -c{w['connections']}`, {w['rounds']} alternating rounds of {w['seconds']:g} s "
+            f"per target, medians shown. {result['cpus']} CPUs shared by wrk, both nginx and everything "
+            f"else; load average at start {result['load_at_start'][0]:.2f}."
+        ),
         "",
         "| target | requests/s | p99 ms | non-2xx |",
         "|---|---|---|---|",
         *rows,
         "",
-        f"The Lua balancer serves **{result['lua_to_static_rps'] * 100:.1f} %** of the static upstream's "
-        f"throughput: a cost of {result['lua_cost_pct']:.1f} % (target: under {result['target_cost_pct']} %). "
-        "Per request it reads one revision number from the shared dict and runs the weighted round "
-        "robin over the worker's own copy of the servers. The p99 column swings with whatever else "
-        "the two CPUs run at the time (both targets' rounds alternate, so each sees the same mix); "
-        "the throughput ratio is the figure to compare.",
+        (
+            f"The Lua balancer serves **{result['lua_to_static_rps'] * 100:.1f} %** of the static upstream's "
+            f"throughput: a cost of {result['lua_cost_pct']:.1f} % (target: under {result['target_cost_pct']} %). "
+            "Per request it reads one revision number from the shared dict and runs the weighted round "
+            "robin over the worker's own copy of the servers. The p99 column swings with whatever else "
+            "the two CPUs run at the time (both targets' rounds alternate, so each sees the same mix); "
+            "the throughput ratio is the figure to compare."
+        ),
         "",
         END,
     ])

@@ -150,7 +150,12 @@ def test_post_reaches_every_worker_at_once(rig: Rig, record_property: Callable[[
     assert rig.post("app", update(b1, b2)).status_code == 200
     # Warm both workers on the old set, so each has built local state that must now be dropped.
     workers: set[str] = set()
-    poll(lambda: workers.add(fresh_get(rig.ports["app"])[2]) or len(workers) == 2, 5, "both workers")
+
+    def both_workers() -> bool:
+        workers.add(fresh_get(rig.ports["app"])[2])
+        return len(workers) == 2
+
+    poll(both_workers, 5, "both workers")
 
     answer = rig.post("app", update(b3, b4))
     answered = time.monotonic()
@@ -234,7 +239,7 @@ def test_killed_backend_is_skipped_then_returns(rig: Rig) -> None:
 
 
 def test_retry_stops_with_502_when_no_untried_server_is_left(rig: Rig) -> None:
-    b5, b6 = rig.backends[4:6]
+    b5 = rig.backends[4]
     dead = Backend("dead")  # never started: connection refused
     assert rig.post("flaky", update((dead, {"max_fails": 0}), (b5, {"down": True}))).status_code == 200
     status, _, _, tried = fresh_get(rig.ports["flaky"])
