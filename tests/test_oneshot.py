@@ -197,3 +197,55 @@ def test_a_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     config = write_config(tmp_path, "zk_servers: 127.0.0.1:2181\nzk_nodes:\n  app1: services/app1\n")
     assert main(["render", "--config", str(config)]) == 2
     assert "must start with '/'" in capsys.readouterr().err
+
+
+def test_lua_mode_prints_the_lua_file_and_the_json_body(
+    tmp_path: Path, zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str,
+) -> None:
+    register(zk_client, f"{zk_root}/app1", "10.0.0.1:80")
+    config = one_cluster(tmp_path, zk, f"  app1: {zk_root}/app1\n", "lua_url: http://127.0.0.1:14444\n")
+
+    code, out, err = render(config)
+
+    assert code == 0, err
+    assert 'balancer_by_lua_block { require("reloader_balancer").balance("app1") }\n' in out
+    assert out.endswith(
+        "# lua POST http://127.0.0.1:14444/upstream/app1\n"
+        '# {"servers": [{"backup": false, "down": false, "fail_timeout": 10, "host": "10.0.0.1", '
+        '"max_fails": 1, "port": 80, "weight": 1}], "version": 1}\n'
+    )
+
+
+def test_the_shrink_guard_holds_a_large_drop_and_says_so(
+    tmp_path: Path, zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str,
+) -> None:
+    register(zk_client, f"{zk_root}/app1", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80")
+    config = one_cluster(tmp_path, zk, f"  app1: {zk_root}/app1\n")
+    assert render(config, write=True)[0] == 0
+    for host in ("10.0.0.2", "10.0.0.3", "10.0.0.4"):
+        zk_client.delete(f"{zk_root}/app1/{host}:80")
+
+    code, out, err = render(config, diff=True)
+
+    assert (code, out) == (0, "")  # the daemon would publish nothing yet: the drop is held
+    assert ("app1: the shrink guard keeps 3 servers the registry no longer lists (more than max_drop 50% at once); "
+            "the daemon removes them after drop_hold 30s") in err
+
+
+def test_write_refuses_a_directory_a_daemon_manages(
+    tmp_path: Path, zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str,
+) -> None:
+    from reloader.process import directory_lock
+
+    register(zk_client, f"{zk_root}/app1", "10.0.0.1:80")
+    config = one_cluster(tmp_path, zk, f"  app1: {zk_root}/app1\n")
+    lock = directory_lock(tmp_path / "upstreams")
+    lock.acquire()  # as `run` does at start-up
+    try:
+        code, out, err = render(config, write=True)
+    finally:
+        lock.release()
+
+    assert (code, out) == (1, "")
+    assert "a running nginx-upstream-reloader manages" in err
+    assert not (tmp_path / "upstreams" / "app1.upstream").exists()
