@@ -15,6 +15,8 @@ setup(
     include_package_data=True,
     install_requires=[
         "kazoo>=2.9",
+        # kazoo's SASL (sasl: in a cluster) needs it; without it kazoo raises "Missing SASL support".
+        "pure-sasl>=0.6",
         "python-daemon>=3.0",
         "PyYAML>=6.0",
         "requests>=2.28",
