@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         from reloader.daemon import Daemon
 
         notifier = SystemdNotifier.from_environment()
-        daemon = Daemon(config, notifier=notifier)
+        daemon = Daemon(config, notifier=notifier, overrides=overrides)
         signals.install(daemon, logs, notifier)
         return daemon.run()
     finally:

@@ -54,6 +54,7 @@ class ClusterWorker:
     ) -> None:
         self.cluster = cluster
         self._session_timeout = session_timeout
+        # Set when the daemon stops, or when a config reload retires this cluster.
         self._stopping = stopping or threading.Event()
         self.inbox = Inbox()
         self.freeze = ClusterFreeze()
@@ -71,6 +72,11 @@ class ClusterWorker:
     @property
     def label(self) -> str:
         return self.cluster.label
+
+    @property
+    def stop_event(self) -> threading.Event:
+        """Set to stop this cluster's thread (the daemon stops, or a reload retires the cluster)."""
+        return self._stopping
 
     @property
     def alive(self) -> bool:
@@ -149,6 +155,30 @@ class ClusterWorker:
             self._publish(batch)
         except Exception:  # noqa: BLE001 - a broken queue must not take the cluster down
             log.exception("cluster %s: handing %d upstreams to the outputs failed", self.label, len(batch))
+
+    def reconfigure(self, cluster: ClusterConfig, adopted: list[Upstream]) -> None:
+        """Take a reloaded config of this same session (any thread: it runs on the cluster's thread).
+
+        ``adopted`` are the states read back from files for upstreams that are
+        new here.
+        """
+        def apply() -> None:
+            added, removed, changed = self.pipeline.reconfigure(cluster.znodes)
+            for upstream in adopted:
+                self.pipeline.adopt(upstream)
+            self.cluster = cluster
+            self.source.reconfigure(cluster, changed)
+            if added or removed or changed:
+                log.info("cluster %s: config reloaded: %d upstreams added, %d removed, %d changed",
+                         self.label, len(added), len(removed), len(changed), extra={"cluster": self.label})
+
+        self.inbox.put(apply)
+
+    def retire(self) -> None:
+        """Stop this cluster for good (a config reload removed it): the thread ends, the session closes."""
+        self._stopping.set()
+        self.wake()
+        threading.Thread(target=self.close_session, name=f"retire-{self.cluster.index}", daemon=True).start()
 
     def status(self, now: float) -> dict[str, object]:
         """What status and metrics show of this cluster (plain values; any thread)."""

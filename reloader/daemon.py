@@ -21,12 +21,12 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from kazoo.client import KazooClient
 
 from reloader.cluster import ClusterWorker
-from reloader.config import ClusterConfig, Config
+from reloader.config import ClusterConfig, Config, ConfigError, ZnodeConfig, load_config
 from reloader.model import Upstream
 from reloader.outputs.base import FileWritten, Output
 from reloader.outputs.dyups import DyupsOutput
@@ -47,6 +47,12 @@ SHUTDOWN_GRACE = 2.0
 OUTPUT_GRACE = 2.0
 # How often the main thread looks up from its wait (signal handlers run in between).
 MAIN_SLICE = 0.5
+
+
+def _outputs_of(config: Config) -> tuple[object, ...]:
+    """The settings that shape the followers: when they change, the followers are rebuilt."""
+    return (config.dyups_url, config.lua_url, config.nginx_reload, config.reconcile_interval,
+            config.reassert_interval, config.retry_interval)
 
 
 def _follower_runner(output: Output) -> OutputRunner[FileWritten]:
@@ -115,7 +121,9 @@ class Daemon:
         config: Config,
         client_factory: Callable[..., KazooClient] = KazooClient,
         notifier: SystemdNotifier | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
+        """``overrides`` are the command line's settings, applied again on every config reload."""
         self.config = config
         self._notifier = notifier
         self._stop = threading.Event()
@@ -126,16 +134,29 @@ class Daemon:
         self.files_runner: OutputRunner[Upstream] = OutputRunner(
             self.files, deliver=self.files.publish, key=lambda upstream: upstream.name,
         )
-        self.dyups: DyupsOutput | None = None
+        self.followers = [_follower_runner(output) for output in self._make_followers(config)]
+        for runner in self.followers:
+            self.files.subscribe(runner.offer_many)
+        self.hosts = HostChecker()
+        self._client_factory = client_factory
+        self.clusters = [self._make_worker(cluster) for cluster in sessions(config.clusters)]
+        self._cluster_of = {name: worker for worker in self.clusters for name in worker.pipeline.upstream_names}
+        #: Config reloads applied, and reloads refused because the new file was invalid.
+        self.config_reloads = 0
+        self.config_reload_failures = 0
+        self.status_server: object | None = None
+        self._overrides = dict(overrides or {})
+        self._reload_requested = threading.Event()
+
+    def _make_followers(self, config: Config) -> list[Output]:
         followers: list[Output] = []
         if config.dyups_url:
-            self.dyups = DyupsOutput(
+            followers.append(DyupsOutput(
                 config.dyups_url,
                 reconcile_interval=config.reconcile_interval,
                 reassert_interval=config.reassert_interval,
                 retry_interval=config.retry_interval,
-            )
-            followers.append(self.dyups)
+            ))
         if config.lua_url:
             from reloader.outputs.lua import LuaOutput  # imported late: only Lua mode needs it
 
@@ -147,22 +168,21 @@ class Daemon:
             ))
         if config.nginx_reload:
             followers.append(ReloadOutput(self.store, config.nginx_reload))
-        self.followers = [_follower_runner(output) for output in followers]
+        return followers
+
+    def _make_worker(self, cluster: ClusterConfig) -> ClusterWorker:
+        return ClusterWorker(
+            cluster, self.files_runner.offer_many, self.config.zk_session_timeout, self._client_factory,
+            hosts=self.hosts, stopping=threading.Event(),
+        )
+
+    @property
+    def dyups(self) -> DyupsOutput | None:
+        """The dyups output, when there is one."""
         for runner in self.followers:
-            self.files.subscribe(runner.offer_many)
-        self.hosts = HostChecker()
-        self.clusters = [
-            ClusterWorker(
-                cluster, self.files_runner.offer_many, config.zk_session_timeout, client_factory,
-                hosts=self.hosts, stopping=self._stop,
-            )
-            for cluster in sessions(config.clusters)
-        ]
-        self._cluster_of = {name: worker for worker in self.clusters for name in worker.pipeline.upstream_names}
-        #: Config reloads applied, and reloads refused because the new file was invalid.
-        self.config_reloads = 0
-        self.config_reload_failures = 0
-        self.status_server: object | None = None
+            if isinstance(runner.output, DyupsOutput):
+                return runner.output
+        return None
 
     @property
     def runners(self) -> list[OutputRunner]:  # type: ignore[type-arg]
@@ -172,7 +192,12 @@ class Daemon:
         """Ask the daemon to finish; safe from a signal handler or any thread."""
         self._stop.set()
         for worker in self.clusters:
+            worker.stop_event.set()
             worker.wake()
+
+    def request_reload(self) -> None:
+        """Re-read the config file and apply the difference (SIGHUP); safe from a signal handler."""
+        self._reload_requested.set()
 
     @property
     def upstream_names(self) -> tuple[str, ...]:
@@ -269,6 +294,9 @@ class Daemon:
                 log.error("thread of %s died; stopping", ", ".join(dead))
                 break
             systemd.tick(self)
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self._reload_config()
         if self._notifier is not None:
             self._notifier.stopping()
         self._shutdown()
@@ -295,15 +323,43 @@ class Daemon:
         """
         adopted: list[Upstream] = []
         for worker in self.clusters:
-            for znode in worker.cluster.znodes:
-                upstream = self._read_back(znode.upstream)
-                if upstream is None:
-                    continue
-                # The config, not an old file, is the authority on directives.
-                upstream = replace(upstream, directives=znode.options.directives)
+            for upstream in self._read_back_all(worker.cluster.znodes):
                 worker.pipeline.adopt(upstream)
                 adopted.append(upstream)
         self.files_runner.offer_many(adopted)
+        self._unconfigured_files(self.store.names())
+
+    def _read_back_all(self, znodes: Iterable[ZnodeConfig]) -> list[Upstream]:
+        states = []
+        for znode in znodes:
+            upstream = self._read_back(znode.upstream)
+            if upstream is not None:
+                # The config, not an old file, is the authority on directives.
+                states.append(replace(upstream, directives=znode.options.directives))
+        return states
+
+    def _unconfigured_files(self, names: Iterable[str]) -> None:
+        """Files of upstreams the config does not name: kept with a warning, or removed with prune_files."""
+        for name in names:
+            if name in self._cluster_of:
+                continue
+            path = self.store.path_for(name)
+            if self.config.prune_files:
+                self.files_runner.submit(lambda name=name, path=path: self._prune(name, path))
+            else:
+                log.warning("%s belongs to no configured upstream; left in place (nginx may still include it; "
+                            "prune_files: true removes such files)", path, extra={"upstream": name})
+
+    def _prune(self, name: str, path: object) -> None:
+        """On the files runner's thread, after every write queued before it."""
+        if name in self._cluster_of:
+            return  # configured again meanwhile
+        try:
+            if self.store.remove(name):
+                log.warning("%s belongs to no configured upstream; removed (prune_files)", path,
+                            extra={"upstream": name})
+        except OSError as error:
+            log.error("cannot remove %s: %s", path, error.strerror or error)
 
     def _read_back(self, name: str) -> Upstream | None:
         path = self.store.path_for(name)
@@ -325,8 +381,130 @@ class Daemon:
         log.info("start-up: %s holds %d servers; adopted as the last good state", path, len(upstream.servers))
         return upstream
 
+    # ---- live config reload ------------------------------------------------------
+
+    def _reload_config(self) -> None:
+        """Re-read the config file and apply the difference; an invalid file changes nothing.
+
+        Runs on the main thread. Clusters whose session is unchanged are
+        reconfigured in place (on their own threads), so an upstream whose
+        configuration did not change keeps its state and is not republished;
+        new sessions start, removed ones close. Outputs are rebuilt only when
+        their settings changed. Every managed upstream is re-POSTed at the end.
+        """
+        if self._notifier is not None:
+            self._notifier.reloading()
+        try:
+            new = load_config(self.config.source, self._overrides)
+            problem = self._cannot_reload(new)
+            if problem:
+                raise ConfigError(self.config.source, [problem])
+        except ConfigError as error:
+            self.config_reload_failures += 1
+            for line in error.problems:
+                log.error("config reload: %s: %s", error.source, line)
+            log.error("config reload refused: %d problems; the running config stays as it is", len(error.problems))
+            if self._notifier is not None:
+                self._notifier.ready()
+            return
+        old = self.config
+        self.config = new
+        if _outputs_of(new) != _outputs_of(old):
+            self._replace_followers(new)
+        self._reconfigure_clusters(old, new)
+        if new.listen != old.listen:
+            self._restart_status_server()
+        self.config_reloads += 1
+        log.info("config reloaded from %s: %d upstreams in %d clusters",
+                 new.source, len(self._cluster_of), len(self.clusters))
+        self.request_reassert()
+        if self._notifier is not None:
+            self._notifier.ready()
+
+    def _cannot_reload(self, new: Config) -> str | None:
+        if new.files_output_path != self.config.files_output_path:
+            return (f"files_output_path cannot change while running ({self.config.files_output_path} -> "
+                    f"{new.files_output_path}); restart the daemon for that")
+        return None
+
+    def _reconfigure_clusters(self, old: Config, new: Config) -> None:
+        # A new session timeout only applies to new sessions: start them all anew then.
+        reuse = new.zk_session_timeout == old.zk_session_timeout
+        current = {worker.cluster.session_key: worker for worker in self.clusters} if reuse else {}
+        old_names = set(self._cluster_of)
+        pairs: list[tuple[ClusterConfig, ClusterWorker]] = []
+        started: list[ClusterWorker] = []
+        for cluster in sessions(new.clusters):
+            worker = current.pop(cluster.session_key, None)
+            if worker is not None:
+                known = set(worker.pipeline.upstream_names)
+                worker.reconfigure(cluster, self._read_back_all(z for z in cluster.znodes if z.upstream not in known))
+            else:
+                worker = self._make_worker(cluster)
+                for upstream in self._read_back_all(cluster.znodes):
+                    worker.pipeline.adopt(upstream)
+                started.append(worker)
+                log.info("config reload: new cluster %s (%d upstreams)", cluster.label, len(cluster.znodes),
+                         extra={"cluster": cluster.label})
+            pairs.append((cluster, worker))
+        kept = {id(worker) for _, worker in pairs}
+        for worker in self.clusters:
+            if id(worker) not in kept:
+                log.info("config reload: cluster %s is gone; closing its session", worker.label,
+                         extra={"cluster": worker.label})
+                worker.retire()
+        self.clusters = [worker for _, worker in pairs]
+        # Built from the new config: a kept worker takes it on its own thread.
+        self._cluster_of = {znode.upstream: worker for cluster, worker in pairs for znode in cluster.znodes}
+        for worker in started:
+            worker.start()
+        removed = sorted(old_names - set(self._cluster_of))
+        for name in removed:
+            for runner in self.followers:
+                runner.submit(lambda output=runner.output, name=name: output.forget(name))
+        self._unconfigured_files(removed)
+
+    def _replace_followers(self, new: Config) -> None:
+        """The outputs' settings changed: stop the old followers, start new ones, and hand them every state."""
+        deadline = time.monotonic() + OUTPUT_GRACE
+        for runner in self.followers:
+            runner.stop(deadline)
+        render = render_file_lua if new.lua_url else render_file
+        followers = [_follower_runner(output) for output in self._make_followers(new)]
+        self.followers = followers
+        for runner in followers:
+            runner.start()
+
+        def rewire() -> None:
+            self.files.set_listeners([runner.offer_many for runner in followers])
+            self.files.set_render(render)
+
+        self.files_runner.submit(rewire)
+        # Every upstream goes through the files again: files whose rendering
+        # changed are rewritten, and the new followers get every state.
+        states = [upstream for worker in self.clusters for upstream in worker.pipeline.published_states()]
+        self.files_runner.offer_many(states)
+        log.info("config reload: outputs now %s", ", ".join(runner.name for runner in self.runners))
+
+    def _restart_status_server(self) -> None:
+        if self.status_server is not None:
+            self.status_server.stop()  # type: ignore[attr-defined]
+            self.status_server = None
+        if self.config.listen is None:
+            return
+        from reloader.status import StatusServer
+
+        try:
+            self.status_server = StatusServer(self, self.config.listen)
+            self.status_server.start()  # type: ignore[attr-defined]
+        except OSError as error:
+            log.error("listen %s:%d: cannot serve status: %s", *self.config.listen, error.strerror or error)
+            self.status_server = None
+
     def _shutdown(self) -> None:
         self._stop.set()
+        for worker in self.clusters:
+            worker.stop_event.set()
         if self.status_server is not None:
             self.status_server.stop()  # type: ignore[attr-defined]
         # Sessions first, in parallel and bounded: no more publishes after this,

@@ -70,6 +70,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._publish = publish
+        self._freeze = freeze
         self._schedule = schedule
         self._hosts = hosts
         self._clock = clock
@@ -92,6 +93,10 @@ class Pipeline:
         """What was last handed to the outputs for ``upstream`` (or adopted from its file)."""
         return self._states[upstream].guard.last_published
 
+    def published_states(self) -> list[Upstream]:
+        """Every upstream's last published state (those that have one)."""
+        return [state.guard.last_published for state in self._states.values() if state.guard.last_published]
+
     def guard(self, upstream: str) -> UpstreamGuard:
         return self._states[upstream].guard
 
@@ -111,6 +116,30 @@ class Pipeline:
             "holding_drop": guard.holding_drop,
             "settling": guard.settling,
         }
+
+    def reconfigure(self, znodes: Iterable[ZnodeConfig]) -> tuple[list[str], list[str], list[str]]:
+        """Serve exactly ``znodes`` from now on; returns the (added, removed, changed) upstream names.
+
+        An upstream whose configuration did not change keeps everything: its
+        last published state, its guard's windows and holds. A changed one
+        keeps its last published state and takes the new settings; its next
+        snapshot is decided under them.
+        """
+        wanted = {znode.upstream: znode for znode in znodes}
+        removed = [name for name in self._states if name not in wanted]
+        for name in removed:
+            del self._states[name]
+        added, changed = [], []
+        for name, znode in wanted.items():
+            state = self._states.get(name)
+            if state is None:
+                self._states[name] = _UpstreamState(znode, UpstreamGuard(name, znode.guards, self._freeze, self._clock))
+                added.append(name)
+            elif state.config != znode:
+                state.config = znode
+                state.guard.settings = znode.guards
+                changed.append(name)
+        return added, removed, changed
 
     # ---- start-up --------------------------------------------------------------
 

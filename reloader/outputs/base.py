@@ -64,6 +64,13 @@ class Output(ABC):
     def close(self) -> None:
         """Release resources at shutdown (default: nothing)."""
 
+    def forget(self, name: str) -> None:
+        """``name`` is no longer managed (a config reload removed it): stop serving and repairing it.
+
+        Whatever nginx holds for it is left alone, like any upstream the config
+        does not manage (default: nothing).
+        """
+
     def stats(self) -> dict[str, int]:
         """Counters for metrics and status: writes, POSTs, failures, retries, repairs (default: none).
 

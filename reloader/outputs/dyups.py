@@ -191,6 +191,11 @@ class DyupsOutput(Output):
     def close(self) -> None:
         self._session.close()
 
+    def forget(self, name: str) -> None:
+        self.desired.pop(name, None)
+        self._pending.pop(name, None)
+        self._desired_version += 1
+
     def stats(self) -> dict[str, int]:
         stats = {key: int(value) for key, value in list(self.counters.items())}
         stats["reachable"] = int(self._reachable)

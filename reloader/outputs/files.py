@@ -205,6 +205,14 @@ class FilesOutput(Output):
         """Announce every file written to ``listener`` (call before the runner starts)."""
         self._listeners.append(listener)
 
+    def set_listeners(self, listeners: Iterable[Listener]) -> None:
+        """Replace the followers (on the output's thread: a config reload changed them)."""
+        self._listeners = list(listeners)
+
+    def set_render(self, render: Callable[[Upstream], str]) -> None:
+        """Render files another way from now on (on the output's thread: Lua mode was turned on or off)."""
+        self._render = render
+
     def path_for(self, name: str) -> Path:
         return self.store.path_for(name)
 

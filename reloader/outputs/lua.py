@@ -130,6 +130,13 @@ class LuaOutput(Output):
         """Names whose desired state nginx is not known to serve yet."""
         return frozenset(self._pending)
 
+    def forget(self, name: str) -> None:
+        """No longer managed: not re-POSTed or repaired; what the module holds is left alone."""
+        self._desired.pop(name, None)
+        self._pending.discard(name)
+        self._refused.pop(name, None)
+        self._generation += 1
+
     def publish(self, upstream: Upstream) -> None:
         for param in sorted(_unsupported(upstream)):
             if (upstream.name, param) not in self._warned:

@@ -105,6 +105,28 @@ class WatchBook:
             watch = self._by_path.setdefault(znode.path, ZnodeWatch(znode.path))
             watch.upstreams.append(znode.upstream)
 
+    def reconfigure(self, znodes: Iterable[ZnodeConfig]) -> tuple[list[ZnodeWatch], list[ZnodeWatch]]:
+        """Watch exactly ``znodes`` from now on; returns (added, removed) watches.
+
+        A path watched before and after keeps its watch, with everything read
+        so far, so an unchanged upstream costs nothing.
+        """
+        by_path: dict[str, ZnodeWatch] = {}
+        added: list[ZnodeWatch] = []
+        for znode in znodes:
+            watch = by_path.get(znode.path)
+            if watch is None:
+                watch = self._by_path.get(znode.path)
+                if watch is None:
+                    watch = ZnodeWatch(znode.path)
+                    added.append(watch)
+                watch.upstreams = []
+                by_path[znode.path] = watch
+            watch.upstreams.append(znode.upstream)
+        removed = [watch for path, watch in self._by_path.items() if path not in by_path]
+        self._by_path = by_path
+        return added, removed
+
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._by_path.values()))
 

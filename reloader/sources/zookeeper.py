@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
@@ -203,6 +203,34 @@ class ZooKeeperSource:
             self._client.stop()
         finally:
             self._client.close()
+
+    def reconfigure(self, cluster: ClusterConfig, changed: Iterable[str]) -> None:
+        """Watch the znodes of ``cluster`` from now on (same session); cluster thread only.
+
+        New znodes are armed and read at once when the cluster is thawed (a
+        frozen cluster's resync covers them); removed ones are forgotten, their
+        watches left to stop at their next call. The upstreams named in
+        ``changed`` (their options or format changed) get their znode's
+        snapshot again from what was read already, without a ZooKeeper read.
+        """
+        self.cluster = cluster
+        added, removed = self._watches.reconfigure(cluster.znodes)
+        for watch in removed:
+            watch.generation += 1  # its ChildrenWatch stops at its next call
+        changed = set(changed)
+        for watch in self._watches:
+            if watch not in added and changed.intersection(watch.upstreams) and watch.children is not None:
+                watch.dirty = True
+        if not added or not self.freeze.is_open:
+            return
+        epoch = self.freeze.epoch
+        try:
+            for watch in added:
+                self._arm(watch, epoch, restart_children=True)
+                watch.forget_data()
+        except SESSION_ERRORS as error:
+            log.warning("cluster %s: could not arm the new znodes (%s); the resync after the session comes "
+                        "back does", self.label, _describe(error), extra={"cluster": self.label})
 
     # ---- kazoo threads: enqueue only --------------------------------------------
 
