@@ -266,6 +266,8 @@ def snapshot_daemon(rev: str, into: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "reloader"], capture_output=True, check=True, timeout=60)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=60)
     os.environ["BENCH_DAEMON_ROOT"] = str(into)
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True, timeout=10).stdout.strip()
+    os.environ["BENCH_DAEMON_REV"] = sha or rev
     return into
 
 
@@ -599,6 +601,8 @@ def jvm_memory(pid: int) -> dict[str, Any]:
     """Heap use of a JVM (``jcmd PID GC.heap_info`` when the JDK tools work) and its /proc RSS."""
     out: dict[str, Any] = {"vmrss_mb": round(proc_status(pid).get("VmRSS", 0) / 1024, 1)}
     try:
+        # A full collection first, so "used" is live data (watches, znodes), not garbage.
+        subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=30, check=False)
         info = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True, timeout=30, check=False)
         text = info.stdout
         used = [int(m) for m in re.findall(r"used (\d+)K", text)]

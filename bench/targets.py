@@ -42,6 +42,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -659,6 +660,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path)
     parser.add_argument("--daemon-rev", help="bench the daemon of this git revision (exported), not the working tree")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every daemon and server this bench started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.cmd == "_writer":
         return writer_main(args)
     args.upstreams = args.upstreams or (100 if args.quick else 1000)
@@ -670,7 +673,6 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="targets-"))
     if args.daemon_rev:
         snapshot_daemon(args.daemon_rev, workdir / "daemon-src")
-        os.environ["BENCH_DAEMON_REV"] = args.daemon_rev
     revision = daemon_revision()
     print(f"daemon under test: {revision}")
     blocks: dict[str, Any] = {}

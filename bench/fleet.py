@@ -1,0 +1,370 @@
+#!/usr/bin/env python
+"""Fleet sizing: N daemons watching the same upstreams against one ZooKeeper.
+
+Every daemon is a real ``python -m reloader run`` process with its own files
+directory (files only: the file rename is the marker that a daemon caught a
+change). Two layouts:
+
+* ``standalone``: one ZooKeeper server, every daemon connected to it;
+* ``ensemble``: 3 voters + 1 observer (:class:`reloader.localenv.ensemble.LocalEnsemble`),
+  every daemon pointed at the observer, writes sent to the voters.
+
+For each layout it records, on the server the daemons talk to: sessions and
+watches (the four-letter words ``mntr``, ``wchs``, ``cons``), the JVM's heap
+(``jcmd GC.heap_info``) and RSS; the fleet's cold start (all daemons started
+at once -> every daemon has every file); the fan-out time of one change (the
+create acknowledged -> every daemon's file renamed); and after a kill -9 and
+restart of that server, the reconnect spread (the ``est`` times of the
+daemons' sessions in ``cons``) and the time to truth (server accepting
+sessions again -> every daemon's file shows a change made at that moment).
+
+    bench/fleet.py                   # 20 daemons x 1,000 upstreams x 20, both layouts
+    bench/fleet.py --quick           # 4 daemons x 100 upstreams
+    bench/fleet.py --daemons 30 --layouts standalone
+
+Writes ``bench/results/fleet[-quick].json``. Everything listens on and
+connects to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import (
+    RESULTS,
+    Daemon,
+    RenameWatcher,
+    Result,
+    banner,
+    cpu_seconds,
+    daemon_revision,
+    four_letter,
+    jvm_memory,
+    loadavg,
+    populate,
+    snapshot_daemon,
+    summary_ms,
+    upstream_name,
+    zk_nodes,
+)
+from reloader.localenv.ensemble import LocalEnsemble
+from reloader.localenv.zookeeper import LocalZooKeeper
+
+BASE = "/fleet"
+CHILDREN = 20
+
+
+class WatchedZooKeeper(LocalZooKeeper):
+    """A standalone LocalZooKeeper that answers every four-letter word (wchs, cons, mntr)."""
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        with path.open("a") as handle:
+            handle.write("4lw.commands.whitelist=*\n")
+        return path
+
+
+# ---------------------------------------------------------------------------
+# server-side figures
+# ---------------------------------------------------------------------------
+
+
+def mntr(port: int) -> dict[str, str]:
+    out = {}
+    for line in four_letter(port, "mntr").splitlines():
+        key, _, value = line.partition("\t")
+        if key:
+            out[key] = value.strip()
+    return out
+
+
+def wchs(port: int) -> dict[str, int]:
+    text = four_letter(port, "wchs")
+    m = re.search(r"(\d+) connections watching (\d+) paths\s+Total watches:\s*(\d+)", text)
+    return {"connections": int(m.group(1)), "paths": int(m.group(2)), "watches": int(m.group(3))} if m else {}
+
+
+_CONS = re.compile(r"/127\.0\.0\.1:(\d+)\[\d+\]\((.*)\)")
+
+
+def cons(port: int) -> dict[int, dict[str, str]]:
+    """Client port -> the fields of its connection (sid, est, ...), from ``cons``."""
+    out = {}
+    for line in four_letter(port, "cons").splitlines():
+        m = _CONS.search(line)
+        if m:
+            fields = dict(kv.split("=", 1) for kv in m.group(2).split(",") if "=" in kv)
+            out[int(m.group(1))] = fields
+    return out
+
+
+def local_ports(pid: int) -> set[int]:
+    """Local TCP ports of the sockets process ``pid`` holds (from /proc/PID/fd and /proc/net/tcp)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[9] in inodes:
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def server_figures(port: int, jvm_pid: int | None, daemons: list[Daemon]) -> dict[str, Any]:
+    m = mntr(port)
+    keys = ("zk_num_alive_connections", "zk_watch_count", "zk_znode_count", "zk_approximate_data_size",
+            "zk_avg_latency", "zk_max_latency", "zk_outstanding_requests", "zk_server_state")
+    out: dict[str, Any] = {"mntr": {k: m.get(k) for k in keys}, "wchs": wchs(port)}
+    connections = cons(port)
+    daemon_ports = set().union(*(local_ports(d.pid) for d in daemons)) if daemons else set()
+    out["cons_connections"] = len(connections)
+    out["cons_daemon_sessions"] = len([p for p in connections if p in daemon_ports])
+    if jvm_pid:
+        out["jvm"] = jvm_memory(jvm_pid)
+    return out
+
+
+def daemon_est_times(port: int, daemons: list[Daemon]) -> list[float]:
+    """Wall-clock seconds at which each daemon's current connection was established (``cons`` est)."""
+    connections = cons(port)
+    times = []
+    for d in daemons:
+        for p in local_ports(d.pid):
+            fields = connections.get(p)
+            if fields and fields.get("est", "").isdigit():
+                times.append(int(fields["est"]) / 1000)
+    return times
+
+
+# ---------------------------------------------------------------------------
+# one layout
+# ---------------------------------------------------------------------------
+
+
+def file_has(path: Path, needle: str) -> bool:
+    try:
+        return needle in path.read_text()
+    except FileNotFoundError:
+        return False
+
+
+def wait_every(watchers: list[RenameWatcher], dirs: list[Path], name: str, needle: str, t0: float, timeout: float) -> list[float | None]:
+    """Per daemon: the first rename of ``name`` after t0 whose file holds ``needle`` (None on timeout)."""
+    deadline = time.monotonic() + timeout
+    found: list[float | None] = [None] * len(watchers)
+    while time.monotonic() < deadline and any(f is None for f in found):
+        for i, (watcher, d) in enumerate(zip(watchers, dirs)):
+            if found[i] is None:
+                t = watcher.first_after(name, t0)
+                if t is not None and file_has(d / name, needle):
+                    found[i] = t
+        time.sleep(0.005)
+    return found
+
+
+def run_layout(layout: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"layout": layout, "daemons": args.daemons, "upstreams": args.upstreams,
+                           "children_per_upstream": CHILDREN, "loadavg_at_start": loadavg()}
+    banner(f"fleet, {layout}: {args.daemons} daemons x {args.upstreams} upstreams x {CHILDREN}; load {out['loadavg_at_start']}")
+    ensemble: LocalEnsemble | None = None
+    zk: WatchedZooKeeper | None = None
+    if layout == "ensemble":
+        ensemble = LocalEnsemble(voters=3, observers=1, workdir=workdir / "ensemble").start()
+        serve = ensemble.nodes[-1]  # the observer the daemons talk to
+        writer_hosts = ensemble.hosts
+        out["server"] = "observer (3 voters + 1 observer)"
+    else:
+        zk = WatchedZooKeeper(workdir=workdir / "zk")
+        zk.start()
+        serve = zk
+        writer_hosts = zk.hosts
+        out["server"] = "standalone"
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=writer_hosts, timeout=10)
+    client.start(timeout=30)
+    daemons: list[Daemon] = []
+    watchers: list[RenameWatcher] = []
+    dirs: list[Path] = []
+    try:
+        t = time.monotonic()
+        populate(client, BASE, args.upstreams, CHILDREN)
+        out["populate_s"] = round(time.monotonic() - t, 2)
+        out["before_daemons"] = server_figures(serve.port, serve.pid, [])
+        znodes = zk_nodes(BASE, args.upstreams)
+        names = {f"{n}.upstream" for n in znodes}
+        for i in range(args.daemons):
+            d = workdir / f"{layout}-files-{i:02d}"
+            d.mkdir()
+            dirs.append(d)
+            watchers.append(RenameWatcher(d))
+        t_start = time.monotonic()
+        jvm_cpu0 = cpu_seconds(serve.pid) if serve.pid else 0.0
+        for i in range(args.daemons):
+            config = {"files_output_path": str(dirs[i]), "zk_session_timeout": args.session_timeout,
+                      "clusters": [{"zk_servers": serve.hosts, "zk_nodes": znodes}]}
+            daemons.append(Daemon(workdir, config, name=f"{layout}-daemon-{i:02d}").start())
+        # Fleet cold start: every daemon has every file.
+        done: list[float | None] = [None] * args.daemons
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and any(x is None for x in done):
+            for i, w in enumerate(watchers):
+                if done[i] is None:
+                    with w._cond:
+                        seen = {n for _, n in w.events if n in names}
+                        last = max((t for t, n in w.events if n in names), default=None)
+                    if len(seen) == len(names):
+                        done[i] = last
+            for dmn in daemons:
+                dmn.check_alive()
+            time.sleep(0.1)
+        if any(x is None for x in done):
+            raise RuntimeError(f"{layout}: not every daemon wrote every file within {args.timeout} s")
+        out["cold_start_all_daemons_s"] = round(max(done) - t_start, 2)  # type: ignore[type-var]
+        out["cold_start_first_daemon_s"] = round(min(done) - t_start, 2)  # type: ignore[type-var]
+        # The server's own CPU for serving every daemon's full read: the basis for sizing a bigger fleet,
+        # since the daemons' CPU (all on this machine here) is spread over their own hosts in production.
+        out["cold_start_server_cpu_s"] = round(cpu_seconds(serve.pid) - jvm_cpu0, 2) if serve.pid else None
+        print(f"cold start: first daemon done {out['cold_start_first_daemon_s']} s, all {args.daemons} in {out['cold_start_all_daemons_s']} s")
+        time.sleep(2.0)
+        out["steady"] = server_figures(serve.port, serve.pid, daemons)
+        if ensemble:
+            leader = ensemble.nodes[ensemble.leader()]
+            out["steady_leader"] = server_figures(leader.port, leader.pid, [])
+        rss = [d.status().get("VmRSS", 0) / 1024 for d in daemons]
+        out["daemon_vmrss_mb"] = {"median": round(sorted(rss)[len(rss) // 2], 1), "max": round(max(rss), 1)}
+        w = out["steady"]["wchs"]
+        print(f"server: {out['steady']['cons_daemon_sessions']} daemon sessions, {w.get('watches')} watches on {w.get('paths')} paths; "
+              f"JVM {out['steady'].get('jvm')}")
+        # Fan-out: one change -> every daemon's file.
+        fan = []
+        per_daemon: list[float] = []
+        for s in range(args.samples):
+            name = upstream_name(s % args.upstreams)
+            child = f"10.240.{s // 250}.{s % 250 + 1}:9100"
+            t0 = time.monotonic()
+            client.create(f"{BASE}/{name}/{child}", b"")
+            got = wait_every(watchers, dirs, f"{name}.upstream", child, t0, 60)
+            if any(g is None for g in got):
+                raise RuntimeError(f"{layout}: a daemon missed the change {child}")
+            times = [g - t0 for g in got if g is not None]
+            fan.append(max(times))
+            per_daemon.extend(times)
+            time.sleep(0.2)
+        out["fanout_all_daemons"] = summary_ms(fan)
+        out["fanout_per_daemon"] = summary_ms(per_daemon)
+        print(f"fan-out to all {args.daemons}: median {out['fanout_all_daemons']['median_ms']} ms, max {out['fanout_all_daemons']['max_ms']} ms")
+        # Restart of the server the daemons talk to; a change made the moment it serves again.
+        t_kill = time.monotonic()
+        storm_cpu0 = 0.0
+        if ensemble:
+            ensemble.kill(len(ensemble.nodes) - 1)
+            time.sleep(args.down_s)
+            ensemble.start(node=len(ensemble.nodes) - 1)
+        else:
+            assert zk is not None
+            zk.kill()
+            time.sleep(args.down_s)
+            zk.restart()
+        t_ready, wall_ready = time.monotonic(), time.time()
+        storm_cpu0 = cpu_seconds(serve.pid) if serve.pid else 0.0
+        probe = upstream_name(args.upstreams - 1)
+        child = "10.241.0.1:9200"
+        client.create(f"{BASE}/{probe}/{child}", b"")
+        got = wait_every(watchers, dirs, f"{probe}.upstream", child, t_ready, args.timeout)
+        storm_cpu = round(cpu_seconds(serve.pid) - storm_cpu0, 2) if serve.pid else None
+        est = daemon_est_times(serve.port, daemons)
+        truth = [g - t_ready for g in got if g is not None]
+        out["restart"] = {
+            "down_s": round(t_ready - t_kill, 2),
+            "daemons_at_truth": len(truth),
+            "time_to_truth_s": {"median": round(sorted(truth)[len(truth) // 2], 2), "max": round(max(truth), 2),
+                                "min": round(min(truth), 2)} if truth else None,
+            "reconnected_sessions": len(est),
+            "reconnect_after_ready_s": {"first": round(min(est) - wall_ready, 2), "last": round(max(est) - wall_ready, 2),
+                                        "spread": round(max(est) - min(est), 2)} if est else None,
+            "server_cpu_s": storm_cpu,
+            "loadavg_after": loadavg(),
+        }
+        out["after_restart"] = server_figures(serve.port, serve.pid, daemons)
+        print(f"restart: {len(est)} sessions re-established over {out['restart']['reconnect_after_ready_s']}; "
+              f"time to truth {out['restart']['time_to_truth_s']} ({len(truth)}/{args.daemons} daemons)")
+        out["daemon_errors"] = sum((d.errors()[:2] for d in daemons), [])[:5]
+    finally:
+        for d in daemons:
+            d.stop(timeout=10)
+        for w in watchers:
+            w.close()
+        client.stop()
+        client.close()
+        if ensemble:
+            ensemble.close()
+        if zk:
+            zk.stop()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="4 daemons x 100 upstreams")
+    parser.add_argument("--daemons", type=int)
+    parser.add_argument("--upstreams", type=int)
+    parser.add_argument("--samples", type=int, help="fan-out samples (default 20, quick 5)")
+    parser.add_argument("--layouts", default="standalone,ensemble")
+    parser.add_argument("--session-timeout", type=float, default=10.0)
+    parser.add_argument("--down-s", type=float, default=1.0, help="how long the server stays down")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--daemon-rev", help="bench the daemon of this git revision (exported), not the working tree")
+    parser.add_argument("--name", default="fleet", help="result name: bench/results/NAME[-quick].json (default fleet)")
+    args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every daemon and server this bench started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # The bench's own client reconnects through the restarts; its kazoo notices are noise here.
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
+    args.daemons = args.daemons or (4 if args.quick else 20)
+    args.upstreams = args.upstreams or (100 if args.quick else 1000)
+    args.samples = args.samples or (5 if args.quick else 20)
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-"))
+    if args.daemon_rev:
+        snapshot_daemon(args.daemon_rev, workdir / "daemon-src")
+    layouts = []
+    try:
+        for layout in args.layouts.split(","):
+            layout_dir = workdir / layout
+            layout_dir.mkdir()
+            layouts.append(run_layout(layout, args, layout_dir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    path = Result(args.name, args.quick, {"daemon_revision": daemon_revision(), "layouts": layouts}).save()
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
