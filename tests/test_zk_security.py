@@ -11,6 +11,7 @@ file still being absent.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,7 +45,13 @@ def secure_zk() -> Iterator[SecureZooKeeper]:
 
 
 @pytest.fixture
-def admin(secure_zk: SecureZooKeeper) -> Iterator[KazooClient]:
+def sasl_client_installed() -> None:
+    """kazoo's SASL needs pure-sasl (an install requirement); skip, or fail in CI, without it."""
+    require(None if importlib.util.find_spec("puresasl") else "pure-sasl is not installed: .venv/bin/pip install pure-sasl")
+
+
+@pytest.fixture
+def admin(secure_zk: SecureZooKeeper, sasl_client_installed: None) -> Iterator[KazooClient]:
     """A plain-port client holding both credentials, so it can create and clean up protected znodes."""
     client = KazooClient(
         hosts=secure_zk.hosts,
@@ -235,6 +242,40 @@ def test_tls_without_client_certificate_is_refused(
     assert not daemon.log_lines(r"connected; reading"), daemon.log_tail()
 
 
+def test_tls_session_survives_a_zookeeper_restart(
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
+    # A server of its own: the shared one must not be restarted. Every
+    # reconnect makes a new TLS handshake, and a change made while the daemon
+    # was away must reach the file once it is back.
+    server = SecureZooKeeper(workdir=tmp_path / "zk")
+    server.start()
+    try:
+        admin = server.client()
+        try:
+            path = "/app"
+            open_upstream(admin, path)
+        finally:
+            admin.stop()
+            admin.close()
+        daemon = daemons(cluster(server.secure_hosts, {"app": path}, tls=tls_settings(server)))
+        daemon.wait_file("app", ONE)
+        server.kill()
+        daemon.wait_log(r"session (SUSPENDED|LOST)")
+        began = time.monotonic()
+        server.start()
+        admin = server.client()
+        try:
+            admin.create(f"{path}/10.0.0.2:80", b"")
+        finally:
+            admin.stop()
+            admin.close()
+        daemon.wait_file("app", upstream_file("app", "server 10.0.0.1:80", "server 10.0.0.2:80"), timeout=15)
+        print(f"TLS reconnect: server restarted to file updated in {time.monotonic() - began:.2f} s")
+    finally:
+        server.stop()
+
+
 # ---------------------------------------------------------------------------
 # 3. SASL DIGEST-MD5
 # ---------------------------------------------------------------------------
@@ -279,7 +320,7 @@ def test_sasl_wrong_password_does_not_connect(
 CONNECT_LIMIT = 3.0
 
 
-def test_connect_times(secure_zk: SecureZooKeeper, tmp_path: Path) -> None:
+def test_connect_times(secure_zk: SecureZooKeeper, sasl_client_installed: None, tmp_path: Path) -> None:
     """Time sessions built by kazoo_arguments, plain and secured, as the daemon builds them; print the medians."""
     password_file = secret_file(tmp_path, "sasl.pw", SASL_PASSWORD)
     credential_file = secret_file(tmp_path, "zk.cred", f"{DIGEST_USER}:{DIGEST_PASSWORD}")
