@@ -17,6 +17,7 @@ setup(
         "kazoo>=2.9",
         # kazoo's SASL (sasl: in a cluster) needs it; without it kazoo raises "Missing SASL support".
         "pure-sasl>=0.6",
+        "prometheus-client>=0.17",
         "python-daemon>=3.0",
         "PyYAML>=6.0",
         "requests>=2.28",

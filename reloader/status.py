@@ -1,0 +1,539 @@
+"""The status endpoint (``listen:``): Prometheus metrics, health, readiness and a JSON status.
+
+Guarantees:
+
+* every request is answered from :meth:`Daemon.status_snapshot`,
+  :attr:`Daemon.ready` and :attr:`Daemon.healthy` only: plain values read
+  without locks, so a scrape never waits on ZooKeeper, an output or a
+  cluster thread, and never makes one wait;
+* the server runs on daemon threads of its own (one listener, one thread
+  per connection, each with a socket timeout), and :meth:`StatusServer.stop`
+  returns within :data:`STOP_GRACE` seconds whatever the clients do;
+* metrics go through their own :class:`prometheus_client.CollectorRegistry`
+  and a collector that reads the snapshot at scrape time: nothing is
+  global, and two daemons in one process never share a series;
+* only ``GET`` and ``HEAD`` are served; unknown paths answer 404.
+
+Paths: ``/metrics``, ``/healthz`` (200 while every thread works, else 503),
+``/readyz`` (200 once every cluster has been read in full, else 503) and
+``/status`` (the snapshot as JSON). :func:`status_command` is the
+``nginx-upstream-reloader status`` command: it fetches ``/status`` and prints
+it as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+PREFIX = "nginx_upstream_reloader"
+#: Where ``status`` looks when no ``--listen`` is given (the documented port).
+DEFAULT_ADDRESS = ("127.0.0.1", 9345)
+#: How long :meth:`StatusServer.stop` may take.
+STOP_GRACE = 2.0
+# A client that opens a connection and sends nothing must not hold a thread
+# for long; the daemon's own work never depends on these threads anyway.
+REQUEST_TIMEOUT = 5.0
+# The snapshot is read without locks while other threads change the dicts
+# it copies; a copy that races a change raises RuntimeError and is retried.
+SNAPSHOT_ATTEMPTS = 5
+#: Session states a cluster can report, for the one-hot state gauge.
+CLUSTER_STATES = ("CONNECTING", "CONNECTED", "SUSPENDED", "LOST")
+# The dyups counters that count POST outcomes: one series per outcome of
+# ``_output_posts_total`` (``http_500`` and the like are outcomes too).
+_POST_RESULTS = ("ok", "conflict", "dropped", "timeout")
+
+
+class StatusSource(Protocol):
+    """What the endpoint reads of the daemon (:class:`reloader.daemon.Daemon` fits)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def status_snapshot(self) -> dict[str, object]: ...
+
+
+def read_snapshot(source: StatusSource) -> dict[str, Any]:
+    """The daemon's snapshot, retried when a lock-free copy raced a change."""
+    for attempt in range(SNAPSHOT_ATTEMPTS):
+        try:
+            return source.status_snapshot()
+        except RuntimeError:  # "dictionary changed size during iteration"
+            if attempt == SNAPSHOT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+
+def _flag(value: object) -> float:
+    return 1.0 if value else 0.0
+
+
+def _number(value: object) -> float | None:
+    """A snapshot value as a sample value; None (absent) stays absent."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else _flag(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class _Families:
+    """Metric families created on first use, yielded in creation order."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Metric] = {}
+
+    def gauge(self, name: str, doc: str, labels: Iterable[str]) -> GaugeMetricFamily:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
+        assert isinstance(family, GaugeMetricFamily)
+        return family
+
+    def counter(self, name: str, doc: str, labels: Iterable[str]) -> CounterMetricFamily:
+        # prometheus-client appends ``_total`` to a counter's samples itself.
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
+        assert isinstance(family, CounterMetricFamily)
+        return family
+
+    def info(self, name: str, doc: str, labels: Iterable[str]) -> InfoMetricFamily:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = InfoMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
+        assert isinstance(family, InfoMetricFamily)
+        return family
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(list(self._families.values()))
+
+
+# Output counters from ``Output.stats()``, by key: (family, kind, help).
+# Keys not listed here still appear, as ``_output_events_total{event=KEY}``,
+# so a counter added to an output is never silently dropped.
+_OUTPUT_STATS: dict[str, tuple[str, str, str]] = {
+    "writes": ("output_writes", "counter", "Upstream files written with new contents."),
+    "failures": ("output_failures", "counter", "Deliveries the output could not make (file writes that failed)."),
+    "retrying": ("output_retrying_upstreams", "gauge", "Upstreams the output is retrying."),
+    "reasserts": ("output_reasserts", "counter", "Passes that re-POSTed every managed upstream."),
+    "repairs": ("output_repairs", "counter", "Upstreams re-POSTed because the live state had drifted."),
+    "reachable": ("output_reachable", "gauge", "1 while the output's peer answers, else 0."),
+    "reloads": ("output_reloads", "counter", "nginx reloads run."),
+    "test_failures": ("output_reload_test_failures", "counter", "Runs of the nginx test command that failed."),
+    "reload_failures": ("output_reload_failures", "counter", "Runs of the nginx reload command that failed."),
+    "skipped": ("output_reloads_skipped", "counter", "Reloads skipped because nothing on disk had changed."),
+    "refused": ("output_refused_upstreams", "gauge", "Upstreams whose newest state nginx refused."),
+}
+
+
+class SnapshotCollector(Collector):
+    """Builds every metric from one snapshot, read when Prometheus scrapes."""
+
+    def __init__(self, source: StatusSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = read_snapshot(self._source)
+        families = _Families()
+        self._daemon(families, snapshot)
+        self._clusters(families, snapshot)
+        self._upstreams(families, snapshot)
+        self._outputs(families, snapshot)
+        return iter(families)
+
+    @staticmethod
+    def _daemon(families: _Families, snapshot: Mapping[str, Any]) -> None:
+        families.gauge("ready", "1 once every cluster has been read in full at least once.", []).add_metric(
+            [], _flag(snapshot.get("ready")))
+        families.gauge("healthy", "1 while every cluster and output thread is alive.", []).add_metric(
+            [], _flag(snapshot.get("healthy")))
+        families.counter("config_reloads", "Config reloads applied.", []).add_metric(
+            [], float(snapshot.get("config_reloads") or 0))
+        families.counter("config_reload_failures", "Config reloads refused (the new file was invalid).",
+                         []).add_metric([], float(snapshot.get("config_reload_failures") or 0))
+
+    @staticmethod
+    def _clusters(families: _Families, snapshot: Mapping[str, Any]) -> None:
+        labels = ["cluster"]
+        info = families.info("cluster", "The ZooKeeper hosts of each cluster.", labels)
+        up = families.gauge("cluster_up", "1 while the cluster's ZooKeeper session is CONNECTED.", labels)
+        state = families.gauge("cluster_state", "The session state, one series per state (1 for the current one).",
+                               ["cluster", "state"])
+        frozen = families.gauge("cluster_frozen", "1 while the cluster's upstreams are frozen at their last good state.",
+                                labels)
+        frozen_for = families.gauge("cluster_frozen_seconds", "How long the cluster has been frozen (0 when not).",
+                                    labels)
+        read = families.gauge("cluster_read_in_full", "1 once the cluster has been read in full at least once.", labels)
+        thaws = families.counter("cluster_thaws", "Thaws after a full re-read.", labels)
+        count = families.gauge("cluster_upstreams", "Upstreams watched in the cluster.", labels)
+        last_change = families.gauge(
+            "cluster_last_change_age_seconds", "Seconds since the newest registry change seen in the cluster.", labels)
+        upstreams: Mapping[str, Mapping[str, Any]] = snapshot.get("upstreams") or {}
+        for cluster in snapshot.get("clusters") or []:
+            label = [str(cluster.get("label"))]
+            info.add_metric(label, {"hosts": str(cluster.get("hosts", ""))})
+            current = str(cluster.get("state") or "CONNECTING")
+            up.add_metric(label, _flag(current == "CONNECTED"))
+            states = CLUSTER_STATES if current in CLUSTER_STATES else (*CLUSTER_STATES, current)
+            for name in states:
+                state.add_metric([label[0], name], _flag(name == current))
+            frozen.add_metric(label, _flag(cluster.get("frozen")))
+            frozen_for.add_metric(label, _number(cluster.get("frozen_for_seconds")) or 0.0)
+            read.add_metric(label, _flag(cluster.get("read_in_full")))
+            thaws.add_metric(label, float(cluster.get("thaws") or 0))
+            names = list(cluster.get("upstreams") or [])
+            count.add_metric(label, float(len(names)))
+            ages = [
+                age for age in (_number(upstreams.get(name, {}).get("last_change_seconds_ago")) for name in names)
+                if age is not None
+            ]
+            if ages:
+                last_change.add_metric(label, min(ages))
+
+    @staticmethod
+    def _upstreams(families: _Families, snapshot: Mapping[str, Any]) -> None:
+        labels = ["upstream", "cluster"]
+        gauges = {
+            "servers": families.gauge("upstream_servers", "Servers published (backup servers included).", labels),
+            "live_published": families.gauge(
+                "upstream_live_servers_published", "Live instances among the published servers.", labels),
+            "live_instances": families.gauge(
+                "upstream_live_instances", "Valid live instances in the registry now.", labels),
+            "last_change_seconds_ago": families.gauge(
+                "upstream_last_change_age_seconds", "Seconds since the registry last changed for the upstream.",
+                labels),
+            "last_publish_seconds_ago": families.gauge(
+                "upstream_last_publish_age_seconds", "Seconds since the upstream was last published.", labels),
+            "held_servers": families.gauge(
+                "upstream_held_servers", "Servers kept published by the guards though gone from the registry.",
+                labels),
+            "holding_drop": families.gauge("upstream_drop_held", "1 while the shrink guard holds back a drop.", labels),
+            "settling": families.gauge("upstream_settling", "1 while the upstream settles after a thaw.", labels),
+        }
+        pending = families.gauge(
+            "upstream_pending", "1 while an output has not delivered the upstream's newest state.",
+            ["upstream", "cluster", "output"])
+        outputs = list((snapshot.get("outputs") or {}).keys())
+        for name, upstream in (snapshot.get("upstreams") or {}).items():
+            label = [str(name), str(upstream.get("cluster", ""))]
+            for key, family in gauges.items():
+                value = _number(upstream.get(key))
+                if value is not None:
+                    family.add_metric(label, value)
+            pending_in = set(upstream.get("pending_in") or ())
+            for output in outputs:
+                pending.add_metric([*label, output], _flag(output in pending_in))
+
+    @staticmethod
+    def _outputs(families: _Families, snapshot: Mapping[str, Any]) -> None:
+        labels = ["output"]
+        up = families.gauge("output_up", "1 while the output's thread is alive.", labels)
+        deliveries = families.counter("output_deliveries", "Items the output's thread delivered.", labels)
+        errors = families.counter("output_errors", "Deliveries that raised an unexpected error.", labels)
+        queued = families.gauge("output_queued_upstreams", "Upstreams waiting in the output's queue.", labels)
+        pending = families.gauge("output_pending_upstreams", "Upstreams whose newest state is not delivered yet.",
+                                 labels)
+        busy = families.gauge("output_busy_seconds", "How long the current delivery has taken (0 when idle).", labels)
+        for name, output in (snapshot.get("outputs") or {}).items():
+            label = [str(name)]
+            up.add_metric(label, _flag(output.get("alive")))
+            deliveries.add_metric(label, float(output.get("delivered") or 0))
+            errors.add_metric(label, float(output.get("errors") or 0))
+            queued.add_metric(label, float(output.get("waiting") or 0))
+            pending.add_metric(label, float(len(output.get("pending") or ())))
+            busy.add_metric(label, _number(output.get("busy_for_seconds")) or 0.0)
+            SnapshotCollector._output_counters(families, label, output.get("counters") or {})
+
+    @staticmethod
+    def _output_counters(families: _Families, label: list[str], counters: Mapping[str, Any]) -> None:
+        for key, raw in sorted(counters.items()):
+            value = _number(raw)
+            if value is None:
+                continue
+            if key in _POST_RESULTS or key.startswith("http_"):
+                families.counter(
+                    "output_posts", "POSTs by outcome: ok, conflict (409, retried), dropped (retried), timeout, "
+                    "http_NNN.", ["output", "result"]).add_metric([*label, key], value)
+            elif key in _OUTPUT_STATS:
+                family, kind, doc = _OUTPUT_STATS[key]
+                make = families.counter if kind == "counter" else families.gauge
+                make(family, doc, ["output"]).add_metric(label, value)
+            else:
+                families.counter("output_events", "Other output counters, by name.",
+                                 ["output", "event"]).add_metric([*label, key], value)
+
+
+def metrics_registry(source: StatusSource) -> CollectorRegistry:
+    """A registry of its own holding only the snapshot collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(source))
+    return registry
+
+
+# ---------------------------------------------------------------------------
+# The HTTP server
+# ---------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Binding fails at once when the port is taken, rather than sharing it.
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], source: StatusSource, registry: CollectorRegistry) -> None:
+        # AF_INET6 for an IPv6 literal; the config has already validated the host.
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.source = source
+        self.registry = registry
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = REQUEST_TIMEOUT
+    server_version = "nginx-upstream-reloader"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(send_body=False)
+
+    def _answer(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
+            "/metrics": self._metrics,
+            "/healthz": lambda: self._probe(self.server.source.healthy, "healthy", "unhealthy"),
+            "/readyz": lambda: self._probe(self.server.source.ready, "ready", "not ready"),
+            "/status": self._status,
+        }
+        route = routes.get(path)
+        if route is None:
+            code, content_type, body = 404, "text/plain; charset=utf-8", b"not found\n"
+        else:
+            try:
+                code, content_type, body = route()
+            except Exception:  # noqa: BLE001 - a broken page must not take the endpoint down
+                log.exception("status: %s failed", path)
+                code, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def _metrics(self) -> tuple[int, str, bytes]:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        return 200, content_type, encoder(self.server.registry)
+
+    @staticmethod
+    def _probe(ok: bool, yes: str, no: str) -> tuple[int, str, bytes]:
+        return (200, "text/plain; charset=utf-8", f"{yes}\n".encode()) if ok else (
+            503, "text/plain; charset=utf-8", f"{no}\n".encode())
+
+    def _status(self) -> tuple[int, str, bytes]:
+        body = json.dumps(read_snapshot(self.server.source), indent=2, default=str) + "\n"
+        return 200, "application/json", body.encode()
+
+    def _refuse(self) -> None:
+        body = b"only GET and HEAD\n"
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        # A request body we do not read must not be taken for the next request.
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    # Any other method gets http.server's 501.
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server signature
+        # Scrapes every few seconds would drown the daemon's log.
+        log.debug("status: %s %s", self.address_string(), format % args)
+
+
+class StatusServer:
+    """Serves the status paths for ``source`` on ``address`` until :meth:`stop`."""
+
+    def __init__(self, source: StatusSource, address: tuple[str, int]) -> None:
+        self._source = source
+        self._address = address
+        self.registry = metrics_registry(source)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where it listens (the real port when 0 was asked for)."""
+        if self._server is None:
+            return self._address
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Bind and serve on a daemon thread; raises OSError when the address cannot be bound."""
+        self._server = _Server(self._address, self._source, self.registry)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="status-http", daemon=True,
+        )
+        self._thread.start()
+        log.info("status: serving /metrics, /healthz, /readyz and /status on http://%s",
+                 _format_address(*self.address))
+
+    def stop(self) -> None:
+        """Stop listening, within :data:`STOP_GRACE` s; connections still open die with the process."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        self._server = self._thread = None
+        # shutdown() waits for serve_forever to notice, which it does every
+        # poll_interval; run it aside so that a wedged loop cannot hold us.
+        stopper = threading.Thread(target=server.shutdown, name="status-stop", daemon=True)
+        stopper.start()
+        stopper.join(STOP_GRACE)
+        thread.join(max(STOP_GRACE - 0.5, 0.1))
+        server.server_close()
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------------------
+# The `status` command
+# ---------------------------------------------------------------------------
+
+
+def fetch_status(address: tuple[str, int], timeout: float = 5.0) -> dict[str, Any]:
+    """GET ``/status`` from a running daemon; raises OSError when nothing answers there."""
+    url = f"http://{_format_address(*address)}/status"
+    # A local endpoint: never through a proxy from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as response:
+        document = json.load(response)
+    if not isinstance(document, dict):
+        raise ValueError(f"{url} did not answer a JSON object")
+    return document
+
+
+def _age(value: object) -> str:
+    number = _number(value)
+    if number is None:
+        return "-"
+    if number < 60:
+        return f"{number:.1f}s ago"
+    if number < 3600:
+        return f"{number / 60:.1f}m ago"
+    return f"{number / 3600:.1f}h ago"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+
+def _yes(value: object) -> str:
+    return "yes" if value else "no"
+
+
+def render_status(snapshot: Mapping[str, Any]) -> str:
+    """The snapshot as readable tables: the daemon, its clusters, its upstreams, its outputs."""
+    lines = [
+        f"ready: {_yes(snapshot.get('ready'))}   healthy: {_yes(snapshot.get('healthy'))}   "
+        f"files: {snapshot.get('files_output_path', '-')}   config reloads: {snapshot.get('config_reloads', 0)} "
+        f"({snapshot.get('config_reload_failures', 0)} refused)",
+        "",
+    ]
+    clusters = []
+    for cluster in snapshot.get("clusters") or []:
+        frozen = "no"
+        if cluster.get("frozen"):
+            frozen_for = _number(cluster.get("frozen_for_seconds"))
+            frozen = "yes" if frozen_for is None else f"yes, {frozen_for:.1f}s"
+        clusters.append([
+            str(cluster.get("label")), str(cluster.get("state")), frozen, _yes(cluster.get("read_in_full")),
+            str(cluster.get("thaws", 0)), str(len(cluster.get("upstreams") or [])), str(cluster.get("hosts", "")),
+        ])
+    lines += _table(["CLUSTER", "STATE", "FROZEN", "READ IN FULL", "THAWS", "UPSTREAMS", "HOSTS"], clusters)
+    lines.append("")
+    upstreams = []
+    for name, upstream in sorted((snapshot.get("upstreams") or {}).items()):
+        guards = []
+        if upstream.get("held_servers"):
+            guards.append(f"{upstream['held_servers']} held")
+        if upstream.get("holding_drop"):
+            guards.append("drop held")
+        if upstream.get("settling"):
+            guards.append("settling")
+        live = upstream.get("live_instances")
+        upstreams.append([
+            str(name), str(upstream.get("cluster", "")), str(upstream.get("servers", 0)),
+            "-" if live is None else str(live), _age(upstream.get("last_change_seconds_ago")),
+            _age(upstream.get("last_publish_seconds_ago")), ", ".join(guards) or "-",
+            ", ".join(upstream.get("pending_in") or ()) or "-",
+        ])
+    lines += _table(["UPSTREAM", "CLUSTER", "SERVERS", "LIVE", "LAST CHANGE", "LAST PUBLISH", "GUARDS", "PENDING IN"],
+                    upstreams)
+    lines.append("")
+    outputs = []
+    for name, output in (snapshot.get("outputs") or {}).items():
+        counters = output.get("counters") or {}
+        outputs.append([
+            str(name), _yes(output.get("alive")), str(output.get("waiting", 0)),
+            str(len(output.get("pending") or ())), str(output.get("delivered", 0)), str(output.get("errors", 0)),
+            " ".join(f"{key}={value}" for key, value in sorted(counters.items())) or "-",
+        ])
+    lines += _table(["OUTPUT", "ALIVE", "QUEUED", "PENDING", "DELIVERED", "ERRORS", "COUNTERS"], outputs)
+    return "\n".join(lines) + "\n"
+
+
+def status_command(address: tuple[str, int], as_json: bool) -> int:
+    """``nginx-upstream-reloader status``: 0 after printing, 1 when no daemon answers at ``address``."""
+    shown = _format_address(*address)
+    try:
+        snapshot = fetch_status(address)
+    except urllib.error.HTTPError as error:
+        print(f"http://{shown}/status answered {error.code} {error.reason}: is that an nginx-upstream-reloader?",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        print(f"no nginx-upstream-reloader status at {shown} ({reason}); is it running, "
+              f"with `listen: {address[1]}` in its config?", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        print(render_status(snapshot), end="")
+    return 0

@@ -1,0 +1,286 @@
+"""The status endpoint and the ``status`` command, against the daemon as a real process and real ZooKeeper.
+
+Each test starts ``python -m reloader run`` with ``listen:`` on a free port
+and reads ``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` over HTTP
+while ZooKeeper is paused (SIGSTOP) and resumed. Every wait polls a
+condition under a deadline.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from reloader.localenv.ports import free_port
+from reloader.localenv.zookeeper import LocalZooKeeper
+from tests.test_daemon import (  # noqa: F401 - daemons, files_dir, zk2_root are fixtures
+    ROOT, DaemonProcess, cluster, create_children, daemons, files_dir, upstream_file, wait_until, zk2_root,
+)
+
+# Long enough for a session to expire and come back under the 2 s session timeout.
+FAULT_WAIT = 20.0
+METRIC_NAME = re.compile(r"nginx_upstream_reloader_[a-z][a-z0-9_]*")
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def request(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def answers(port: int, path: str) -> int | None:
+    """The status code of GET ``path``, or None while nothing listens yet."""
+    try:
+        return request(port, path)[0]
+    except OSError:
+        return None
+
+
+def scrape(port: int) -> Samples:
+    status, headers, body = request(port, "/metrics")
+    assert status == 200, body
+    assert headers["content-type"].startswith("text/plain"), headers
+    samples: Samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def scrape_until(
+    port: int, condition: Callable[[Samples], bool], what: str, timeout: float, details: Callable[[], str],
+) -> Samples:
+    """Scrape until ``condition`` holds for the samples (returned)."""
+    def check() -> Samples | None:
+        samples = scrape(port)
+        return samples if condition(samples) else None
+
+    return wait_until(check, what, timeout, details)
+
+
+def status_of(port: int) -> dict[str, Any]:
+    status, headers, body = request(port, "/status")
+    assert status == 200 and headers["content-type"] == "application/json", (status, headers)
+    document = json.loads(body)
+    assert isinstance(document, dict)
+    return document
+
+
+def run_status_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reloader", "status", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_ready_after_the_first_full_read_then_a_freeze_and_a_thaw(
+    zk_factory: Callable[..., LocalZooKeeper], daemons: Callable[..., DaemonProcess],
+) -> None:
+    server = zk_factory()
+    client = server.client()
+    create_children(client, "/svc/app1", {"10.0.0.1:80": b"", "10.0.0.2:80": b""})
+    client.stop()
+    client.close()
+    port = free_port()
+    labels = {"cluster": server.hosts}
+    upstream = {"upstream": "app1", "cluster": server.hosts}
+
+    # Start with ZooKeeper paused: the endpoint serves at once, but no cluster is read yet.
+    server.pause()
+    daemon = daemons(cluster(server.hosts, {"app1": "/svc/app1"}, listen=port))
+    wait_until(lambda: answers(port, "/healthz") == 200, "/healthz to answer 200", details=daemon.log_tail)
+    assert answers(port, "/readyz") == 503
+    document = status_of(port)
+    assert document["ready"] is False
+    assert [c["read_in_full"] for c in document["clusters"]] == [False]
+    samples = scrape(port)
+    assert sample(samples, "nginx_upstream_reloader_ready") == 0
+    assert sample(samples, "nginx_upstream_reloader_cluster_up", **labels) == 0
+    assert sample(samples, "nginx_upstream_reloader_cluster_read_in_full", **labels) == 0
+
+    server.resume()
+    wait_until(lambda: answers(port, "/readyz") == 200, "/readyz to answer 200", FAULT_WAIT, daemon.log_tail)
+    daemon.wait_file("app1", upstream_file("app1", "server 10.0.0.1:80", "server 10.0.0.2:80"))
+    # The file is on disk a moment before its write is counted: wait for both.
+    samples = scrape_until(
+        port, lambda s: sample(s, "nginx_upstream_reloader_upstream_servers", **upstream) == 2
+        and sample(s, "nginx_upstream_reloader_output_writes_total", output="files") == 1,
+        "2 servers and 1 write in the metrics", FAULT_WAIT, daemon.log_tail)
+    assert sample(samples, "nginx_upstream_reloader_cluster_up", **labels) == 1
+    assert sample(samples, "nginx_upstream_reloader_cluster_state", state="CONNECTED", **labels) == 1
+    assert sample(samples, "nginx_upstream_reloader_cluster_frozen", **labels) == 0
+    assert sample(samples, "nginx_upstream_reloader_upstream_live_instances", **upstream) == 2
+    thaws_before = sample(samples, "nginx_upstream_reloader_cluster_thaws_total", **labels)
+    assert thaws_before is not None
+
+    # Freeze: the session is suspended, then lost (2 s session timeout).
+    server.pause()
+    try:
+        frozen = scrape_until(
+            port, lambda s: sample(s, "nginx_upstream_reloader_cluster_frozen", **labels) == 1,
+            "the cluster to be frozen in the metrics", FAULT_WAIT, daemon.log_tail)
+        assert sample(frozen, "nginx_upstream_reloader_cluster_up", **labels) == 0
+        assert sample(frozen, "nginx_upstream_reloader_cluster_state", state="CONNECTED", **labels) == 0
+        # The frozen clock runs: a later scrape shows it grown.
+        first = sample(frozen, "nginx_upstream_reloader_cluster_frozen_seconds", **labels)
+        assert first is not None
+        wait_until(lambda: (sample(scrape(port), "nginx_upstream_reloader_cluster_frozen_seconds", **labels)
+                            or 0) > first + 0.2, "frozen seconds to grow")
+        document = status_of(port)
+        (state,) = document["clusters"]
+        assert state["frozen"] is True and state["state"] in ("SUSPENDED", "LOST"), state
+        assert state["frozen_for_seconds"] > 0
+        # Ready stays ready (it was read once); healthy stays healthy (threads work).
+        assert answers(port, "/readyz") == 200
+        assert answers(port, "/healthz") == 200
+        # The last good state is still what is published.
+        assert document["upstreams"]["app1"]["servers"] == 2
+    finally:
+        server.resume()
+
+    thawed = scrape_until(
+        port, lambda s: sample(s, "nginx_upstream_reloader_cluster_frozen", **labels) == 0
+        and sample(s, "nginx_upstream_reloader_cluster_up", **labels) == 1,
+        "the cluster to thaw in the metrics", FAULT_WAIT, daemon.log_tail)
+    assert (sample(thawed, "nginx_upstream_reloader_cluster_thaws_total", **labels) or 0) > thaws_before
+    assert sample(thawed, "nginx_upstream_reloader_cluster_frozen_seconds", **labels) == 0
+    (state,) = status_of(port)["clusters"]
+    assert state["frozen"] is False and state["state"] == "CONNECTED" and state["frozen_for_seconds"] is None
+    daemon.stop()
+
+
+def test_status_command_metric_names_and_the_http_contract(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str,
+    zk2: LocalZooKeeper, zk2_root: tuple[KazooClient, str], daemons: Callable[..., DaemonProcess],
+) -> None:
+    client2, root2 = zk2_root
+    create_children(zk_client, f"{zk_root}/app1", {"10.0.1.1:80": b"", "10.0.1.2:80": b"", "10.0.1.3:80": b""})
+    create_children(client2, f"{root2}/app2", {"10.0.2.1:8080": b""})
+    port = free_port()
+    config = {
+        "zk_session_timeout": "2s",
+        "settle_after_reconnect": 0,
+        "listen": f"127.0.0.1:{port}",
+        "clusters": [
+            {"name": "east", "zk_servers": zk.hosts, "zk_nodes": {"app1": f"{zk_root}/app1"}},
+            {"name": "west", "zk_servers": zk2.hosts, "zk_nodes": {"app2": f"{root2}/app2"}},
+        ],
+    }
+    daemon = daemons(config)
+    wait_until(lambda: answers(port, "/readyz") == 200, "/readyz to answer 200", details=daemon.log_tail)
+    daemon.wait_file("app2", upstream_file("app2", "server 10.0.2.1:8080"))
+    wait_until(lambda: status_of(port)["outputs"]["files"]["counters"].get("writes") == 2, "both files written",
+               details=daemon.log_tail)
+
+    # The table: the clusters, then the upstreams with their server counts.
+    shown = run_status_command("--listen", str(port))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    print(shown.stdout)
+    assert lines[0].startswith("ready: yes   healthy: yes")
+    rows = {line.split()[0]: line.split() for line in lines if line.strip()}
+    assert rows["CLUSTER"][:2] == ["CLUSTER", "STATE"]
+    assert rows["east"][1:3] == ["CONNECTED", "no"] and rows["east"][-1] == zk.hosts
+    assert rows["west"][1:3] == ["CONNECTED", "no"] and rows["west"][-1] == zk2.hosts
+    assert rows["app1"][1:4] == ["east", "3", "3"] and rows["app1"][-1] == "-"  # pending nowhere
+    assert rows["app2"][1:4] == ["west", "1", "1"]
+    assert rows["files"][1] == "yes"
+    assert lines.index(next(line for line in lines if line.startswith("CLUSTER"))) < lines.index(
+        next(line for line in lines if line.startswith("UPSTREAM")))
+
+    raw = run_status_command("--listen", f"127.0.0.1:{port}", "--json")
+    assert raw.returncode == 0, raw.stderr
+    document = json.loads(raw.stdout)
+    assert [c["label"] for c in document["clusters"]] == ["east", "west"]
+    assert document["upstreams"]["app1"]["cluster"] == "east"
+    assert document["upstreams"]["app1"]["pending_in"] == []
+
+    # Metric names: valid, prefixed, counters as _total, every documented family present.
+    status, headers, body = request(port, "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4"), headers
+    families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+    for name, family in families.items():
+        assert METRIC_NAME.fullmatch(name), name
+        for each in family.samples:
+            assert METRIC_NAME.fullmatch(each.name), each.name
+            if family.type == "counter":
+                assert each.name.endswith("_total"), each.name
+            assert set(each.labels) <= {"cluster", "upstream", "output", "state", "hosts", "result", "event"}
+    expected = {
+        "ready", "healthy", "config_reloads", "config_reload_failures",
+        "cluster_info", "cluster_up", "cluster_state", "cluster_frozen", "cluster_frozen_seconds", "cluster_read_in_full",
+        "cluster_thaws", "cluster_upstreams", "cluster_last_change_age_seconds",
+        "upstream_servers", "upstream_live_servers_published", "upstream_live_instances",
+        "upstream_last_change_age_seconds", "upstream_last_publish_age_seconds", "upstream_held_servers",
+        "upstream_drop_held", "upstream_settling", "upstream_pending",
+        "output_up", "output_deliveries", "output_errors", "output_queued_upstreams", "output_pending_upstreams",
+        "output_busy_seconds", "output_writes", "output_failures",
+    }
+    assert {f"nginx_upstream_reloader_{name}" for name in expected} <= set(families), set(families)
+    samples = scrape(port)
+    assert sample(samples, "nginx_upstream_reloader_upstream_servers", upstream="app1", cluster="east") == 3
+    assert sample(samples, "nginx_upstream_reloader_cluster_info", cluster="west", hosts=zk2.hosts) == 1
+    assert sample(samples, "nginx_upstream_reloader_output_writes_total", output="files") == 2
+
+    # OpenMetrics when the scraper asks for it, and it parses as such.
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    assert response.getheader("Content-Type", "").startswith("application/openmetrics-text"), response.getheaders()
+    assert any(f.name == "nginx_upstream_reloader_cluster_thaws" for f in openmetrics_families(text))
+
+    # The HTTP contract: only GET and HEAD, unknown paths 404.
+    assert request(port, "/nope")[0] == 404
+    code, headers, body = request(port, "/metrics", "POST")
+    assert code == 405 and headers["allow"] == "GET, HEAD", (code, headers)
+    code, headers, body = request(port, "/status", "HEAD")
+    assert code == 200 and body == b"" and int(headers["content-length"]) > 0
+    assert request(port, "/healthz")[2] == b"healthy\n"
+    daemon.stop()
+
+    # Nothing listens there any more: a clear message and exit 1.
+    gone = run_status_command("--listen", str(port))
+    assert gone.returncode == 1
+    assert f"no nginx-upstream-reloader status at 127.0.0.1:{port}" in gone.stderr, gone.stderr
+
+
+def test_a_taken_listen_port_fails_the_start(
+    zk: LocalZooKeeper, zk_root: str, daemons: Callable[..., DaemonProcess], tmp_path: Path,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        daemon = daemons(cluster(zk.hosts, {"app1": f"{zk_root}/app1"}, listen=port))
+        assert daemon.proc is not None
+        code = daemon.proc.wait(timeout=15)
+    assert code == 1, daemon.log_tail()
+    assert daemon.log_lines(rf"listen 127\.0\.0\.1:{port}: cannot serve status"), daemon.log_tail()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
