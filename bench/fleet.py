@@ -59,6 +59,8 @@ from bench._common import (
     upstream_name,
     zk_nodes,
 )
+from kazoo.exceptions import KazooException
+
 from reloader.localenv.ensemble import LocalEnsemble
 from reloader.localenv.zookeeper import LocalZooKeeper
 
@@ -207,7 +209,7 @@ def run_layout(layout: str, args: argparse.Namespace, workdir: Path) -> dict[str
         out["server"] = "standalone"
     from kazoo.client import KazooClient
 
-    client = KazooClient(hosts=writer_hosts, timeout=10)
+    client = KazooClient(hosts=writer_hosts, timeout=30)
     client.start(timeout=30)
     daemons: list[Daemon] = []
     watchers: list[RenameWatcher] = []
@@ -296,7 +298,16 @@ def run_layout(layout: str, args: argparse.Namespace, workdir: Path) -> dict[str
         storm_cpu0 = cpu_seconds(serve.pid) if serve.pid else 0.0
         probe = upstream_name(args.upstreams - 1)
         child = "10.241.0.1:9200"
-        client.create(f"{BASE}/{probe}/{child}", b"")
+        # The bench's own session may have expired while the server was down; kazoo opens a new one.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create(f"{BASE}/{probe}/{child}", b"")
+                break
+            except KazooException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         got = wait_every(watchers, dirs, f"{probe}.upstream", child, t_ready, args.timeout)
         storm_cpu = round(cpu_seconds(serve.pid) - storm_cpu0, 2) if serve.pid else None
         est = daemon_est_times(serve.port, daemons)
