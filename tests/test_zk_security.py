@@ -25,7 +25,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 from reloader.config import kazoo_arguments, parse_config
 from reloader.localenv.secure_zookeeper import CertificateAuthority, SecureZooKeeper, secure_zookeeper_missing
 from tests.conftest import require
-from tests.test_daemon import DaemonProcess, cluster, daemons, files_dir, upstream_file, wait_until  # noqa: F401
+from tests.test_daemon import DaemonProcess, cluster, daemons, files_dir, upstream_file, wait_until  # noqa: F401 - fixtures
 
 DIGEST_USER, DIGEST_PASSWORD = "reader", "digest-secret"
 SASL_USER, SASL_PASSWORD = "reloader", "sasl-secret"

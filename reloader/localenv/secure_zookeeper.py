@@ -243,20 +243,27 @@ class SecureZooKeeper(LocalZooKeeper):
 
     @property
     def server_cert(self) -> IssuedCertificate:
-        assert self._server_cert is not None, "start() makes the certificates"
+        """The server's certificate (SAN IP 127.0.0.1) and key."""
+        if self._server_cert is None:
+            raise ZooKeeperError("the certificates are made by start(); start the server first")
         return self._server_cert
 
     @property
     def client_cert(self) -> IssuedCertificate:
-        """A client certificate the server accepts."""
-        assert self._client_cert is not None, "start() makes the certificates"
+        """A client certificate the server accepts, and its key."""
+        if self._client_cert is None:
+            raise ZooKeeperError("the certificates are made by start(); start the server first")
         return self._client_cert
 
     # -- set-up -------------------------------------------------------------
 
     def make_certificates(self) -> None:
-        """Make the CA, the server certificate (SAN IP 127.0.0.1) and a client certificate, once."""
-        if self._authority is not None:
+        """Make the CA, the server certificate (SAN IP 127.0.0.1) and a client certificate, once.
+
+        Made again only if the files are gone (stop() removes a work
+        directory it created); clients holding the old ones must reload them.
+        """
+        if self._authority is not None and self._keystore.is_file():
             return
         began = time.monotonic()
         authority = CertificateAuthority(self.tls_dir, "zk-test-ca")
