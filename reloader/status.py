@@ -23,6 +23,7 @@ it as a table.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import socket
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 PREFIX = "nginx_upstream_reloader"
 #: Where ``status`` looks when no ``--listen`` is given (the documented port).
 DEFAULT_ADDRESS = ("127.0.0.1", 9345)
+# Level 3: about 5 ms for the 1 MB of 1,000 upstreams, which it makes 23 times smaller.
+GZIP_LEVEL = 3
 #: How long :meth:`StatusServer.stop` may take.
 STOP_GRACE = 2.0
 # A client that opens a connection and sends nothing must not hold a thread
@@ -302,7 +305,8 @@ def metrics_registry(source: StatusSource) -> CollectorRegistry:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    # Binding fails at once when the port is taken, rather than sharing it.
+    # A restarted daemon can bind again while the old one's connections sit
+    # in TIME_WAIT; on Linux this never lets two listeners share the port.
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], source: StatusSource, registry: CollectorRegistry) -> None:
@@ -316,13 +320,16 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = REQUEST_TIMEOUT
+    # Headers and body are two writes: with Nagle's algorithm a kept-alive
+    # scraper would wait out the peer's delayed ACK (40 ms) on every request.
+    disable_nagle_algorithm = True
     server_version = "nginx-upstream-reloader"
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+    def do_GET(self) -> None:
         self._answer(send_body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._answer(send_body=False)
 
     def _answer(self, send_body: bool) -> None:
@@ -339,10 +346,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             try:
                 code, content_type, body = route()
-            except Exception:  # noqa: BLE001 - a broken page must not take the endpoint down
+            except Exception:  # a broken page must not take the endpoint down
                 log.exception("status: %s failed", path)
                 code, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
         self.send_response(code)
+        if path == "/metrics" and code == 200 and _accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            # A fleet-sized exposition is about 1 KB per upstream; Prometheus asks for gzip.
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
@@ -376,11 +387,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     # Any other method gets http.server's 501.
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server signature
+    def log_message(self, format: str, *args: Any) -> None:
         # Scrapes every few seconds would drown the daemon's log.
         log.debug("status: %s %s", self.address_string(), format % args)
+
+
+def _accepts_gzip(header: str) -> bool:
+    for part in header.split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() == "gzip":
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 class StatusServer:
@@ -443,7 +462,7 @@ def fetch_status(address: tuple[str, int], timeout: float = 5.0) -> dict[str, An
     with opener.open(url, timeout=timeout) as response:
         document = json.load(response)
     if not isinstance(document, dict):
-        raise ValueError(f"{url} did not answer a JSON object")
+        raise TypeError(f"{url} did not answer a JSON object")
     return document
 
 
@@ -469,12 +488,12 @@ def _yes(value: object) -> str:
 
 def render_status(snapshot: Mapping[str, Any]) -> str:
     """The snapshot as readable tables: the daemon, its clusters, its upstreams, its outputs."""
-    lines = [
+    summary = (
         f"ready: {_yes(snapshot.get('ready'))}   healthy: {_yes(snapshot.get('healthy'))}   "
         f"files: {snapshot.get('files_output_path', '-')}   config reloads: {snapshot.get('config_reloads', 0)} "
-        f"({snapshot.get('config_reload_failures', 0)} refused)",
-        "",
-    ]
+        f"({snapshot.get('config_reload_failures', 0)} refused)"
+    )
+    lines = [summary, ""]
     clusters = []
     for cluster in snapshot.get("clusters") or []:
         frozen = "no"
@@ -527,7 +546,7 @@ def status_command(address: tuple[str, int], as_json: bool) -> int:
         print(f"http://{shown}/status answered {error.code} {error.reason}: is that an nginx-upstream-reloader?",
               file=sys.stderr)
         return 1
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError) as error:
         reason = getattr(error, "reason", error)
         print(f"no nginx-upstream-reloader status at {shown} ({reason}); is it running, "
               f"with `listen: {address[1]}` in its config?", file=sys.stderr)

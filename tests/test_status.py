@@ -8,6 +8,7 @@ condition under a deadline.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import re
@@ -25,8 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper
-from tests.test_daemon import (  # noqa: F401 - daemons, files_dir, zk2_root are fixtures
-    ROOT, DaemonProcess, cluster, create_children, daemons, files_dir, upstream_file, wait_until, zk2_root,
+from tests.test_daemon import (  # noqa: F401 - daemons, files_dir and zk2_root are fixtures
+    ROOT,
+    DaemonProcess,
+    cluster,
+    create_children,
+    daemons,
+    files_dir,
+    upstream_file,
+    wait_until,
+    zk2_root,
 )
 
 # Long enough for a session to expire and come back under the 2 s session timeout.
@@ -91,7 +100,7 @@ def status_of(port: int) -> dict[str, Any]:
 def run_status_command(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "reloader", "status", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
     )
 
 
@@ -252,6 +261,16 @@ def test_status_command_metric_names_and_the_http_contract(
     connection.close()
     assert response.getheader("Content-Type", "").startswith("application/openmetrics-text"), response.getheaders()
     assert any(f.name == "nginx_upstream_reloader_cluster_thaws" for f in openmetrics_families(text))
+
+    # Compressed when the scraper accepts gzip (Prometheus does).
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+    response = connection.getresponse()
+    compressed = response.read()
+    connection.close()
+    assert response.getheader("Content-Encoding") == "gzip"
+    assert "nginx_upstream_reloader_cluster_up" in {
+        f.name for f in text_string_to_metric_families(gzip.decompress(compressed).decode())}
 
     # The HTTP contract: only GET and HEAD, unknown paths 404.
     assert request(port, "/nope")[0] == 404
