@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from typing import Callable
@@ -122,11 +123,29 @@ class ClusterWorker:
         for entry in hosts.split(","):
             host, _, port = entry.strip().rpartition(":") if ":" in entry else (entry.strip(), "", "2181")
             try:
-                with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT):
-                    problems.append(f"{entry.strip()}: accepts TCP but ZooKeeper does not answer")
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT) as sock:
+                    problems.append(f"{entry.strip()}: {self._tls_problem(sock, host.strip('[]'))}")
             except OSError as error:
                 problems.append(f"{entry.strip()}: {error.strerror or error}")
         return "; ".join(problems)
+
+    def _tls_problem(self, sock: socket.socket, host: str) -> str:
+        """With ``tls:``, what a handshake with the cluster's own settings says; else the plain TCP verdict."""
+        tls = self.cluster.tls
+        if tls is None:
+            return "accepts TCP but ZooKeeper does not answer"
+        try:
+            context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+            context.check_hostname = tls.verify_hostname
+            if tls.cert is not None:
+                context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
+            with context.wrap_socket(sock, server_hostname=host) as secured:
+                secured.do_handshake()
+        except ssl.SSLError as error:
+            return f"TLS handshake failed: {error.reason or error}"
+        except (OSError, ValueError) as error:
+            return f"TLS handshake failed: {error}"
+        return "TLS handshake works but ZooKeeper does not answer"
 
     def wake(self) -> None:
         self.inbox.put(lambda: None)

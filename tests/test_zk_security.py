@@ -204,6 +204,8 @@ def test_tls_with_wrong_ca_does_not_connect_and_keeps_the_file(
     daemon.wait_log(r"CERTIFICATE_VERIFY_FAILED\] certificate verify failed: unable to get local issuer",
                     count=2, timeout=FAIL_WAIT)
     daemon.wait_log(NOT_CONNECTED, timeout=FAIL_WAIT)
+    # The warning itself names the TLS failure, at any log level.
+    daemon.wait_log(NOT_CONNECTED + r" \(.*TLS handshake failed: CERTIFICATE_VERIFY_FAILED", timeout=FAIL_WAIT)
     assert daemon.read("app") == earlier
     assert not daemon.log_lines(r"connected; reading"), daemon.log_tail()
 
@@ -308,6 +310,9 @@ def test_sasl_wrong_password_does_not_connect(
     # which it treats as final: it stops reconnecting.
     daemon.wait_log(r"AuthFailedError", timeout=FAIL_WAIT)
     daemon.wait_log(r"session LOST", timeout=FAIL_WAIT)
+    # The daemon says so in plain words, and does not give up for good as kazoo does.
+    daemon.wait_log(r"ZooKeeper refused this cluster's credentials \(authentication failed\); check its "
+                    r"auth:/sasl: settings; trying again in 30 s", timeout=FAIL_WAIT)
     assert daemon.read("app") is None
     assert not daemon.log_lines(r"resynced .*; thawed"), daemon.log_tail()
 

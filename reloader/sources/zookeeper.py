@@ -65,7 +65,7 @@ from kazoo.exceptions import (
     ZookeeperStoppedError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import EventType, KazooState, WatchedEvent
+from kazoo.protocol.states import EventType, KazooState, KeeperState, WatchedEvent
 from kazoo.recipe.watchers import ChildrenWatch
 
 from reloader.config import ClusterConfig, kazoo_arguments
@@ -85,6 +85,8 @@ _WAIT_SLICE = 0.25
 # Back-off for re-arming a watch that failed for a reason other than the session.
 REARM_MIN = 1.0
 REARM_MAX = 30.0
+# How long after an authentication failure the session is tried again.
+AUTH_RETRY = 30.0
 
 
 class ReadInterrupted(Exception):
@@ -241,7 +243,9 @@ class ZooKeeperSource:
             self.freeze.close()
         else:
             self.freeze.note_transition()
-        self._inbox.put(lambda: self._session_changed(state))
+        # Read here: kazoo moves on from AUTH_FAILED before the cluster thread runs.
+        auth_failed = self._client.client_state == KeeperState.AUTH_FAILED
+        self._inbox.put(lambda: self._session_changed(state, auth_failed))
 
     def _on_children(self, watch: ZnodeWatch, generation: int, children: list[str]) -> bool | None:
         if generation != watch.generation:
@@ -263,7 +267,7 @@ class ZooKeeperSource:
 
     # ---- session transitions -----------------------------------------------------
 
-    def _session_changed(self, state: str) -> None:
+    def _session_changed(self, state: str, auth_failed: bool = False) -> None:
         if state != self._last_state:
             count = len(self._watches)
             extra = {"cluster": self.label}
@@ -278,6 +282,20 @@ class ZooKeeperSource:
             self._last_state = state
         if state == KazooState.CONNECTED:
             self.resync()
+        elif state == KazooState.LOST and auth_failed:
+            # kazoo gives up for good after an authentication failure; a
+            # credential fixed on the server side must not need a restart.
+            log.error(
+                "cluster %s: ZooKeeper refused this cluster's credentials (authentication failed); check its "
+                "auth:/sasl: settings; trying again in %.0f s", self.label, AUTH_RETRY, extra={"cluster": self.label},
+            )
+            self._inbox.call_later(AUTH_RETRY, self._restart_client)
+
+    def _restart_client(self) -> None:
+        if self._stopping() or self._client.connected:
+            return
+        self._client.stop()
+        self._client.start_async()
 
     def resync(self) -> None:
         """Re-arm and re-read every znode, then thaw the cluster if the session held.
