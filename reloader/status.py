@@ -238,19 +238,15 @@ class SnapshotCollector(Collector):
             "holding_drop": families.gauge("upstream_drop_held", "1 while the shrink guard holds back a drop.", labels),
             "settling": families.gauge("upstream_settling", "1 while the upstream settles after a thaw.", labels),
         }
-        pending = families.gauge(
-            "upstream_pending", "1 while an output has not delivered the upstream's newest state.",
-            ["upstream", "cluster", "output"])
-        outputs = list((snapshot.get("outputs") or {}).keys())
+        # Which output still owes which upstream is in /status, not here: a
+        # series per upstream and output would triple the scrape of a fleet
+        # for values that are almost always 0 (output_pending_upstreams alerts).
         for name, upstream in (snapshot.get("upstreams") or {}).items():
             label = [str(name), str(upstream.get("cluster", ""))]
             for key, family in gauges.items():
                 value = _number(upstream.get(key))
                 if value is not None:
                     family.add_metric(label, value)
-            pending_in = set(upstream.get("pending_in") or ())
-            for output in outputs:
-                pending.add_metric([*label, output], _flag(output in pending_in))
 
     @staticmethod
     def _outputs(families: _Families, snapshot: Mapping[str, Any]) -> None:

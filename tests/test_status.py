@@ -243,7 +243,7 @@ def test_status_command_metric_names_and_the_http_contract(
         "cluster_thaws", "cluster_upstreams", "cluster_last_change_age_seconds",
         "upstream_servers", "upstream_live_servers_published", "upstream_live_instances",
         "upstream_last_change_age_seconds", "upstream_last_publish_age_seconds", "upstream_held_servers",
-        "upstream_drop_held", "upstream_settling", "upstream_pending",
+        "upstream_drop_held", "upstream_settling",
         "output_up", "output_deliveries", "output_errors", "output_queued_upstreams", "output_pending_upstreams",
         "output_busy_seconds", "output_writes", "output_failures",
     }
