@@ -14,7 +14,9 @@
 --    are counted when proxy_next_upstream retries, which is the default for
 --    "error" and "timeout");
 --  * a failed attempt is retried on the next untried usable server, within
---    proxy_next_upstream_tries; when none is left the request gets 502;
+--    proxy_next_upstream_tries; when none is left the request gets 502.
+--    The servers tried so far are read from $upstream_addr on a retry, so a
+--    first attempt keeps no per-request state at all;
 --  * while nothing was POSTed for the upstream (the shared dict is empty
 --    right after an nginx start) or it was DELETEd, no peer is set, and
 --    nginx's own round robin serves the servers listed in the upstream file.
@@ -33,7 +35,7 @@ local NGX_BUSY = -3
 -- A Lua module table lives in each worker's own VM; nothing is shared here.
 local states = {}
 
--- The (never written) tried-set of a first attempt.
+-- The (empty, never written) tried-set of a first attempt.
 local NONE_TRIED = setmetatable({}, { __newindex = function() error("NONE_TRIED is read-only") end })
 
 local function peer_key(server)
@@ -52,7 +54,9 @@ local function build(name, revision, old)
             previous[peer.key] = peer
         end
     end
-    local state = { revision = revision, primary = {}, backup = {}, all = {} }
+    local state = {
+        revision = revision, primary = {}, backup = {}, all = {}, by_name = {}, extra_tries = 0,
+    }
     for _, server in ipairs(doc.servers) do
         local family = store.ip_family(server.host)
         if family == nil then
@@ -78,8 +82,15 @@ local function build(name, revision, old)
             local list = server.backup and state.backup or state.primary
             list[#list + 1] = peer
             state.all[#state.all + 1] = peer
+            -- The name nginx shows in $upstream_addr.
+            state.by_name[peer.host .. ":" .. peer.port] = peer
+            if not peer.down then
+                state.extra_tries = state.extra_tries + 1
+            end
         end
     end
+    -- One try per server that is not down; the first is nginx's own.
+    state.extra_tries = math.max(state.extra_tries - 1, 0)
     -- nginx ignores failures of the only server of an upstream without backups.
     state.single = #state.primary == 1 and #state.backup == 0
     return state
@@ -114,16 +125,6 @@ local function pick(peers, tried, now, single)
     return best
 end
 
-local function count_usable(state, now)
-    local count = 0
-    for _, peer in ipairs(state.all) do
-        if usable(peer, NONE_TRIED, now, state.single) then
-            count = count + 1
-        end
-    end
-    return count
-end
-
 local function record_failure(peer, now)
     -- Failures count within a fail_timeout window, as nginx documents it.
     if now - peer.failed_at >= peer.fail_timeout and peer.fails < peer.max_fails then
@@ -152,26 +153,29 @@ function _M.balance(name)
         return
     end
 
-    local ctx = ngx.ctx
     local now = ngx.now()
-    local last = ctx.upstream_reloader_peer
-    local tried
-    if last == nil then
-        -- First attempt: the common case, kept free of extra tables.
+    local tried, last
+    local failure = ngx_balancer.get_last_failure()
+    if failure == nil then
+        -- First attempt, the common case: no tables, no ngx.ctx (which costs
+        -- a table per request).
         tried = NONE_TRIED
-        -- nginx allots one try per server of the file; allow one per usable
-        -- server of the live set (capped by proxy_next_upstream_tries).
-        local extra = count_usable(state, now) - 1
-        if extra > 0 then
-            ngx_balancer.set_more_tries(extra)
+        -- nginx allots one try per server of the file; allow one per server
+        -- of the live set (capped by proxy_next_upstream_tries).
+        if state.extra_tries > 0 then
+            ngx_balancer.set_more_tries(state.extra_tries)
         end
     else
-        tried = ctx.upstream_reloader_tried
-        if tried == nil then
-            tried = { [last] = true }
-            ctx.upstream_reloader_tried = tried
+        -- A retry: $upstream_addr lists the peers tried so far, the last one last.
+        tried = {}
+        for addr in string.gmatch(ngx.var.upstream_addr or "", "[^%s,]+") do
+            local peer = state.by_name[addr]
+            if peer then
+                tried[peer] = true
+                last = peer
+            end
         end
-        if ngx_balancer.get_last_failure() == "failed" then
+        if failure == "failed" and last then
             record_failure(last, now)
         end
     end
@@ -179,15 +183,11 @@ function _M.balance(name)
     local peer = pick(state.primary, tried, now, state.single)
         or pick(state.backup, tried, now, state.single)
     if peer == nil then
-        if last == nil then
+        if failure == nil then
             ngx.log(ngx.ERR, "upstream ", name, ": no usable server")
         end
         return ngx.exit(NGX_BUSY)
     end
-    if tried ~= NONE_TRIED then
-        tried[peer] = true
-    end
-    ctx.upstream_reloader_peer = peer
     local ok, err = ngx_balancer.set_current_peer(peer.host, peer.port)
     if not ok then
         ngx.log(ngx.ERR, "upstream ", name, ": cannot use ", peer.host, ":", peer.port, ": ", err)
