@@ -272,6 +272,31 @@ def test_a_failed_directory_fsync_after_the_rename_is_a_successful_write(
     assert output.read("app1") is not None and len(events) == 1 and output.pending == ()
 
 
+def test_a_batch_of_files_costs_one_directory_fsync_before_it_is_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+    directory_opens: list[int] = []
+    events: list[FileWritten] = []
+
+    def counting_open(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_DIRECTORY:
+            directory_opens.append(len(events))  # how much was announced when the directory was synced
+        return real_open(path, flags, *args)
+
+    output = FilesOutput(tmp_path, listeners=[events.extend])
+    monkeypatch.setattr(files_module.os, "open", counting_open)
+    for n in range(1, 11):
+        output.publish(Upstream(f"app{n}", (Server("10.0.0.1", 80 + n),), live_count=1))
+    assert all((tmp_path / f"app{n}.upstream").exists() for n in range(1, 11)), "renamed at once"
+    output.end_batch()
+    assert directory_opens == [0], "one directory fsync per batch, before the announcement"
+    assert len(events) == 10
+    output.publish(Upstream("app1", (Server("10.0.0.1", 81),), live_count=1))
+    output.end_batch()
+    assert directory_opens == [0], "a batch that renamed nothing needs no directory fsync"
+
+
 def test_files_output_retries_a_failed_write(tmp_path: Path) -> None:
     directory = tmp_path / "not-yet"
     output = FilesOutput(directory)

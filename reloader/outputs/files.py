@@ -4,6 +4,9 @@ nginx ``include``s these files, so they are what survives a reload or a
 restart. A file is replaced, never edited in place: write a temporary file in
 the same directory, fsync it, rename it over the target, fsync the directory.
 A reader (nginx, or a crash) sees the old file or the new one, never half.
+The files output fsyncs the directory once per batch, after the batch's last
+rename and before it announces anything: one directory fsync makes every
+rename before it durable, and it costs as much as a file's own fsync.
 
 Guarantees:
 
@@ -44,7 +47,8 @@ RETRY_MAX = 10.0
 _LEFTOVER = re.compile(r"\..+\.upstream\..+\.tmp")
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make the renames done in ``directory`` durable; a failure is logged, never raised."""
     try:
         directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -61,7 +65,9 @@ def atomic_write(path: Path, text: str, mode: int | None = None, sync_directory:
     """Replace ``path`` with ``text`` atomically and durably.
 
     ``mode`` defaults to the mode of the file being replaced (0644 for a new one).
-    Raises OSError only when the file was not replaced.
+    Raises OSError only when the file was not replaced. With
+    ``sync_directory=False`` the rename is not durable until the caller
+    fsyncs the directory (see :func:`fsync_directory`).
     """
     directory = path.parent
     if mode is None:
@@ -86,7 +92,7 @@ def atomic_write(path: Path, text: str, mode: int | None = None, sync_directory:
             pass
         raise
     if sync_directory:
-        _fsync_directory(directory)
+        fsync_directory(directory)
 
 
 class FileStore:
@@ -136,13 +142,21 @@ class FileStore:
         except (OSError, UnicodeDecodeError):
             return None
 
-    def write(self, name: str, text: str) -> str | None:
-        """Make ``name``'s file hold ``text``; returns the previous text. Raises OSError if not written."""
+    def write(self, name: str, text: str, sync_directory: bool = True) -> str | None:
+        """Make ``name``'s file hold ``text``; returns the previous text. Raises OSError if not written.
+
+        With ``sync_directory=False`` the caller owes a :meth:`sync` before it
+        relies on the rename surviving a power cut.
+        """
         with self._lock:
             previous = self._read_quietly(name)
             if previous != text:
-                atomic_write(self.path_for(name), text)
+                atomic_write(self.path_for(name), text, sync_directory=sync_directory)
             return previous
+
+    def sync(self) -> None:
+        """fsync the directory: every rename done before it is durable (a failure is logged)."""
+        fsync_directory(self.directory)
 
     def replace_if(self, name: str, expected: str | None, text: str | None) -> bool:
         """Put ``text`` (None: remove the file) only if the file still holds ``expected``; True if done."""
@@ -190,6 +204,8 @@ class FilesOutput(Output):
         self._render = render
         self._failed: dict[str, Upstream] = {}
         self._announce: list[FileWritten] = []
+        # A rename was done since the last directory fsync: end_batch owes one.
+        self._unsynced = False
         self._retry_interval = RETRY_MIN
         self._next_retry = 0.0
         self._clock = clock
@@ -234,7 +250,8 @@ class FilesOutput(Output):
         text = self._render(upstream)
         path = self.store.path_for(upstream.name)
         try:
-            previous = self.store.write(upstream.name, text)
+            # The directory is fsynced once for the whole batch, in end_batch.
+            previous = self.store.write(upstream.name, text, sync_directory=False)
         except OSError as error:
             self.failures += 1
             if upstream.name not in self._failed:
@@ -248,11 +265,15 @@ class FilesOutput(Output):
             log.warning("files: wrote %s after earlier failures", path, extra={"upstream": upstream.name})
         if previous != text:
             self.writes += 1
+            self._unsynced = True
             log.info("files: wrote %s", path, extra={"upstream": upstream.name})
         self._announce.append(FileWritten(upstream, previous, text))
 
     def end_batch(self) -> None:
-        """Announce the batch's files to the followers, all at once."""
+        """Make the batch's renames durable (one directory fsync), then announce its files, all at once."""
+        if self._unsynced:
+            self._unsynced = False
+            self.store.sync()
         events, self._announce = self._announce, []
         if events:
             for listener in self._listeners:
