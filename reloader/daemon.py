@@ -46,7 +46,7 @@ SHUTDOWN_GRACE = 2.0
 # How long shutdown waits for the outputs to finish what they are doing.
 OUTPUT_GRACE = 2.0
 # How often the main thread looks up from its wait (signal handlers run in between).
-MAIN_SLICE = 0.5
+MAIN_SLICE = 0.2
 
 
 def _outputs_of(config: Config) -> tuple[object, ...]:
@@ -126,7 +126,11 @@ class Daemon:
         """``overrides`` are the command line's settings, applied again on every config reload."""
         self.config = config
         self._notifier = notifier
-        self._stop = threading.Event()
+        # Plain flags, not Events: a signal handler sets them, and an Event's
+        # lock taken in a handler that interrupted the same lock's holder
+        # would deadlock the main thread.
+        self._stop_requested = False
+        self._reload_requested = False
         self.store = FileStore(config.files_output_path)
         # In Lua mode the files carry the balancer hook, so that nginx serves
         # the file's servers until the Lua module has been told the live set.
@@ -146,7 +150,6 @@ class Daemon:
         self.config_reload_failures = 0
         self.status_server: object | None = None
         self._overrides = dict(overrides or {})
-        self._reload_requested = threading.Event()
 
     def _make_followers(self, config: Config) -> list[Output]:
         followers: list[Output] = []
@@ -190,14 +193,11 @@ class Daemon:
 
     def request_stop(self) -> None:
         """Ask the daemon to finish; safe from a signal handler or any thread."""
-        self._stop.set()
-        for worker in self.clusters:
-            worker.stop_event.set()
-            worker.wake()
+        self._stop_requested = True
 
     def request_reload(self) -> None:
         """Re-read the config file and apply the difference (SIGHUP); safe from a signal handler."""
-        self._reload_requested.set()
+        self._reload_requested = True
 
     @property
     def upstream_names(self) -> tuple[str, ...]:
@@ -284,18 +284,20 @@ class Daemon:
             len(self._cluster_of), len(self.clusters), self.store.directory,
             self._telling_nginx(),
         )
-        # Wait in slices: a signal handler runs between them even where a
-        # platform's untimed wait would not be interrupted.
+        # Wait in slices: the flags a signal handler sets are looked at between them.
         systemd = _SystemdState(self._notifier)
-        while not self._stop.wait(MAIN_SLICE):
+        while not self._stop_requested:
+            time.sleep(MAIN_SLICE)
+            if self._stop_requested:
+                break
             dead = [worker.label for worker in self.clusters if not worker.alive]
             dead += [runner.name for runner in self.runners if not runner.alive]
             if dead:
                 log.error("thread of %s died; stopping", ", ".join(dead))
                 break
             systemd.tick(self)
-            if self._reload_requested.is_set():
-                self._reload_requested.clear()
+            if self._reload_requested:
+                self._reload_requested = False
                 self._reload_config()
         if self._notifier is not None:
             self._notifier.stopping()
@@ -502,9 +504,9 @@ class Daemon:
             self.status_server = None
 
     def _shutdown(self) -> None:
-        self._stop.set()
         for worker in self.clusters:
             worker.stop_event.set()
+            worker.wake()
         if self.status_server is not None:
             self.status_server.stop()  # type: ignore[attr-defined]
         # Sessions first, in parallel and bounded: no more publishes after this,

@@ -197,7 +197,9 @@ class DyupsOutput(Output):
         self._desired_version += 1
 
     def stats(self) -> dict[str, int]:
-        stats = {key: int(value) for key, value in list(self.counters.items())}
+        # Every known key from the start, so that each series exists before its first event.
+        stats = dict.fromkeys(("ok", "conflict", "dropped", "timeout", "repairs", "reasserts"), 0)
+        stats.update({key: int(value) for key, value in list(self.counters.items())})
         stats["reachable"] = int(self._reachable)
         return stats
 
