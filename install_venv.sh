@@ -64,6 +64,8 @@ if [ "$services" -eq 1 ]; then
     [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
     command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+    # The TLS tests make their certificates with openssl at run time.
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     # Lua mode on stock nginx: the Lua module, lua-resty-core and lua-cjson
     # (the JSON library the project's Lua module uses), detected by their files.
     [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing+=(libnginx-mod-http-lua)
