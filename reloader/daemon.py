@@ -153,22 +153,17 @@ class Daemon:
 
     def _make_followers(self, config: Config) -> list[Output]:
         followers: list[Output] = []
+        timing = {
+            "reconcile_interval": config.reconcile_interval,
+            "reassert_interval": config.reassert_interval,
+            "retry_interval": config.retry_interval,
+        }
         if config.dyups_url:
-            followers.append(DyupsOutput(
-                config.dyups_url,
-                reconcile_interval=config.reconcile_interval,
-                reassert_interval=config.reassert_interval,
-                retry_interval=config.retry_interval,
-            ))
+            followers.append(DyupsOutput(config.dyups_url, **timing))
         if config.lua_url:
             from reloader.outputs.lua import LuaOutput  # imported late: only Lua mode needs it
 
-            followers.append(LuaOutput(
-                config.lua_url,
-                reconcile_interval=config.reconcile_interval,
-                reassert_interval=config.reassert_interval,
-                retry_interval=config.retry_interval,
-            ))
+            followers.append(LuaOutput(config.lua_url, **timing))
         if config.nginx_reload:
             followers.append(ReloadOutput(self.store, config.nginx_reload))
         return followers
