@@ -281,6 +281,7 @@ class Daemon:
         )
         # Wait in slices: the flags a signal handler sets are looked at between them.
         systemd = _SystemdState(self._notifier)
+        exit_code = 0
         while not self._stop_requested:
             time.sleep(MAIN_SLICE)
             if self._stop_requested:
@@ -289,6 +290,7 @@ class Daemon:
             dead += [runner.name for runner in self.runners if not runner.alive]
             if dead:
                 log.error("thread of %s died; stopping", ", ".join(dead))
+                exit_code = 1  # a supervisor should know, and start a fresh process
                 break
             systemd.tick(self)
             if self._reload_requested:
@@ -298,7 +300,7 @@ class Daemon:
             self._notifier.stopping()
         self._shutdown()
         log.info("stopped")
-        return 0
+        return exit_code
 
     def _telling_nginx(self) -> str:
         config = self.config
