@@ -169,3 +169,53 @@ def test_a_frozen_cluster_is_reasserted_with_its_last_good_state(
             assert "10.0.0.2:80 weight=3" in file_text
             server.resume()
             wait_until(lambda: source.freeze.is_open, 15, "the cluster to thaw")
+
+
+@pytest.mark.parametrize("generation", ["stable", "wip"])
+def test_reconcile_parses_only_the_blocks_that_changed(generation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass parses a managed block only when its live text or its desired state changed since a clean pass."""
+    from reloader.model import Server, Upstream
+    from reloader.outputs import dyups as dyups_module
+    from reloader.outputs.dyups import DyupsOutput
+
+    parsed: list[str] = []
+    real_parse_block = dyups_module.parse_block
+
+    def counting_parse_block(api: str, block: str) -> Any:
+        parsed.append(block)
+        return real_parse_block(api, block)
+
+    monkeypatch.setattr(dyups_module, "parse_block", counting_parse_block)
+    with DyupsServer(generation=generation) as dyups:
+        output = DyupsOutput(dyups.url, reconcile_interval=0, reassert_interval=0)
+        try:
+            for n in range(1, 6):
+                output.publish(Upstream(f"app{n}", (Server("10.0.0.1", 80 + n), Server("10.0.0.2", 80)), live_count=2))
+            assert output.pending == ()
+            assert output.reconcile() == {}
+            assert len(parsed) == 5, "the first pass compares every managed block"
+            parsed.clear()
+            assert output.reconcile() == {}
+            assert parsed == [], "nothing changed on either side: nothing parsed"
+
+            dyups.set_behind_back("app2", ["server 10.9.9.9:80"])
+            dyups.set_behind_back("unmanaged", ["server 10.8.8.8:80"])
+            repairs = output.reconcile()
+            assert list(repairs) == ["app2"] and "10.9.9.9:80" in repairs["app2"]
+            assert len(parsed) == 1, "only the changed managed block is parsed"
+            assert dyups.upstreams()["app2"] == ("server 10.0.0.1:82", "server 10.0.0.2:80")
+            assert dyups.upstreams()["unmanaged"] == ("server 10.8.8.8:80",)
+
+            parsed.clear()
+            output.publish(Upstream("app3", (Server("10.0.0.3", 80),), live_count=1))
+            assert output.reconcile() == {}
+            assert len(parsed) == 2, "app2 (repaired since) and app3 (a new desired state) are compared again"
+
+            dyups.simulate_restart()
+            repairs = output.reconcile()
+            assert sorted(repairs) == [f"app{n}" for n in range(1, 6)]
+            assert set(repairs.values()) == {"missing"}
+            assert sorted(name for name in dyups.upstreams() if name.startswith("app")) == [
+                f"app{n}" for n in range(1, 6)]
+        finally:
+            output.close()

@@ -5,7 +5,7 @@ project's dyups protocol notes):
 
 * An empty body answers 500, and a POST without Content-Length answers 204
   followed by stray bytes that corrupt a keep-alive connection: bodies are
-  never empty, and requests always sends Content-Length for a bytes body.
+  never empty, and always sent with Content-Length.
 * ``dyups_trylock`` makes concurrent updates answer 409, and a contended
   DELETE drops the connection without a byte: both are retried here with
   exponential backoff and jitter.
@@ -32,22 +32,28 @@ because the pipeline publishes nothing newer while its cluster is frozen.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import random
 import time
 from collections import Counter
-from functools import lru_cache
 from typing import Callable
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.util.retry import Retry
 
 from reloader.model import Server, Upstream
 from reloader.outputs.base import Output
-from reloader.outputs.dyups_state import LiveStateError, LiveStateReader, fingerprints
+from reloader.outputs.dyups_state import (
+    Dropped,
+    InterfaceDown,
+    KeepAliveClient,
+    LiveStateError,
+    LiveStateReader,
+    NoAnswer,
+    TransportError,
+    fingerprints,
+    parse_block,
+    split_blocks,
+)
 from reloader.render import render_dyups_body
 
 log = logging.getLogger(__name__)
@@ -69,16 +75,14 @@ class DyupsOutput(Output):
         retry_interval: float = 1.0,
         reconcile_interval: float = 5.0,
         reassert_interval: float = 60.0,
-        session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = (connect_timeout, read_timeout)
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._retry_interval = retry_interval
-        self._session = session or _keepalive_session()
+        self._http = KeepAliveClient(self.base_url, connect_timeout, read_timeout)
         self._clock = clock
         self._sleep = sleep
         self._random = random.Random()
@@ -89,13 +93,14 @@ class DyupsOutput(Output):
         self._reachable = True
         self._next_retry = 0.0
         self.counters: Counter[str] = Counter()
-        self._reader = LiveStateReader(self._session, self.base_url, self._timeout)
+        self._reader = LiveStateReader(self._http)
         self._reconcile_interval = reconcile_interval
         self._reassert_interval = reassert_interval
-        # Bumped on every publish. With the live text, it lets a reconcile pass
-        # skip parsing when nothing changed on either side since a clean pass.
-        self._desired_version = 0
-        self._last_clean: tuple[str, str, int] | None = None
+        # Per managed upstream, the digest of its live block at the last pass
+        # that found it clean, and the desired state it was compared with: a
+        # block whose text and desired state are both unchanged is not parsed
+        # again. Only a digest is kept, never the live text.
+        self._clean: dict[str, tuple[bytes, Upstream]] = {}
         now = clock()
         self._next_reconcile = now + reconcile_interval
         self._next_reassert = now + reassert_interval
@@ -104,7 +109,6 @@ class DyupsOutput(Output):
 
     def publish(self, upstream: Upstream) -> None:
         self.desired[upstream.name] = upstream
-        self._desired_version += 1
         self._pending[upstream.name] = None
         if self._reachable:
             self._push(upstream.name)
@@ -147,39 +151,47 @@ class DyupsOutput(Output):
         """Compare live and desired state, re-POST what drifted; returns {name: reason} repaired."""
         try:
             api, text = self._reader.fetch()
-        except requests.ConnectionError as error:
-            self._reader.forget_api()
-            if _interface_down(error):
-                self._mark_unreachable(error)
-            return {}
-        except requests.Timeout as error:
+        except InterfaceDown as error:
             self._reader.forget_api()
             self._mark_unreachable(error)
             return {}
-        except (requests.RequestException, LiveStateError) as error:
+        except NoAnswer as error:
+            self._reader.forget_api()
+            self._mark_unreachable(error)
+            return {}
+        except (TransportError, LiveStateError) as error:
             self._reader.forget_api()
             log.warning("dyups: cannot read the live state: %s", error)
             return {}
         self._mark_reachable()
-        fingerprint_of_pass = (api, text, self._desired_version)
-        if fingerprint_of_pass == self._last_clean and not self._pending:
-            return {}  # the same live text against the same desired state: still clean
-        try:
-            live = self._reader.parse(api, text)
-        except LiveStateError as error:
-            log.warning("dyups: cannot understand the live state: %s", error)
-            return {}
-        live_by_lower = {name.lower(): servers for name, servers in live.items()}
+        blocks = split_blocks(api, text)
+        del text  # only the managed upstreams' blocks matter from here on
+        by_lower: dict[str, str] | None = None
         repairs: dict[str, str] = {}
+        clean: dict[str, tuple[bytes, Upstream]] = {}
         for name, upstream in self.desired.items():
             if name in self._pending:
                 continue  # already on its way
-            servers = live.get(name, live_by_lower.get(name))
-            reason = _drift(upstream.servers, servers)
+            block = blocks.get(name)
+            if block is None:
+                if by_lower is None:
+                    by_lower = {live.lower(): live for live in blocks}
+                live_name = by_lower.get(name.lower())
+                block = blocks[live_name] if live_name is not None else None
+            if block is None:
+                repairs[name] = "missing"
+                continue
+            digest = hashlib.blake2b(f"{api}\n{block}".encode(), digest_size=16).digest()
+            known = self._clean.get(name)
+            if known is not None and known[0] == digest and known[1] is upstream:
+                clean[name] = known  # the same text against the same desired state: still clean
+                continue
+            reason = _drift(upstream.servers, parse_block(api, block))
             if reason:
                 repairs[name] = reason
-        if not repairs and not self._pending:
-            self._last_clean = fingerprint_of_pass
+            else:
+                clean[name] = (digest, upstream)
+        self._clean = clean
         for name, reason in repairs.items():
             log.warning("dyups: upstream %s drifted (%s); re-POSTing", name, reason)
             self.counters["repairs"] += 1
@@ -189,12 +201,12 @@ class DyupsOutput(Output):
         return repairs
 
     def close(self) -> None:
-        self._session.close()
+        self._http.close()
 
     def forget(self, name: str) -> None:
         self.desired.pop(name, None)
         self._pending.pop(name, None)
-        self._desired_version += 1
+        self._clean.pop(name, None)
 
     def stats(self) -> dict[str, int]:
         # Every known key from the start, so that each series exists before its first event.
@@ -213,6 +225,10 @@ class DyupsOutput(Output):
     def url_for(self, name: str) -> str:
         return f"{self.base_url}/upstream/{name}"
 
+    @staticmethod
+    def _path_for(name: str) -> str:
+        return f"/upstream/{name}"
+
     def _push(self, name: str) -> bool:
         """POST ``name``'s desired state; False when the interface is unreachable."""
         upstream = self.desired.get(name)
@@ -229,33 +245,33 @@ class DyupsOutput(Output):
             if attempt:
                 self._sleep(self._backoff * (2 ** (attempt - 1)) * (0.5 + self._random.random()))
             try:
-                response = self._session.post(self.url_for(name), data=body, timeout=self._timeout)
-            except requests.ConnectionError as error:
-                if _interface_down(error):
-                    self._mark_unreachable(error)
-                    return False
+                response = self._http.request("POST", self._path_for(name), body)
+            except InterfaceDown as error:
+                self._mark_unreachable(error)
+                return False
+            except Dropped:
                 self.counters["dropped"] += 1
                 log.info("dyups: connection dropped on POST %s (attempt %d); retrying", name, attempt + 1)
                 continue
-            except requests.Timeout as error:
+            except NoAnswer as error:
                 # No answer in time: the interface is hung or overloaded. Retrying at
                 # once would only stack waits; probe it on the retry schedule instead.
                 self.counters["timeout"] += 1
                 self._mark_unreachable(error)
                 return False
             self._mark_reachable()
-            if response.status_code == 200:
+            if response.status == 200:
                 self.counters["ok"] += 1
                 self._pending.pop(name, None)
                 log.info("dyups: POST %s: %d servers", name, len(upstream.servers))
                 return True
-            if response.status_code == 409:
+            if response.status == 409:
                 self.counters["conflict"] += 1
                 continue
-            self.counters[f"http_{response.status_code}"] += 1
+            self.counters[f"http_{response.status}"] += 1
             log.error(
                 "dyups: POST %s answered %d %r; body sent: %s",
-                self.url_for(name), response.status_code, response.content[:200], body.decode(),
+                self.url_for(name), response.status, response.body[:200], body.decode(),
             )
             # nginx refused a body that passed validation: it is in a bad state.
             # The file holds the truth; the next re-POST tries again.
@@ -281,21 +297,6 @@ class DyupsOutput(Output):
             log.warning("dyups: interface %s answers again; catching up %d upstreams", self.base_url, len(self._pending))
 
 
-def _keepalive_session() -> requests.Session:
-    """One keep-alive session; reads (GET) retry on a fresh connection when a kept-alive one was dropped.
-
-    POSTs are left out of urllib3's retries on purpose: this module retries
-    them itself, with backoff, and must see a refused connection at once.
-    """
-    session = requests.Session()
-    retry = Retry(total=2, connect=0, read=2, redirect=0, status=0, other=0,
-                  allowed_methods=frozenset({"GET"}), raise_on_status=False)
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=1)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
 def _drift(desired: tuple[Server, ...], live: tuple[Server, ...] | None) -> str | None:
     """Why ``live`` is not ``desired``, or None when nginx serves what was asked."""
     if live is None:
@@ -317,34 +318,12 @@ def _drift(desired: tuple[Server, ...], live: tuple[Server, ...] | None) -> str 
     return "; ".join(parts)
 
 
-@lru_cache(maxsize=65536)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
-
-
-def _interface_down(error: requests.ConnectionError) -> bool:
-    """True when no connection could be made at all (refused, unreachable, connect timeout).
-
-    requests wraps urllib3's errors a few levels deep; walk the chain of
-    ``reason``/``args``/``__cause__`` to find the one that says which.
-    """
-    cause: BaseException | None = error
-    for _ in range(10):
-        if cause is None:
-            return False
-        if isinstance(cause, (NewConnectionError, ConnectTimeoutError)):
-            return True
-        reason = getattr(cause, "reason", None)
-        if isinstance(reason, BaseException):
-            cause = reason
-            continue
-        nested = [arg for arg in cause.args if isinstance(arg, BaseException)]
-        cause = nested[0] if nested else cause.__cause__
-    return False
 
 
 def _root_cause(error: BaseException) -> str:
