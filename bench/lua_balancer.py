@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Throughput and p99 latency through nginx: the Lua balancer against a static upstream.
 
-One run, side by side, on one front nginx (2 workers) with two upstreams of
-the same three backends: ``static`` (a plain ``upstream`` file) and ``lua``
-(the Lua-mode file, its servers POSTed to the Lua interface). With
+One run, side by side, on one front nginx (2 workers) with upstreams of the
+same three backends: ``static`` (a plain ``upstream`` file), ``lua`` (the
+Lua-mode file, its servers POSTed to the Lua interface) and ``lua_empty`` (an
+empty ``balancer_by_lua_block``: the fixed price of entering Lua). With
 ``RELOADER_TEST_DYUPS_NGINX`` naming a dyups-enabled nginx, a third target
 goes through dyups. The backends are a separate nginx answering ``return
 200`` on three ports, so the proxy path, not the backends, is what is
@@ -37,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 import requests
 
+from bench._common import cpu_seconds
 from reloader.localenv.luanginx import LuaNginx, lua_missing
 from reloader.localenv.nginx import LocalNginx, server_block
 from reloader.localenv.ports import free_port
@@ -71,7 +73,24 @@ def wrk(url: str, seconds: float, connections: int, threads: int) -> dict[str, f
     assert p99 is not None, out
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "non_2xx": int(errors.group(1)) if errors else 0}
+    total = re.search(r"(\d+) requests in", out)
+    assert total is not None, out
+    return {
+        "rps": rps,
+        "p99_ms": float(p99.group(1)) * scale,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "requests": int(total.group(1)),
+    }
+
+
+def measured(nginx: LocalNginx, url: str, seconds: float, connections: int, threads: int) -> dict[str, float]:
+    """A wrk run plus the front nginx workers' CPU time per request (robust to other load)."""
+    workers = sorted(nginx.worker_pids())
+    before = sum(cpu_seconds(pid) for pid in workers)
+    run = wrk(url, seconds, connections, threads)
+    spent = sum(cpu_seconds(pid) for pid in workers) - before
+    run["cpu_us_per_request"] = spent / max(run["requests"], 1) * 1e6
+    return run
 
 
 def start_backends(workdir: Path, ports: list[int]) -> LocalNginx:
@@ -122,8 +141,13 @@ def run(quick: bool) -> dict[str, Any]:
         (files / "static.upstream").write_text(render_file(Upstream("static", servers, ("keepalive 32",))))
         lua_upstream = Upstream("lua", servers, ("keepalive 32",))
         (files / "lua.upstream").write_text(render_file_lua(lua_upstream))
+        # The fixed price of entering Lua at all: a handler that sets no peer
+        # (nginx's round robin then picks), to tell it apart from the module's work.
+        (files / "lua_empty.upstream").write_text(
+            render_file(Upstream("lua_empty", servers)).replace("}\n", "    balancer_by_lua_block { }\n    keepalive 32;\n}\n")
+        )
         front = LuaNginx(free_port(), files, workdir=workdir / "front")
-        ports = {"static": free_port(), "lua": free_port()}
+        ports = {"static": free_port(), "lua_empty": free_port(), "lua": free_port()}
         front.write_config("access_log off;\n" + "".join(
             server_block(port, PROXY.format(target=name)) for name, port in ports.items()))
         front.start()
@@ -142,7 +166,9 @@ def run(quick: bool) -> dict[str, Any]:
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
         for _ in range(rounds):
             for name, port in ports.items():
-                samples[name].append(wrk(f"http://127.0.0.1:{port}/", seconds, connections, threads))
+                # The dyups target runs in its own nginx.
+                owner = started[-1] if name == "dyups" else front
+                samples[name].append(measured(owner, f"http://127.0.0.1:{port}/", seconds, connections, threads))
     finally:
         for nginx in reversed(started):
             nginx.close()
@@ -153,6 +179,7 @@ def run(quick: bool) -> dict[str, Any]:
             "median_rps": statistics.median(s["rps"] for s in runs),
             "median_p99_ms": statistics.median(s["p99_ms"] for s in runs),
             "non_2xx": sum(int(s["non_2xx"]) for s in runs),
+            "median_cpu_us_per_request": statistics.median(s["cpu_us_per_request"] for s in runs),
             "runs": runs,
         }
         for name, runs in samples.items()
@@ -173,6 +200,9 @@ def run(quick: bool) -> dict[str, Any]:
         "targets": summary,
         "lua_to_static_rps": ratio,
         "ratio_of_medians": summary["lua"]["median_rps"] / summary["static"]["median_rps"],
+        "lua_cpu_per_request_ratio": summary["lua"]["median_cpu_us_per_request"]
+        / summary["static"]["median_cpu_us_per_request"],
+        "round_ratios": [lua["rps"] / static["rps"] for lua, static in zip(samples["lua"], samples["static"])],
         "lua_cost_pct": (1 - ratio) * 100,
         "target_cost_pct": 10,
     }
@@ -181,7 +211,8 @@ def run(quick: bool) -> dict[str, Any]:
 def section(result: dict[str, Any]) -> str:
     t = result["targets"]
     rows = [
-        f"| {name} | {v['median_rps']:,.0f} | {v['median_p99_ms']:.2f} | {v['non_2xx']} |"
+        f"| {name} | {v['median_rps']:,.0f} | {v['median_p99_ms']:.2f} | {v['median_cpu_us_per_request']:.1f} "
+        f"| {v['non_2xx']} |"
         for name, v in t.items()
     ]
     quick = " *(quick run)*" if result["quick"] else ""
@@ -199,18 +230,24 @@ def section(result: dict[str, Any]) -> str:
             f"else; load average at start {result['load_at_start'][0]:.2f}."
         ),
         "",
-        "| target | requests/s | p99 ms | non-2xx |",
-        "|---|---|---|---|",
+        "| target | requests/s | p99 ms | front nginx CPU µs/request | non-2xx |",
+        "|---|---|---|---|---|",
         *rows,
         "",
         (
             f"The Lua balancer serves **{result['lua_to_static_rps'] * 100:.1f} %** of the static upstream's "
             f"throughput (median of the per-round ratios): a cost of {result['lua_cost_pct']:.1f} % "
-            f"(target: under {result['target_cost_pct']} %). "
+            f"(target: under {result['target_cost_pct']} %); the rounds' ratios ran from "
+            f"{min(result['round_ratios']):.2f} to {max(result['round_ratios']):.2f}. "
+            f"Measured as the front workers' CPU time per request (median over the rounds; less "
+            f"sensitive to other load than throughput), a Lua-balanced request costs "
+            f"{result['lua_cpu_per_request_ratio']:.2f} times a static one. "
             "Per request it reads one revision number from the shared dict and runs the weighted round "
             "robin over the worker's own copy of the servers. The p99 column swings with whatever else "
             "the two CPUs run at the time (both targets' rounds alternate, so each sees the same mix); "
-            "the throughput ratio is the figure to compare."
+            "the throughput ratio and the CPU per request are the figures to compare. `lua_empty` is an upstream whose "
+            "`balancer_by_lua_block` is empty (nginx's round robin picks): the price of entering Lua "
+            "at all, apart from the module's own work."
         ),
         "",
         END,
@@ -242,8 +279,10 @@ def main() -> int:
     if not args.no_doc:
         write_doc(result)
     for name, v in result["targets"].items():
-        print(f"{name:7s} {v['median_rps']:10,.0f} req/s  p99 {v['median_p99_ms']:.2f} ms  non-2xx {v['non_2xx']}")
-    print(f"lua/static throughput: {result['lua_to_static_rps']:.3f} (cost {result['lua_cost_pct']:.1f} %); wrote {out}")
+        print(f"{name:9s} {v['median_rps']:10,.0f} req/s  p99 {v['median_p99_ms']:.2f} ms  "
+              f"{v['median_cpu_us_per_request']:.1f} CPU us/req  non-2xx {v['non_2xx']}")
+    print(f"lua/static throughput: {result['lua_to_static_rps']:.3f} (cost {result['lua_cost_pct']:.1f} %); "
+          f"CPU per request {result['lua_cpu_per_request_ratio']:.3f}x; wrote {out}")
     return 0
 
 

@@ -22,6 +22,9 @@
 --    nginx's own round robin serves the servers listed in the upstream file.
 
 local ngx_balancer = require "ngx.balancer"
+local get_last_failure = ngx_balancer.get_last_failure
+local set_current_peer = ngx_balancer.set_current_peer
+local set_more_tries = ngx_balancer.set_more_tries
 local store = require "reloader_store"
 local cjson = require("cjson.safe").new()
 
@@ -155,7 +158,7 @@ function _M.balance(name)
 
     local now = ngx.now()
     local tried, last
-    local failure = ngx_balancer.get_last_failure()
+    local failure = get_last_failure()
     if failure == nil then
         -- First attempt, the common case: no tables, no ngx.ctx (which costs
         -- a table per request).
@@ -163,7 +166,7 @@ function _M.balance(name)
         -- nginx allots one try per server of the file; allow one per server
         -- of the live set (capped by proxy_next_upstream_tries).
         if state.extra_tries > 0 then
-            ngx_balancer.set_more_tries(state.extra_tries)
+            set_more_tries(state.extra_tries)
         end
     else
         -- A retry: $upstream_addr lists the peers tried so far, the last one last.
@@ -188,7 +191,7 @@ function _M.balance(name)
         end
         return ngx.exit(NGX_BUSY)
     end
-    local ok, err = ngx_balancer.set_current_peer(peer.host, peer.port)
+    local ok, err = set_current_peer(peer.host, peer.port)
     if not ok then
         ngx.log(ngx.ERR, "upstream ", name, ": cannot use ", peer.host, ":", peer.port, ": ", err)
         return ngx.exit(500)
