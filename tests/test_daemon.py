@@ -276,7 +276,9 @@ class DaemonProcess:
         and the last POST for it carried exactly their body."""
         self.wait_file(upstream, upstream_file(upstream, *servers), timeout)
         self.wait_dyups(server, upstream, tuple(servers), timeout)
-        last = posts(server, upstream)[-1]
+        # The server applies a POST before it logs the request: wait for the record too.
+        records = wait_until(lambda: posts(server, upstream), f"the POST record of {upstream}", timeout)
+        last = records[-1]
         assert last.status == 200 and last.body == dyups_body(*servers), last
 
 
