@@ -124,3 +124,41 @@ def test_systemd_gets_ready_after_the_first_full_read_then_watchdog_pings_then_s
         assert [m for m in notify.messages if m.startswith("READY=1")] == [notify.messages[ready_at]]
     finally:
         notify.close()
+
+
+def test_entries_with_the_same_hosts_share_one_session_and_one_znode_is_read_once(
+    zk_client: KazooClient, zk_root: str, zk: Any, daemons: Callable[..., DaemonProcess],
+) -> None:
+    """The seed config's second shape often names one ensemble twice; it must cost one session."""
+    create_children(zk_client, f"{zk_root}/shared", {"10.0.0.1:80": b"", "bad child!": b""})
+    create_children(zk_client, f"{zk_root}/other", {"10.0.0.9:80": b""})
+    config = [  # the list shape, exactly as the seed config has it
+        {"zk_servers": zk.hosts, "zk_nodes": {"app1": f"{zk_root}/shared"}},
+        {"zk_servers": zk.hosts, "zk_nodes": {"app2": f"{zk_root}/shared", "app3": f"{zk_root}/other"}},
+    ]
+    daemon = daemons(config)
+    daemon.wait_file("app1", upstream_file("app1", "server 10.0.0.1:80"))
+    daemon.wait_file("app2", upstream_file("app2", "server 10.0.0.1:80"))
+    daemon.wait_file("app3", upstream_file("app3", "server 10.0.0.9:80"))
+    log = daemon.log()
+    assert "share one ZooKeeper session" in log
+    assert len(daemon.log_lines(r"connected; reading")) == 1, "one session, not one per entry"
+    assert len(daemon.log_lines(r"child 'bad child!' skipped")) == 1, "one znode, one warning"
+    # Both upstreams of the shared znode follow one snapshot.
+    zk_client.create(f"{zk_root}/shared/10.0.0.2:80")
+    daemon.wait_file("app1", upstream_file("app1", "server 10.0.0.1:80", "server 10.0.0.2:80"))
+    daemon.wait_file("app2", upstream_file("app2", "server 10.0.0.1:80", "server 10.0.0.2:80"))
+    daemon.stop()
+
+
+def test_a_file_of_an_unconfigured_upstream_is_reported_at_start_up(
+    zk_client: KazooClient, zk_root: str, zk: Any, daemons: Callable[..., DaemonProcess], files_dir: Path,
+) -> None:
+    create_children(zk_client, f"{zk_root}/app1", {"10.0.0.1:80": b""})
+    files_dir.mkdir(parents=True)
+    (files_dir / "gone.upstream").write_text(upstream_file("gone", "server 10.9.9.9:80"))
+    daemon = daemons(cluster(zk.hosts, {"app1": f"{zk_root}/app1"}))
+    daemon.wait_file("app1", upstream_file("app1", "server 10.0.0.1:80"))
+    daemon.wait_log(r"gone\.upstream belongs to no configured upstream; left in place")
+    assert (files_dir / "gone.upstream").exists()
+    daemon.stop()
