@@ -137,6 +137,7 @@ class Daemon:
         self.files = FilesOutput(self.store, render=render_file_lua if config.lua_url else render_file)
         self.files_runner: OutputRunner[Upstream] = OutputRunner(
             self.files, deliver=self.files.publish, key=lambda upstream: upstream.name,
+            deliver_many=self.files.publish_many,
         )
         self.followers = [_follower_runner(output) for output in self._make_followers(config)]
         for runner in self.followers:

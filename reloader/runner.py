@@ -7,7 +7,9 @@ Guarantees:
 * per upstream, only the newest item waits: items offered while the output is
   busy are folded into one (``merge``), so a burst costs one delivery and
   memory stays bounded by the number of upstreams;
-* items are delivered in batches, then ``end_batch`` runs, then ``tick`` —
+* items are delivered in batches (one call of ``deliver_many`` for the
+  whole batch, when the output can take a batch at once: the files output
+  fsyncs a batch together), then ``end_batch`` runs, then ``tick`` —
   at least every ``idle`` seconds, so retries and timers stay timely;
 * :meth:`submit` runs a callable on the output's thread (a re-assert, a
   settings change), so the output never needs a lock;
@@ -43,10 +45,12 @@ class OutputRunner(Generic[T]):
         key: Callable[[T], str],
         merge: Callable[[T, T], T] = lambda older, newer: newer,
         idle: float = IDLE,
+        deliver_many: Callable[[list[T]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.output = output
         self._deliver = deliver
+        self._deliver_many = deliver_many
         self._key = key
         self._merge = merge
         self._idle = idle
@@ -153,6 +157,18 @@ class OutputRunner(Generic[T]):
             self._guarded(lambda: self.output.tick(self._clock()), "its periodic work")
 
     def _run_batch(self, items: dict[str, T]) -> None:
+        if self._deliver_many is not None and len(items) > 1:
+            self._busy_since = self._clock()
+            try:
+                self._deliver_many(list(items.values()))
+                self.delivered += len(items)
+            except Exception:  # noqa: BLE001 - one batch must not stop the output
+                self.errors += 1
+                log.exception("output %s failed for a batch of %d upstreams", self.name, len(items))
+            finally:
+                self._busy_since = None
+            self._guarded(self.output.end_batch, "the end of a batch")
+            return
         for item in items.values():
             self._busy_since = self._clock()
             try:

@@ -297,6 +297,31 @@ def test_a_batch_of_files_costs_one_directory_fsync_before_it_is_announced(
     assert directory_opens == [0], "a batch that renamed nothing needs no directory fsync"
 
 
+def test_a_batch_is_written_file_by_file_a_failure_holds_back_only_its_upstream(tmp_path: Path) -> None:
+    events: list[FileWritten] = []
+    output = FilesOutput(tmp_path, listeners=[events.extend])
+    output.publish_many([Upstream(f"app{n}", (Server("10.0.0.1", 80),), live_count=1) for n in range(1, 4)])
+    output.end_batch()
+    output.path_for("app2").chmod(0o640)
+    output.path_for("app3").unlink()
+    output.path_for("app3").mkdir()  # a rename over a directory fails
+    batch = [Upstream(f"app{n}", (Server("10.0.0.2", 80),), live_count=1) for n in range(1, 5)]
+    output.publish_many(batch)
+    output.end_batch()
+    assert [event.upstream.name for event in events[3:]] == ["app1", "app2", "app4"]
+    assert output.pending == ("app3",)
+    for name in ("app1", "app2", "app4"):
+        assert output.read(name) == render_file(batch[0]).replace("app1", name)
+    assert output.path_for("app2").stat().st_mode & 0o777 == 0o640, "the mode of the replaced file is kept"
+    assert output.path_for("app1").stat().st_mode & 0o777 == 0o644
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "no temporary file is left"
+    output.path_for("app3").rmdir()
+    output.tick(1e12)
+    assert output.pending == () and output.read("app3") == render_file(batch[2])
+    assert events[-1].upstream.name == "app3", "announced once it is on disk"
+    output.close()
+
+
 def test_files_output_retries_a_failed_write(tmp_path: Path) -> None:
     directory = tmp_path / "not-yet"
     output = FilesOutput(directory)

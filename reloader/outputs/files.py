@@ -30,6 +30,7 @@ import re
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".upstream"
 DEFAULT_MODE = 0o644
+# Threads that fsync a batch's temporary files side by side (file systems
+# commit concurrent fsyncs together); a batch of one is fsynced inline.
+FSYNC_THREADS = 4
 # Back-off between retries of a failed write (a full disk must not flood the log).
 RETRY_MIN = 1.0
 RETRY_MAX = 10.0
@@ -93,6 +97,38 @@ def atomic_write(path: Path, text: str, mode: int | None = None, sync_directory:
         raise
     if sync_directory:
         fsync_directory(directory)
+
+
+def _write_temporary(path: Path, text: str) -> tuple[str, int]:
+    """Write ``text`` to a new temporary file beside ``path`` (not fsynced); its name and the mode to give it."""
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = DEFAULT_MODE
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    return temporary, mode
+
+
+def _fsync_path(path: str) -> OSError | None:
+    """fsync the file at ``path``; the error instead of raising it (it runs on a pool)."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError as error:
+        return error
+    return None
 
 
 class FileStore:
@@ -154,6 +190,50 @@ class FileStore:
                 atomic_write(self.path_for(name), text, sync_directory=sync_directory)
             return previous
 
+    def write_many(
+        self, items: list[tuple[str, str]], pool: ThreadPoolExecutor | None = None
+    ) -> dict[str, str | None | OSError]:
+        """Make each ``name``'s file hold its ``text``; per name, the previous text or the OSError.
+
+        Like :meth:`write` for each item, but the batch's temporary files are
+        all written first and fsynced together (on ``pool``, when given:
+        concurrent fsyncs share the file system's journal commits), then
+        renamed in order. The directory is not fsynced: the caller owes a
+        :meth:`sync`. A file whose write failed keeps its old content.
+        """
+        results: dict[str, str | None | OSError] = {}
+        with self._lock:
+            staged: list[tuple[str, Path, str, int]] = []
+            for name, text in items:
+                previous = self._read_quietly(name)
+                results[name] = previous
+                if previous == text:
+                    continue
+                path = self.path_for(name)
+                try:
+                    temporary, mode = _write_temporary(path, text)
+                except OSError as error:
+                    results[name] = error
+                    continue
+                staged.append((name, path, temporary, mode))
+            if pool is not None and len(staged) > 1:
+                synced = list(pool.map(_fsync_path, [temporary for _, _, temporary, _ in staged]))
+            else:
+                synced = [_fsync_path(temporary) for _, _, temporary, _ in staged]
+            for (name, path, temporary, mode), sync_error in zip(staged, synced):
+                try:
+                    if sync_error is not None:
+                        raise sync_error
+                    os.chmod(temporary, mode)
+                    os.replace(temporary, path)
+                except OSError as failure:
+                    results[name] = failure
+                    try:
+                        os.unlink(temporary)
+                    except FileNotFoundError:
+                        pass
+        return results
+
     def sync(self) -> None:
         """fsync the directory: every rename done before it is durable (a failure is logged)."""
         fsync_directory(self.directory)
@@ -206,6 +286,8 @@ class FilesOutput(Output):
         self._announce: list[FileWritten] = []
         # A rename was done since the last directory fsync: end_batch owes one.
         self._unsynced = False
+        # Made at the first batch of more than one file (see FSYNC_THREADS).
+        self._pool: ThreadPoolExecutor | None = None
         self._retry_interval = RETRY_MIN
         self._next_retry = 0.0
         self._clock = clock
@@ -247,27 +329,42 @@ class FilesOutput(Output):
         return {"writes": self.writes, "failures": self.failures, "retrying": len(self._failed)}
 
     def publish(self, upstream: Upstream) -> None:
-        text = self._render(upstream)
-        path = self.store.path_for(upstream.name)
-        try:
-            # The directory is fsynced once for the whole batch, in end_batch.
-            previous = self.store.write(upstream.name, text, sync_directory=False)
-        except OSError as error:
-            self.failures += 1
-            if upstream.name not in self._failed:
-                log.error("files: cannot write %s: %s; holding it back from the other outputs and retrying",
-                          path, error.strerror or error, extra={"upstream": upstream.name})
-            self._failed[upstream.name] = upstream
-            if self._next_retry <= self._clock():
-                self._next_retry = self._clock() + self._retry_interval
-            return
-        if self._failed.pop(upstream.name, None) is not None:
-            log.warning("files: wrote %s after earlier failures", path, extra={"upstream": upstream.name})
-        if previous != text:
-            self.writes += 1
-            self._unsynced = True
-            log.info("files: wrote %s", path, extra={"upstream": upstream.name})
-        self._announce.append(FileWritten(upstream, previous, text))
+        self.publish_many([upstream])
+
+    def publish_many(self, upstreams: list[Upstream]) -> None:
+        """Write a batch of upstreams: temporary files fsynced together, then renamed (see FileStore.write_many).
+
+        Each file is written, or kept for a retry and held back from the
+        followers, on its own; the announcement waits for :meth:`end_batch`.
+        """
+        rendered = [(upstream, self._render(upstream)) for upstream in upstreams]
+        if len(rendered) > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="files-fsync")
+        results = self.store.write_many([(upstream.name, text) for upstream, text in rendered], self._pool)
+        for upstream, text in rendered:
+            path = self.store.path_for(upstream.name)
+            previous = results[upstream.name]
+            if isinstance(previous, OSError):
+                self.failures += 1
+                if upstream.name not in self._failed:
+                    log.error("files: cannot write %s: %s; holding it back from the other outputs and retrying",
+                              path, previous.strerror or previous, extra={"upstream": upstream.name})
+                self._failed[upstream.name] = upstream
+                if self._next_retry <= self._clock():
+                    self._next_retry = self._clock() + self._retry_interval
+                continue
+            if self._failed.pop(upstream.name, None) is not None:
+                log.warning("files: wrote %s after earlier failures", path, extra={"upstream": upstream.name})
+            if previous != text:
+                self.writes += 1
+                self._unsynced = True
+                log.info("files: wrote %s", path, extra={"upstream": upstream.name})
+            self._announce.append(FileWritten(upstream, previous, text))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     def end_batch(self) -> None:
         """Make the batch's renames durable (one directory fsync), then announce its files, all at once."""
@@ -285,8 +382,7 @@ class FilesOutput(Output):
             return
         if now < self._next_retry:
             return
-        for upstream in list(self._failed.values()):
-            self.publish(upstream)
+        self.publish_many(list(self._failed.values()))
         self.end_batch()
         if self._failed:
             self._retry_interval = min(self._retry_interval * 2, RETRY_MAX)
