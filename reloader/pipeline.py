@@ -5,7 +5,11 @@ A source hands a complete snapshot of a znode's children to
 
 1. **parses** each child with the configured format (a child that is
    malformed, unreadable, or names a host that does not resolve is skipped
-   with one warning; its siblings are served);
+   with one warning; its siblings are served). A child whose name and data
+   are the same as in the upstream's previous snapshot reuses that parse
+   (the host check still runs every time): a change to one child of a large
+   upstream costs one parse. What is kept is bounded by the current children
+   and dropped when the upstream's configuration changes;
 2. **assembles** the desired live servers (one per endpoint, configured
    server parameters applied);
 3. asks the upstream's :class:`~reloader.publication.UpstreamGuard` which
@@ -27,16 +31,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from reloader.assemble import desired_live, finalize_upstream
 from reloader.config import ZnodeConfig
-from reloader.formats import Skip, parse_instance
+from reloader.formats import ParseResult, Skip, parse_instance
 from reloader.model import Server, Upstream
 from reloader.publication import ClusterFreeze, UpstreamGuard
 from reloader.resolve import HostChecker
-from reloader.snapshot import Snapshot, Unreadable
+from reloader.snapshot import ChildData, Snapshot, Unreadable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,8 @@ class _UpstreamState:
     # When the registry last said something about it, and when it was last published.
     updated_at: float | None = None
     published_at: float | None = None
+    # Per child of the last snapshot, the data it had and what parsing it gave.
+    parsed: dict[str, tuple[ChildData, ParseResult]] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -138,6 +144,7 @@ class Pipeline:
             elif state.config != znode:
                 state.config = znode
                 state.guard.settings = znode.guards
+                state.parsed = {}  # the format or its options may have changed
                 changed.append(name)
         return added, removed, changed
 
@@ -214,11 +221,18 @@ class Pipeline:
         still_bad: dict[str, str] = {}
         warned = self._warned.get(origin, {})
         znode = state.config
+        known = state.parsed
+        parsed: dict[str, tuple[ChildData, ParseResult]] = {}
         for child, data in children.items():
             if isinstance(data, Unreadable):
                 reason: str | None = data.reason
             else:
-                result = parse_instance(child, data, znode.format, znode.format_options)
+                seen = known.get(child)
+                if seen is not None and (seen[0] is data or seen[0] == data):
+                    result = seen[1]
+                else:
+                    result = parse_instance(child, data, znode.format, znode.format_options)
+                parsed[child] = (data, result)
                 if isinstance(result, Skip):
                     reason = None if result.quiet else result.reason
                     if reason is None:
@@ -235,6 +249,7 @@ class Pipeline:
         if still_bad:
             warned.update(still_bad)
         self._warned[origin] = {child: warned[child] for child in still_bad}
+        state.parsed = parsed
         return servers
 
 

@@ -180,3 +180,39 @@ def test_unknown_upstreams_are_ignored() -> None:
     pipeline.update("other", {"10.0.0.1:80": b""}, "/services/other")
     assert not pipeline.adopt(Upstream("other", (Server("10.0.0.1", 80),)))
     assert out.published == []
+
+
+def test_only_children_that_changed_are_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reloader import pipeline as pipeline_module
+
+    calls: list[str] = []
+    real_parse = pipeline_module.parse_instance
+
+    def counting_parse(child: str, data: bytes | None, *args: object) -> object:
+        calls.append(child)
+        return real_parse(child, data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "parse_instance", counting_parse)
+    pipeline, out = make()
+    children = {f"10.0.0.{k}:80": b"" for k in range(1, 21)}
+    pipeline.update("app", children, "/services/app")
+    assert len(calls) == 20
+    calls.clear()
+    pipeline.update("app", {**children, "10.0.0.5:80": b"7", "10.0.0.99:80": b""}, "/services/app")
+    assert sorted(calls) == ["10.0.0.5:80", "10.0.0.99:80"], "one changed and one new child: two parses"
+    assert out.published[-1].servers[[s.host for s in out.published[-1].servers].index("10.0.0.5")].weight == 7
+    assert len(out.published[-1].servers) == 21
+    calls.clear()
+    del children["10.0.0.1:80"]
+    pipeline.update("app", {**children, "10.0.0.5:80": b"7", "10.0.0.99:80": b""}, "/services/app")
+    assert calls == [] and len(out.published[-1].servers) == 20, "a child leaving needs no parse"
+    calls.clear()
+    pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
+    assert calls == ["10.0.0.1:80"], "a child that left is forgotten, so what is kept stays bounded"
+    assert len(pipeline._states["app"].parsed) == 1
+    calls.clear()
+    znode = pipeline._states["app"].config
+    pipeline.reconfigure([ZnodeConfig(upstream="app", path=znode.path, key_path=znode.key_path,
+                                      options=UpstreamOptions(), guards=GUARDS_OFF, format="name")])
+    pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
+    assert calls == ["10.0.0.1:80"], "a changed format parses everything again"
