@@ -80,7 +80,7 @@ def how_to_run() -> list[str]:
         ".venv/bin/python bench/targets.py [--quick] [--only BLOCKS] [--daemon-rev REV] [--output PATH]",
         ".venv/bin/python bench/fleet.py   [--quick] [--daemons N] [--layouts standalone,ensemble]",
         ".venv/bin/python bench/report.py  [--quick] [--output PATH]   # this page from bench/results/*.json",
-        ".venv/bin/python bench/profile_worker.py cold|burst|reconcile   # cProfile of the worker (see Findings)",
+        "py-spy record --pid PID -o profile.svg   # where the time goes, every thread (pip install py-spy)",
         "```",
         "",
         "Each script starts its own `LocalZooKeeper` (and `DyupsServer` from `tests/dyups_server.py`)",
@@ -401,7 +401,7 @@ def findings(lat: dict | None, scale: dict | None, heal: dict | None) -> list[st
    re-arms each znode (a synchronous `exists` plus a new `ChildrenWatch`) and re-reads every
    child's data with pipelined `get_async` calls. At {n_text} that took {resync} per reconnect
    here (about half of it kazoo's per-request overhead, then parsing, the serial `_arm` round
-   trips and file writes; `bench/profile_worker.py cold`). The resync runs in steps of 50
+   trips and file writes; py-spy on the daemon). The resync runs in steps of 50
    znodes, each a worker task of its own, so other clusters' events are served in between:
    {other}
    Left as is: pipelining `_arm` (`exists_async` + `get_children_async` for all znodes, then
