@@ -60,7 +60,7 @@ SNAPSHOT_ATTEMPTS = 5
 CLUSTER_STATES = ("CONNECTING", "CONNECTED", "SUSPENDED", "LOST")
 # The dyups counters that count POST outcomes: one series per outcome of
 # ``_output_posts_total`` (``http_500`` and the like are outcomes too).
-_POST_RESULTS = ("ok", "conflict", "dropped", "timeout")
+_POST_RESULTS = ("ok", "conflict", "dropped", "timeout", "refused", "failed", "unreachable")
 
 
 class StatusSource(Protocol):

@@ -115,6 +115,8 @@ class LuaOutput(Output):
         self._refused: dict[str, Document] = {}
         self._warned: set[tuple[str, str]] = set()
         self._reachable = True
+        # For metrics and status: POST outcomes, repairs, re-asserts.
+        self._counts: dict[str, int] = dict.fromkeys(("ok", "refused", "failed", "unreachable", "repairs", "reasserts"), 0)
         # Bumped on every change of the desired state; part of the clean-pass key.
         self._generation = 0
         self._clean: tuple[str, int] | None = None
@@ -181,6 +183,7 @@ class LuaOutput(Output):
         if not names:
             return
         log.info("lua: re-POSTing %d upstreams: %s", len(names), why)
+        self._counts["reasserts"] += 1
         self._pending.update(names)
         for name in names:
             if not self._reachable or not self._post(name, why):
@@ -188,6 +191,9 @@ class LuaOutput(Output):
 
     def close(self) -> None:
         self._http.close()
+
+    def stats(self) -> dict[str, int]:
+        return {**self._counts, "reachable": int(self._reachable)}
 
     # -- HTTP ----------------------------------------------------------------
 
@@ -213,9 +219,11 @@ class LuaOutput(Output):
                 timeout=self._timeout,
             )
         except requests.RequestException as error:
+            self._counts["unreachable"] += 1
             self._unreachable(f"POST {name}", error)
             return False
         if answer.status_code == 200:
+            self._counts["ok"] += 1
             self._pending.discard(name)
             self._refused.pop(name, None)
             log.debug("lua: upstream %s posted (%s): %s", name, why, answer.text.strip())
@@ -225,8 +233,10 @@ class LuaOutput(Output):
             # Retrying the same body cannot help; the file still holds the state.
             self._refused[name] = document
             self._pending.discard(name)
+            self._counts["refused"] += 1
             log.error("lua: nginx refused upstream %s: %s", name, reason)
         else:
+            self._counts["failed"] += 1
             log.warning("lua: POST %s answered %d (%s); retrying in %.1f s",
                         name, answer.status_code, reason, self._retry_interval)
         return True
@@ -267,6 +277,7 @@ class LuaOutput(Output):
             else:
                 why = "pending"
             log.info("lua: upstream %s %s; re-POSTing", name, why)
+            self._counts["repairs"] += 1
             repaired = True
             self._pending.add(name)
             if not self._post(name, why):
