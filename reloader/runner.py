@@ -164,11 +164,13 @@ class OutputRunner(Generic[T]):
                 self.delivered += len(items)
             except Exception:  # noqa: BLE001 - one batch must not stop the output
                 self.errors += 1
-                log.exception("output %s failed for a batch of %d upstreams", self.name, len(items))
+                log.exception("output %s failed for a batch of %d upstreams; delivering them one by one",
+                              self.name, len(items))
+            else:
+                self._guarded(self.output.end_batch, "the end of a batch")
+                return
             finally:
                 self._busy_since = None
-            self._guarded(self.output.end_batch, "the end of a batch")
-            return
         for item in items.values():
             self._busy_since = self._clock()
             try:

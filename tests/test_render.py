@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -331,3 +332,27 @@ def test_files_output_retries_a_failed_write(tmp_path: Path) -> None:
     directory.mkdir()
     output.tick(1e12)  # far enough in the future for any retry interval
     assert output.read("app1") == render_file(upstream)
+
+
+def test_a_batch_that_raises_is_delivered_again_one_by_one(tmp_path: Path) -> None:
+    from reloader.runner import OutputRunner
+
+    def render(upstream: Upstream) -> str:
+        if upstream.name == "bad":
+            raise ValueError("a renderer bug")
+        return render_file(upstream)
+
+    events: list[FileWritten] = []
+    output = FilesOutput(tmp_path, listeners=[events.extend], render=render)
+    runner: OutputRunner[Upstream] = OutputRunner(output, deliver=output.publish, key=lambda u: u.name,
+                                                  deliver_many=output.publish_many)
+    runner.offer_many([Upstream(name, (Server("10.0.0.1", 80),), live_count=1) for name in ("app1", "bad", "app2")])
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5
+        while sorted(e.upstream.name for e in events) != ["app1", "app2"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(e.upstream.name for e in events) == ["app1", "app2"], "one bad upstream costs only itself"
+        assert output.read("app1") is not None and output.read("bad") is None
+    finally:
+        runner.stop(time.monotonic() + 5)
