@@ -270,8 +270,14 @@ def test_shrink_guard_holds_a_large_drop_and_publishes_a_small_one(
     dyups_while_held: set[int] = set()
 
     def published() -> bool:
-        dyups_while_held.add(len(dyups.upstreams().get("app1", ())))
-        return count_in_file(daemon.read("app1")) != 20
+        # dyups first, then the file: a dyups count only counts as "seen while
+        # held" if the file still had 20 after it was taken. On the last poll
+        # the file and then dyups may both have moved since the poll before.
+        in_dyups = len(dyups.upstreams().get("app1", ()))
+        if count_in_file(daemon.read("app1")) != 20:
+            return True
+        dyups_while_held.add(in_dyups)
+        return False
 
     time_until(published, "the 95% drop to be published", timeout=hold + 5)
     held = time.monotonic() - removed_at
