@@ -320,10 +320,14 @@ class ZooKeeperSource:
             return
         step = watches[start:start + RESYNC_STEP]
         try:
-            for watch in step:
+            # Every exists of the step is sent before any answer is awaited, so
+            # arming costs one round trip per znode (the ChildrenWatch's own
+            # read), not two in series.
+            existing = [self._client.exists_async(watch.path, watch=self._on_znode_event) for watch in step]
+            for watch, pending in zip(step, existing):
                 if self._abandoned(epoch):
                     return
-                self._arm(watch, epoch, restart_children=True)
+                self._arm(watch, epoch, restart_children=True, pending=pending)
                 watch.forget_data()
             snapshots.extend(self._read_dirty(step, epoch))
         except SESSION_ERRORS as error:
@@ -357,13 +361,16 @@ class ZooKeeperSource:
 
     # ---- arming watches ------------------------------------------------------------
 
-    def _arm(self, watch: ZnodeWatch, epoch: int, restart_children: bool) -> None:
+    def _arm(self, watch: ZnodeWatch, epoch: int, restart_children: bool, pending: Any = None) -> None:
         """Set the znode's exists watch and, if asked and it exists, a new ChildrenWatch.
 
+        ``pending`` is an ``exists_async`` with this source's watch already
+        sent for the znode (a resync sends a step's worth at once).
         Session errors propagate (the caller stays frozen or retries); any other
         failure to set the ChildrenWatch is logged and re-armed with back-off.
         """
-        pending = self._client.exists_async(watch.path, watch=self._on_znode_event)
+        if pending is None:
+            pending = self._client.exists_async(watch.path, watch=self._on_znode_event)
         try:
             stat = self._await(pending, time.monotonic() + self._session_timeout, epoch)
         except SESSION_ERRORS:
