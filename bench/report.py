@@ -134,8 +134,8 @@ def latency_section(r: dict[str, Any]) -> list[str]:
         lines.append(f"| {sc['watched_upstreams']} | {clear_text} | {near_text} |")
     lines += [
         "",
-        "The reconciliation runs on the daemon's single worker, so a change that arrives while it",
-        "parses the live state waits for it (see *Findings*).",
+        "The reconciliation runs on the dyups output's own thread: a file never waits for it, and a",
+        "POST at most for one pass (see *Findings*).",
         "",
     ]
     return lines
@@ -175,7 +175,7 @@ def scale_section(r: dict[str, Any]) -> list[str]:
         "### B. Reconnects (files only, warm start on A's files)",
         "",
         "A second, small ZooKeeper cluster with one upstream runs beside the big one, to see how",
-        "long its changes wait while the single worker re-reads the big cluster.",
+        "long its changes wait while the big cluster is re-read (on that cluster's own thread).",
         "",
         "| measure | value |",
         "|---|---|",
@@ -277,8 +277,9 @@ def interpretation(lat: dict | None, scale: dict | None, heal: dict | None) -> l
         lines += [
             f"* **Threads are O(clusters), not O(upstreams or children).** With {n} upstreams and",
             f"  {kids:,} children the daemon runs {a['steady']['threads']} threads (peak {max(peaks)} over whole runs):",
-            "  the main thread (signals, shutdown), the worker, and kazoo's three per client (connection loop, callback",
-            f"  worker, completion worker). With a second cluster it is {b['steady']['threads']}, and reconnects",
+            "  the main thread (signals, shutdown), one per ZooKeeper session, one per output (files, dyups), kazoo's",
+            "  three per client (connection loop, callback worker, completion worker) and the files output's small",
+            f"  fsync pool. With a second cluster it is {b['steady']['threads']}, and reconnects",
             f"  (pause/resume, kill/restart, session expiry) never raised it (peak {b['peak_threads_whole_run']}): ChildrenWatch is",
             "  used with `allow_session_lost=False`, so kazoo spawns no thread per watch on reconnect.",
             (f"* **Memory** is about {a['steady']['vmrss_mb']:.0f} MB resident at {n} x {scale['children_per_upstream']}"
@@ -394,27 +395,27 @@ def findings(lat: dict | None, scale: dict | None, heal: dict | None) -> list[st
                   f"{rewritten} files rewritten by resyncs that had nothing to change.")
     return f"""## Findings
 
-{health} Two costs grow with size; both run on the single worker thread:
+{health} Two costs grow with size; each runs on a thread of its own, so neither holds up
+another cluster or another output:
 
-1. **Every reconnect re-reads every child.** After every CONNECTED (even when the session
-   survived and nothing changed) `ZooKeeperSource.resync()` (`reloader/sources/zookeeper.py`)
-   re-arms each znode (a synchronous `exists` plus a new `ChildrenWatch`) and re-reads every
-   child's data with pipelined `get_async` calls. At {n_text} that took {resync} per reconnect
-   here (about half of it kazoo's per-request overhead, then parsing, the serial `_arm` round
-   trips and file writes; py-spy on the daemon). The resync runs in steps of 50
-   znodes, each a worker task of its own, so other clusters' events are served in between:
-   {other}
-   Left as is: pipelining `_arm` (`exists_async` + `get_children_async` for all znodes, then
-   the watches) would cut the serial round trips.
+1. **Every reconnect re-reads every child of its cluster.** After every CONNECTED
+   `ZooKeeperSource.resync()` (`reloader/sources/zookeeper.py`) re-arms each znode (the
+   `exists` calls of a step of 50 sent together, then one `ChildrenWatch` each, whose
+   constructor reads the child list synchronously) and re-reads every child's data with
+   pipelined `get_async` calls, on that cluster's own thread. At {n_text} that took {resync}
+   per reconnect here. Other clusters are not involved at all: {other}
+   A session that survived is re-read in full too: kazoo 2.11 drops every watcher when the
+   connection drops (`_reset_watchers()`) and sets none again on reconnect, so nothing would
+   say what changed while it was away. Left as is: a cheaper path would keep per-child
+   versions and re-read only the children whose version moved.
 2. **A dyups reconciliation reads the whole live table.** `DyupsOutput.reconcile()`
    (`reloader/outputs/dyups.py`, every `reconcile_interval`, 5 s by default) reads `GET /detail`
-   (1.8 MB for 1,000 x 20). A pass whose live text and desired state are both unchanged since a
-   clean pass skips the comparison; parsed lines, desired fingerprints and IP checks are
-   cached, so a pass after a change re-parses only what changed. Measured effect: {reconcile_cpu}
-   of a core over a 10 s idle window right after a burst that changed every upstream (the
-   first pass after it parses every new line once), files only: {idle_cpu}. A change that
-   arrives during such a pass waits for it (worst change-to-POST {tail} with {watched} watched
-   upstreams, against {clear_max} ms at most otherwise).
+   (1.8 MB for 1,000 x 20) on the dyups output's thread. It keeps a digest of each managed
+   upstream's live block from the last clean comparison and parses only the blocks whose text or
+   desired state changed. Measured effect: {reconcile_cpu} of a core over a 10 s idle window right
+   after a burst that changed every upstream, files only: {idle_cpu}. Files never wait for it; a
+   POST waits for at most one pass (worst change-to-POST {tail} with {watched} watched upstreams,
+   against {clear_max} ms at most otherwise).
 3. **kill+restart of a standalone ZooKeeper usually keeps the session** (not a daemon bug,
    but it matters for tests and runbooks): ZooKeeper restores sessions from its log on
    restart, so the daemon saw {kill_path}. The time from "ZooKeeper
@@ -423,7 +424,8 @@ def findings(lat: dict | None, scale: dict | None, heal: dict | None) -> list[st
    (SUSPENDED -> LOST -> CONNECTED with a new session) was forced by SIGSTOPping the daemon
    for longer than the session timeout; it behaves like the others (no extra threads, full
    resync, thaw).
-4. Why no thread or watcher growth: kazoo's `_reset_watchers()` drops every watcher on
+4. Why no thread or watcher growth: there is one thread per ZooKeeper session and one per
+   output, whatever the number of znodes; kazoo's `_reset_watchers()` drops every watcher on
    SUSPENDED and LOST, and the resync creates one ChildrenWatch per znode without a session
    listener, so neither threads nor stale watchers accumulate across reconnects.
 """.splitlines()

@@ -196,7 +196,7 @@ def run_b(zk: LocalZooKeeper, zk2: LocalZooKeeper, workdir: Path, files: Path, u
     daemon = Daemon(workdir, config, name="scale-b", log_level="INFO").start()
     sampler = ProcSampler(daemon.pid).start()
     out: dict = {}
-    label = re.escape(zk.hosts)
+    label = re.escape(zk.hosts) + r"(?: #\d+)?"  # two clusters: the label carries the position
     thawed = rf"cluster {label}: resynced {upstreams} znodes; thawed"
     suspended = rf"cluster {label}: session SUSPENDED"
     session_line = rf"cluster {label}: session (SUSPENDED|LOST|CONNECTED)"
