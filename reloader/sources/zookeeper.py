@@ -223,11 +223,16 @@ class ZooKeeperSource:
         for watch in self._watches:
             if watch not in added and changed.intersection(watch.upstreams) and watch.children is not None:
                 watch.dirty = True
-        if not added or not self.freeze.is_open:
-            return
+        if added and self.freeze.is_open:
+            self._arm_new(added)
+        # While frozen, the resync under way (if any) arms them when it thaws:
+        # see _arm_new's call in _resync_step.
+
+    def _arm_new(self, watches: Iterable[ZnodeWatch]) -> None:
+        """Arm and mark for reading znodes that were never armed (added by a config reload)."""
         epoch = self.freeze.epoch
         try:
-            for watch in added:
+            for watch in watches:
                 self._arm(watch, epoch, restart_children=True)
                 watch.forget_data()
         except SESSION_ERRORS as error:
@@ -344,6 +349,10 @@ class ZooKeeperSource:
         log.info("cluster %s: resynced %d znodes; thawed", self.label, len(watches), extra={"cluster": self.label})
         for watch, children in snapshots:
             self._hand_on(watch, children)
+        # A config reload during the resync may have added znodes that this
+        # resync's list did not have: arm them now that the cluster is open.
+        armed = {id(watch) for watch in watches}
+        self._arm_new(watch for watch in self._watches if id(watch) not in armed)
         # Events that arrived during the resync left their znodes dirty; the
         # next read_changed() publishes what changed since they were read.
 
