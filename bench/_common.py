@@ -283,7 +283,45 @@ def daemon_revision() -> str:
         return "unknown"
 
 
-class Daemon:
+class _Subprocess:
+    """A benchmarked process: its pid, liveness, /proc status, and a prompt stop."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def status(self) -> dict[str, int]:
+        return proc_status(self.pid)
+
+    def stop(self, timeout: float = 15.0) -> float | None:
+        """SIGTERM and wait; returns the seconds it took to exit (None if it had to be killed)."""
+        if not self.alive():
+            return None
+        assert self.proc is not None
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            return None
+        return time.monotonic() - began
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Daemon(_Subprocess):
     """``python -m reloader run`` as a real subprocess, its output in a log file."""
 
     def __init__(self, workdir: Path, config: dict[str, Any], name: str = "daemon", log_level: str = "WARNING",
@@ -306,45 +344,14 @@ class Daemon:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def check_alive(self) -> None:
         if not self.alive():
             raise RuntimeError(f"the daemon exited ({self.proc and self.proc.returncode}):\n{self.log_tail()}")
-
-    def status(self) -> dict[str, int]:
-        return proc_status(self.pid)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
-    def stop(self, timeout: float = 15.0) -> float | None:
-        """SIGTERM and wait; returns the seconds it took to exit (None if it had to be killed)."""
-        if not self.alive():
-            return None
-        assert self.proc is not None
-        began = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            return None
-        return time.monotonic() - began
-
-    def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(10)
 
     def log_text(self) -> str:
         try:
@@ -581,20 +588,9 @@ def servers_in(text: str) -> set[tuple[str, int]]:
 
 def four_letter(port: int, word: str, timeout: float = 5.0) -> str:
     """Send a ZooKeeper four-letter word to 127.0.0.1:port; the answer ('' if refused)."""
-    import socket
+    from reloader.localenv.ensemble import four_letter_word
 
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(word.encode())
-            chunks = []
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            return b"".join(chunks).decode(errors="replace")
-    except OSError:
-        return ""
+    return four_letter_word(port, word, timeout) or ""
 
 
 def jvm_memory(pid: int) -> dict[str, Any]:
@@ -618,7 +614,7 @@ def jvm_memory(pid: int) -> dict[str, Any]:
     return out
 
 
-class FloorProcess:
+class FloorProcess(_Subprocess):
     """``bench/floor.py watch`` as a real subprocess (its own interpreter, like the daemon); JSON lines on stdout."""
 
     def __init__(self, workdir: Path, name: str, hosts: str, znodes: dict[str, str], files: Path | None,
@@ -647,20 +643,9 @@ class FloorProcess:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT)
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def check_alive(self) -> None:
         if not self.alive():
             raise RuntimeError(f"the floor exited ({self.proc and self.proc.returncode}):\n{self.err_path.read_text()[-3000:]}")
-
-    def status(self) -> dict[str, int]:
-        return proc_status(self.pid)
 
     def records(self, event: str | None = None) -> list[dict[str, Any]]:
         try:
@@ -683,22 +668,3 @@ class FloorProcess:
         except FileNotFoundError:
             return []
 
-    def stop(self, timeout: float = 15.0) -> float | None:
-        if not self.alive():
-            return None
-        assert self.proc is not None
-        began = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            return None
-        return time.monotonic() - began
-
-    def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(10)
