@@ -22,6 +22,8 @@ import socket
 import threading
 from types import TracebackType
 
+from reloader.localenv.tcpproxy import close_socket
+
 _ANSWER = b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nContent-Length: 7\r\n\r\nsuccess"
 
 
@@ -59,11 +61,11 @@ class HangingServer:
         self._closed.set()
         listener, self._listener = self._listener, None
         if listener is not None:
-            _shut(listener)
+            close_socket(listener)
         with self._lock:
             socks = list(self._socks)
         for sock in socks:
-            _shut(sock)
+            close_socket(sock)
 
     def __enter__(self) -> HangingServer:
         return self.start()
@@ -121,16 +123,5 @@ class HangingServer:
         finally:
             with self._lock:
                 self._socks.discard(sock)
-            _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
+            close_socket(sock)
 

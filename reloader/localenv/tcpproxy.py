@@ -59,7 +59,8 @@ def _reset(sock: socket.socket) -> None:
         pass
 
 
-def _close(sock: socket.socket) -> None:
+def close_socket(sock: socket.socket) -> None:
+    """Close ``sock`` for good, waking any thread blocked in ``recv()`` on it."""
     # shutdown() first: it wakes a thread blocked in recv() on this socket,
     # which close() alone does not do on Linux.
     try:
@@ -129,7 +130,7 @@ class _Connection:
 
     def _side_done(self, sock: socket.socket) -> None:
         """Close one side of a black-holed connection; forget it once every side is closed."""
-        _close(sock)
+        close_socket(sock)
         with self.proxy._lock:
             self.sides_open -= 1
             done = self.sides_open == 0
@@ -141,7 +142,7 @@ class _Connection:
         if self.closed:
             return
         self.closed = True
-        finish = _reset if reset else _close
+        finish = _reset if reset else close_socket
         finish(self.client)
         if self.target is not None:
             finish(self.target)
@@ -209,7 +210,7 @@ class TcpProxy:
         listener, self._listener = self._listener, None
         if listener is None:
             return
-        _close(listener)
+        close_socket(listener)
         if self._accept_thread is not None:
             self._accept_thread.join(timeout=2)
             self._accept_thread = None
