@@ -102,6 +102,8 @@ def settings_lines(config: Config) -> list[str]:
 def _try_connect(cluster: ClusterConfig, timeout: float) -> str:
     from kazoo.client import KazooClient  # imported late: only --connect needs kazoo
 
+    from reloader.sources.zookeeper import close_client
+
     quiet = logging.getLogger("reloader.check.kazoo")
     quiet.propagate = False
     quiet.addHandler(logging.NullHandler())
@@ -111,11 +113,7 @@ def _try_connect(cluster: ClusterConfig, timeout: float) -> str:
     except Exception as error:  # noqa: BLE001 - any failure is "unreachable", with its reason
         return f"unreachable: {error or type(error).__name__}"
     finally:
-        try:
-            client.stop()
-            client.close()
-        except Exception:  # noqa: BLE001 - a half-open client may fail to stop; nothing to do
-            pass
+        close_client(client)
     return "connected"
 
 

@@ -48,6 +48,7 @@ from reloader.readback import ReadbackError, parse_upstream_block
 from reloader.render import render_dyups_body, render_file, render_file_lua
 from reloader.resolve import HostChecker
 from reloader.snapshot import ChildData, Snapshot, Unreadable
+from reloader.sources.zookeeper import close_client, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,6 @@ class ClusterRead:
     unread: dict[str, str] = field(default_factory=dict)
     # Set when the cluster as a whole could not be read; then nothing else is.
     error: str | None = None
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _child_path(parent: str, child: str) -> str:
@@ -114,7 +111,7 @@ def read_cluster(cluster: ClusterConfig, timeout: float, client_factory: ClientF
             except NoNodeError:
                 unread[path] = "does not exist"
             except ZookeeperError as error:
-                unread[path] = f"cannot be listed: {_describe(error)}"
+                unread[path] = f"cannot be listed: {describe_error(error)}"
         requests = [
             (path, child, client.get_async(_child_path(path, child)))
             for path, children in listings.items()
@@ -128,17 +125,13 @@ def read_cluster(cluster: ClusterConfig, timeout: float, client_factory: ClientF
             except NoNodeError:
                 continue  # deleted between the listing and the read: no longer an instance
             except ZookeeperError as error:
-                data = Unreadable(f"ZooKeeper refused to read it: {_describe(error)}")
+                data = Unreadable(f"ZooKeeper refused to read it: {describe_error(error)}")
             snapshots[path][child] = data
         return ClusterRead(cluster, dict(snapshots), unread)
     except Exception as error:  # noqa: BLE001 - any other failure means the cluster was not read
-        return ClusterRead(cluster, error=_describe(error))
+        return ClusterRead(cluster, error=describe_error(error))
     finally:
-        try:
-            client.stop()
-            client.close()
-        except Exception:  # noqa: BLE001 - a half-open client may fail to stop; nothing to do
-            pass
+        close_client(client)
 
 
 def read_all(config: Config, client_factory: ClientFactory | None = None) -> list[ClusterRead]:

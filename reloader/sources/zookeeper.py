@@ -237,7 +237,7 @@ class ZooKeeperSource:
                 watch.forget_data()
         except SESSION_ERRORS as error:
             log.warning("cluster %s: could not arm the new znodes (%s); the resync after the session comes "
-                        "back does", self.label, _describe(error), extra={"cluster": self.label})
+                        "back does", self.label, describe_error(error), extra={"cluster": self.label})
 
     # ---- kazoo threads: enqueue only --------------------------------------------
 
@@ -337,7 +337,7 @@ class ZooKeeperSource:
             snapshots.extend(self._read_dirty(step, epoch))
         except SESSION_ERRORS as error:
             if not self._stopping():
-                log.warning("cluster %s: resync failed (%s); staying frozen", self.label, _describe(error),
+                log.warning("cluster %s: resync failed (%s); staying frozen", self.label, describe_error(error),
                             extra={"cluster": self.label})
                 self._schedule_resync()
             return
@@ -430,7 +430,7 @@ class ZooKeeperSource:
         log.warning(
             "znode %s (upstream %s): cannot watch its children (%s); keeping the last good state, "
             "trying again in %.0f s",
-            watch.path, ", ".join(watch.upstreams), _describe(error), delay, extra={"upstream": watch.upstreams[0]},
+            watch.path, ", ".join(watch.upstreams), describe_error(error), delay, extra={"upstream": watch.upstreams[0]},
         )
         watch.generation += 1  # whatever is left of the failed watch is stale
 
@@ -471,7 +471,7 @@ class ZooKeeperSource:
                       restart_children=event.type in (EventType.CREATED, EventType.DELETED))
         except SESSION_ERRORS as error:
             log.warning("znode %s: could not re-arm its watch (%s); the resync after the session "
-                        "comes back re-arms it", watch.path, _describe(error))
+                        "comes back re-arms it", watch.path, describe_error(error))
 
     # ---- reads -----------------------------------------------------------------------
 
@@ -488,7 +488,7 @@ class ZooKeeperSource:
         try:
             snapshots = self._read_dirty(dirty, self.freeze.epoch)
         except SESSION_ERRORS as error:
-            log.warning("cluster %s: read failed (%s); waiting for the session", self.label, _describe(error),
+            log.warning("cluster %s: read failed (%s); waiting for the session", self.label, describe_error(error),
                         extra={"cluster": self.label})
             return
         for watch, children in snapshots:
@@ -522,7 +522,7 @@ class ZooKeeperSource:
             except SESSION_ERRORS:
                 raise
             except ZOOKEEPER_ERRORS as error:
-                data = Unreadable(f"ZooKeeper refused to read it: {_describe(error)}")
+                data = Unreadable(f"ZooKeeper refused to read it: {describe_error(error)}")
             watch.record(child, data)
         snapshots: list[tuple[ZnodeWatch, Snapshot]] = []
         for watch in watches:
@@ -549,5 +549,15 @@ class ZooKeeperSource:
                 continue
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` (or just ``Type``) for a log line."""
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def close_client(client: KazooClient) -> None:
+    """Stop and free a client that is no longer wanted, whatever state it is in."""
+    try:
+        client.stop()
+        client.close()
+    except Exception:  # noqa: BLE001 - a half-open client may fail to stop; nothing is left to save
+        log.debug("closing a ZooKeeper client failed", exc_info=True)
