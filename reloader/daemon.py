@@ -176,14 +176,6 @@ class Daemon:
         )
 
     @property
-    def dyups(self) -> DyupsOutput | None:
-        """The dyups output, when there is one."""
-        for runner in self.followers:
-            if isinstance(runner.output, DyupsOutput):
-                return runner.output
-        return None
-
-    @property
     def runners(self) -> list[OutputRunner]:  # type: ignore[type-arg]
         return [self.files_runner, *self.followers]
 

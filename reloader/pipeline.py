@@ -103,9 +103,6 @@ class Pipeline:
         """Every upstream's last published state (those that have one)."""
         return [state.guard.last_published for state in self._states.values() if state.guard.last_published]
 
-    def guard(self, upstream: str) -> UpstreamGuard:
-        return self._states[upstream].guard
-
     def status(self, upstream: str, now: float) -> dict[str, object]:
         """What status and metrics show of one upstream (read from other threads: plain values only)."""
         state = self._states[upstream]

@@ -2,7 +2,7 @@
 
 Guarantees:
 
-* :meth:`OutputRunner.offer` never blocks and may be called from any thread;
+* :meth:`OutputRunner.offer_many` never blocks and may be called from any thread;
   a slow or hung output therefore never delays a cluster or another output;
 * per upstream, only the newest item waits: items offered while the output is
   busy are folded into one (``merge``), so a burst costs one delivery and
@@ -71,14 +71,6 @@ class OutputRunner(Generic[T]):
         return self.output.name
 
     # ---- any thread ------------------------------------------------------------
-
-    def offer(self, item: T) -> None:
-        """Queue ``item``, replacing (merging with) any item still waiting for the same upstream."""
-        key = self._key(item)
-        with self._wake:
-            older = self._items.get(key)
-            self._items[key] = item if older is None else self._merge(older, item)
-            self._wake.notify()
 
     def offer_many(self, items: list[T]) -> None:
         """Queue several items at once: the output takes them in one batch.
