@@ -1,15 +1,16 @@
 """Watch bookkeeping for one cluster: per znode, what is known and what must be read again.
 
 This module does no I/O. It records what the ZooKeeper source learned (the
-child list a ``ChildrenWatch`` delivered, the data read for each child, which
-children a data watch marked stale) and turns it into complete snapshots.
+child list of each znode, the data and data version read for each child,
+which lists and children a watch marked stale) and turns it into complete
+snapshots.
 
 Guarantees:
 
-* a snapshot is only ever made of data read after the child was last marked
-  stale, so a published state is never older than the event that caused it;
-* a child list delivered by an older generation of ``ChildrenWatch`` (one
-  that belonged to a deleted and re-created znode) is ignored;
+* a snapshot is only ever made of data read, or verified unchanged by its
+  version, after the child was last marked stale, so a published state is
+  never older than the event that caused it;
+* no snapshot is made while the znode's child list is known to be stale;
 * several upstream names may watch one znode: :class:`WatchBook` keeps one
   :class:`ZnodeWatch` per path, and every name of that path gets the same
   snapshot.
@@ -17,9 +18,8 @@ Guarantees:
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from reloader.config import ZnodeConfig
 from reloader.snapshot import ChildData
@@ -31,66 +31,100 @@ class ZnodeWatch:
 
     path: str
     upstreams: list[str] = field(default_factory=list)
-    generation: int = 0
     present: bool = False
+    # Set once the znode's absence has been logged, so it is said once per disappearance.
+    absence_reported: bool = False
     children: tuple[str, ...] | None = None
     data: dict[str, ChildData] = field(default_factory=dict)
+    # The ZooKeeper data version (mzxid) each child's data was read at: after a
+    # reconnect a child whose version is unchanged is not read again.
+    versions: dict[str, int] = field(default_factory=dict)
+    # Children whose data must be read.
     stale_children: set[str] = field(default_factory=set)
+    # Children whose data watch must be set again (after a reconnect); their
+    # data is read again only if their version changed.
+    unverified_children: set[str] = field(default_factory=set)
+    # The child list must be read again (a children watch fired).
+    list_stale: bool = False
     dirty: bool = False
-    # The newest child list delivered by the ChildrenWatch (on kazoo's thread),
-    # waiting for the cluster thread.
-    mailbox: tuple[int, list[str]] | None = None
-    mailbox_lock: threading.Lock = field(default_factory=threading.Lock)
-    # Consecutive failures to arm the ChildrenWatch for a reason other than the
+    # Consecutive failures to read the child list for a reason other than the
     # session (an ACL on the znode itself, say): drives the re-arm back-off.
     arm_failures: int = 0
+    rearm_pending: bool = False
 
-    def deliver(self, generation: int, children: list[str]) -> None:
-        """Post a child list from the ChildrenWatch (any thread)."""
-        with self.mailbox_lock:
-            self.mailbox = (generation, children)
-
-    def take_children(self) -> bool:
-        """Adopt the newest delivered child list of the current generation; True if one was taken."""
-        with self.mailbox_lock:
-            delivered, self.mailbox = self.mailbox, None
-        if delivered is None or delivered[0] != self.generation:
-            return False
-        children = tuple(sorted(delivered[1]))
+    def set_children(self, children: Iterable[str], verify_kept: bool = False) -> None:
+        """Adopt a child list just read; new children get read, and with ``verify_kept`` the kept ones checked."""
+        listed = tuple(sorted(children))
         previous = set(self.children or ())
-        self.children = children
-        current = set(children)
+        current = set(listed)
+        self.children = listed
+        self.list_stale = False
         for gone in previous - current:
             self.data.pop(gone, None)
+            self.versions.pop(gone, None)
             self.stale_children.discard(gone)
+            self.unverified_children.discard(gone)
         self.stale_children.update(current - previous)
+        if verify_kept:
+            self.unverified_children.update((current & previous) - self.stale_children)
         self.dirty = True
-        return True
+
+    def mark_absent(self) -> None:
+        """The znode does not exist: nothing can be published for it until it comes back."""
+        self.present = False
+        self.children = None
+        self.list_stale = False
+        self.data.clear()
+        self.versions.clear()
+        self.stale_children.clear()
+        self.unverified_children.clear()
+
+    def mark_list_stale(self) -> None:
+        if self.present:
+            self.list_stale = True
+            self.dirty = True
 
     def mark_child_stale(self, child: str) -> None:
         if self.children is not None and child in self.children:
             self.stale_children.add(child)
+            self.unverified_children.discard(child)
             self.dirty = True
 
-    def forget_data(self) -> None:
-        """Before a full re-read: every known child must be read again."""
-        self.stale_children = set(self.children or ())
-        self.data.clear()
-        self.dirty = True
+    def _paths(self, children: Iterable[str]) -> list[tuple[str, str]]:
+        base = self.path.rstrip("/")
+        return [(child, f"{base}/{child}") for child in sorted(children)]
 
     def stale_paths(self) -> list[tuple[str, str]]:
         """(child, full path) for every child whose data must be read."""
-        if self.children is None:
-            return []
-        return [(child, f"{self.path.rstrip('/')}/{child}") for child in sorted(self.stale_children)]
+        return self._paths(self.stale_children) if self.children is not None else []
 
-    def record(self, child: str, data: ChildData) -> None:
+    def unverified_paths(self) -> list[tuple[str, str]]:
+        """(child, full path) for every child whose version must be checked (and its data watch set)."""
+        return self._paths(self.unverified_children) if self.children is not None else []
+
+    def record(self, child: str, data: ChildData, version: int | None) -> None:
+        """The data of ``child`` as just read (``version`` None: not worth remembering, read it next time)."""
+        if self.children is None or child not in self.children:
+            return  # dropped from the list meanwhile
         self.data[child] = data
+        if version is None:
+            self.versions.pop(child, None)
+        else:
+            self.versions[child] = version
         self.stale_children.discard(child)
+        self.unverified_children.discard(child)
+
+    def verify(self, child: str, version: int) -> bool:
+        """Whether ``child``'s data is still at ``version``; if so it counts as read again."""
+        if self.versions.get(child) != version or child not in self.data:
+            return False
+        self.unverified_children.discard(child)
+        return True
 
     def snapshot(self) -> dict[str, ChildData] | None:
         """The complete view if the znode changed since the last one and every child is read; else None."""
-        if not self.dirty or self.children is None or self.stale_children:
+        if (not self.dirty or self.children is None or self.list_stale
+                or self.stale_children or self.unverified_children):
             return None
         self.dirty = False
         return {child: self.data.get(child) for child in self.children}
@@ -127,7 +161,7 @@ class WatchBook:
         self._by_path = by_path
         return added, removed
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ZnodeWatch]:
         return iter(list(self._by_path.values()))
 
     def __len__(self) -> int:

@@ -10,38 +10,44 @@ cluster at once, see :class:`~reloader.publication.ClusterFreeze`). A
 cluster whose ZooKeeper is slow, black-holed or gone therefore holds up its
 own thread only: never another cluster, never an output.
 
-Calls that could wait on ZooKeeper:
-
-* reads (``exists``, child data) are asynchronous and awaited under one
-  deadline (the session timeout), and abandoned at once when the session
-  changes or the daemon is stopping;
-* kazoo's ``ChildrenWatch`` reads the child list synchronously in its
-  constructor, with no deadline of ours. It is kept (one per znode, no thread
-  per znode) and only ever built on this cluster's thread.
+Every call that could wait on ZooKeeper (arming watches, reading child
+lists and child data) is asynchronous: a batch of requests is sent before
+any answer is awaited, and the batch is awaited under one deadline (the
+session timeout), abandoned at once when the session changes or the daemon
+is stopping. Nothing of this module waits on a kazoo thread.
 
 Watches
 -------
-* ``ChildrenWatch`` (``allow_session_lost=False``) gives the child list; a
-  resync re-creates it, so no thread is made per znode, child or reconnect.
-  A watch that dies for a reason other than the session (an ACL on the znode)
-  is re-armed with back-off.
-* A ChildrenWatch stops silently when its znode is deleted, so each znode also
-  has a raw ``exists`` watch; on create or delete the znode is re-armed with a
-  new ChildrenWatch generation (older generations stop at their next call).
-* Child data is read with pipelined ``get_async`` calls that leave a data
-  watch (ChildrenWatch does not fire when only data changes). kazoo keeps one
-  watcher per (path, callable) and the callable is always the same bound
-  method, so re-reading never stacks watchers.
-* A child whose data cannot be read for a reason other than the session
-  (``NoAuthError``, …) becomes :class:`~reloader.snapshot.Unreadable`: it is
-  skipped with one warning and its siblings are served.
+Only kazoo's raw one-shot watches are used, each set again by the read that
+answers it, and always with the same bound method per kind, so kazoo (which
+keeps one watcher per path and callable) never stacks them:
+
+* a children watch per znode, set by ``get_children_async``. When it fires
+  the znode's list is marked stale; after each batch of events every stale
+  list is read again in one pipelined round, then the data of the new
+  children in another;
+* an ``exists`` watch per znode: it sees the znode created or deleted (the
+  children watch alone would stop silently with a deleted znode);
+* a data watch per child, set by the ``get_async`` that reads its data
+  (a children watch does not fire when only data changes);
+* after a reconnect kazoo keeps none of them, so a resync sets every one
+  again. A child already read gets an ``exists`` with its data watch and is
+  read again only if its data version (mzxid) moved, so a resync of an
+  unchanged tree transfers no child data.
+
+A child whose data cannot be read for a reason other than the session
+(``NoAuthError``, …) becomes :class:`~reloader.snapshot.Unreadable`: it is
+skipped with one warning and its siblings are served. A znode whose child
+list cannot be read (an ACL on the znode itself) keeps its last good state
+and is armed again with back-off.
 
 Sessions
 --------
 On SUSPENDED or LOST the cluster freezes at once. On CONNECTED every znode is
-re-armed and re-read in full, in steps of RESYNC_STEP znodes (a stop request
-or a newer transition is noticed between steps); only if the session did not
-change meanwhile does the cluster thaw and hand the fresh snapshots on.
+re-armed and its children re-read or re-verified, in steps of RESYNC_STEP
+znodes (a stop request or a newer transition is noticed between steps); only
+if the session did not change meanwhile does the cluster thaw and hand the
+fresh snapshots on.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from typing import Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
@@ -66,7 +73,6 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import EventType, KazooState, KeeperState, WatchedEvent
-from kazoo.recipe.watchers import ChildrenWatch
 
 from reloader.config import ClusterConfig, kazoo_arguments
 from reloader.inbox import Inbox
@@ -79,7 +85,7 @@ log = logging.getLogger(__name__)
 # How many znodes one resync step re-arms and re-reads before the cluster
 # thread gets back to its loop, where a stop request or a newer session
 # transition is noticed.
-RESYNC_STEP = 50
+RESYNC_STEP = 250
 # How often a wait for ZooKeeper answers looks up to check it is still wanted.
 _WAIT_SLICE = 0.25
 # Back-off for re-arming a watch that failed for a reason other than the session.
@@ -117,28 +123,6 @@ class SnapshotSink(Protocol):
 
     def update(self, upstream: str, children: Snapshot, origin: str) -> None:
         """``children`` maps every current child name to its data."""
-
-
-class _ReportingChildrenWatch(ChildrenWatch):
-    """kazoo's ChildrenWatch, telling its owner when a later re-read fails.
-
-    kazoo logs such a failure on its own thread and the watch is then dead
-    without a word; the owner needs to know so that it can arm it again.
-    """
-
-    def __init__(self, *args: Any, on_error: Callable[[BaseException], None], **kwargs: Any) -> None:
-        self._on_error = on_error
-        self._constructed = False
-        super().__init__(*args, **kwargs)
-        self._constructed = True
-
-    def _get_children(self, event: Any = None) -> None:
-        try:
-            super()._get_children(event)
-        except Exception as error:  # noqa: BLE001 - reported to the owner, who re-arms
-            if not self._constructed:
-                raise
-            self._on_error(error)
 
 
 class ZooKeeperSource:
@@ -210,15 +194,14 @@ class ZooKeeperSource:
         """Watch the znodes of ``cluster`` from now on (same session); cluster thread only.
 
         New znodes are armed and read at once when the cluster is thawed (a
-        frozen cluster's resync covers them); removed ones are forgotten, their
-        watches left to stop at their next call. The upstreams named in
-        ``changed`` (their options or format changed) get their znode's
-        snapshot again from what was read already, without a ZooKeeper read.
+        frozen cluster's resync covers them); removed ones are forgotten:
+        their watches may still fire once, and find nobody to tell. The
+        upstreams named in ``changed`` (their options or format changed) get
+        their znode's snapshot again from what was read already, without a
+        ZooKeeper read.
         """
         self.cluster = cluster
-        added, removed = self._watches.reconfigure(cluster.znodes)
-        for watch in removed:
-            watch.generation += 1  # its ChildrenWatch stops at its next call
+        added, _removed = self._watches.reconfigure(cluster.znodes)
         changed = set(changed)
         for watch in self._watches:
             if watch not in added and changed.intersection(watch.upstreams) and watch.children is not None:
@@ -230,11 +213,11 @@ class ZooKeeperSource:
 
     def _arm_new(self, watches: Iterable[ZnodeWatch]) -> None:
         """Arm and mark for reading znodes that were never armed (added by a config reload)."""
-        epoch = self.freeze.epoch
+        watches = list(watches)
+        if not watches:
+            return
         try:
-            for watch in watches:
-                self._arm(watch, epoch, restart_children=True)
-                watch.forget_data()
+            self._arm(watches, self.freeze.epoch, time.monotonic() + self._session_timeout)
         except SESSION_ERRORS as error:
             log.warning("cluster %s: could not arm the new znodes (%s); the resync after the session comes "
                         "back does", self.label, describe_error(error), extra={"cluster": self.label})
@@ -252,17 +235,10 @@ class ZooKeeperSource:
         auth_failed = self._client.client_state == KeeperState.AUTH_FAILED
         self._inbox.put(lambda: self._session_changed(state, auth_failed))
 
-    def _on_children(self, watch: ZnodeWatch, generation: int, children: list[str]) -> bool | None:
-        if generation != watch.generation:
-            return False  # an older ChildrenWatch of a deleted/re-created znode: stop it
-        watch.deliver(generation, children)
-        self._inbox.put(watch.take_children)
-        return None
-
-    def _on_children_error(self, watch: ZnodeWatch, generation: int, error: BaseException) -> None:
-        if isinstance(error, SESSION_ERRORS):
-            return  # the resync after the next CONNECTED re-arms it
-        self._inbox.put(lambda: self._children_watch_failed(watch, generation, error))
+    def _on_children_event(self, event: WatchedEvent) -> None:
+        # DELETED also reaches _on_znode_event (the exists watch), which handles it.
+        if event.type == EventType.CHILD:
+            self._inbox.put(lambda: self._children_changed(event.path))
 
     def _on_child_data(self, event: WatchedEvent) -> None:
         self._inbox.put(lambda: self._child_data_changed(event))
@@ -303,7 +279,7 @@ class ZooKeeperSource:
         self._client.start_async()
 
     def resync(self) -> None:
-        """Re-arm and re-read every znode, then thaw the cluster if the session held.
+        """Re-arm every watch and re-read the tree, then thaw the cluster if the session held.
 
         Runs in steps of RESYNC_STEP znodes, each a task of its own. If
         ZooKeeper fails mid-way the cluster stays frozen and a retry is
@@ -325,16 +301,12 @@ class ZooKeeperSource:
             return
         step = watches[start:start + RESYNC_STEP]
         try:
-            # Every exists of the step is sent before any answer is awaited, so
-            # arming costs one round trip per znode (the ChildrenWatch's own
-            # read), not two in series.
-            existing = [self._client.exists_async(watch.path, watch=self._on_znode_event) for watch in step]
-            for watch, pending in zip(step, existing):
-                if self._abandoned(epoch):
-                    return
-                self._arm(watch, epoch, restart_children=True, pending=pending)
-                watch.forget_data()
-            snapshots.extend(self._read_dirty(step, epoch))
+            deadline = time.monotonic() + self._session_timeout
+            # kazoo keeps no watch across a reconnect, so every list and every
+            # child's data watch is set again. A child whose data version is
+            # the one already read is not read again.
+            self._arm(step, epoch, deadline, verify_kept=True)
+            snapshots.extend(self._read_dirty(step, epoch, deadline))
         except SESSION_ERRORS as error:
             if not self._stopping():
                 log.warning("cluster %s: resync failed (%s); staying frozen", self.label, describe_error(error),
@@ -370,61 +342,66 @@ class ZooKeeperSource:
 
     # ---- arming watches ------------------------------------------------------------
 
-    def _arm(self, watch: ZnodeWatch, epoch: int, restart_children: bool, pending: Any = None) -> None:
-        """Set the znode's exists watch and, if asked and it exists, a new ChildrenWatch.
+    def _arm(self, watches: list[ZnodeWatch], epoch: int, deadline: float,
+             read_lists: bool = True, verify_kept: bool = False) -> None:
+        """Set each znode's exists watch and (``read_lists``) read its child list with a children watch.
 
-        ``pending`` is an ``exists_async`` with this source's watch already
-        sent for the znode (a resync sends a step's worth at once).
-        Session errors propagate (the caller stays frozen or retries); any other
-        failure to set the ChildrenWatch is logged and re-armed with back-off.
+        Every request is sent before any answer is awaited, so arming N
+        znodes costs one round trip, not N. With ``verify_kept`` the children
+        that were known already are marked for a version check (their data
+        watches are gone after a reconnect). Session errors propagate (the
+        caller stays frozen or retries); any other failure to read a child
+        list is logged and re-armed with back-off.
         """
-        if pending is None:
-            pending = self._client.exists_async(watch.path, watch=self._on_znode_event)
-        try:
-            stat = self._await(pending, time.monotonic() + self._session_timeout, epoch)
-        except SESSION_ERRORS:
-            raise
-        except ZOOKEEPER_ERRORS as error:
-            self._children_watch_failed(watch, watch.generation, error)
-            return
-        was_present = watch.present
-        watch.present = stat is not None
-        if not watch.present:
-            if was_present or watch.children is None:
-                log.warning(
-                    "znode %s (upstream %s) does not exist; keeping the last good state and waiting for it",
-                    watch.path, ", ".join(watch.upstreams), extra={"upstream": watch.upstreams[0]},
-                )
-            watch.children = None
-            watch.generation += 1  # any surviving ChildrenWatch is now stale
-            return
-        if restart_children or not was_present:
-            self._start_children_watch(watch)
+        requests = [
+            (watch,
+             self._client.exists_async(watch.path, watch=self._on_znode_event),
+             self._client.get_children_async(watch.path, watch=self._on_children_event)
+             if read_lists or not watch.present else None)
+            for watch in watches
+        ]
+        for watch, exists, listing in requests:
+            try:
+                stat = self._await(exists, deadline, epoch)
+            except SESSION_ERRORS:
+                raise
+            except ZOOKEEPER_ERRORS as error:
+                self._children_watch_failed(watch, error)
+                continue
+            if stat is None:
+                self._znode_absent(watch)
+                continue
+            watch.present = True
+            watch.absence_reported = False
+            if listing is not None:
+                self._take_listing(watch, listing, deadline, epoch, verify_kept)
 
-    def _start_children_watch(self, watch: ZnodeWatch) -> None:
-        watch.generation += 1
-        generation = watch.generation
+    def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: float, epoch: int,
+                      verify_kept: bool = False) -> None:
+        """Adopt the answer of a ``get_children_async`` sent for ``watch`` (session errors propagate)."""
         try:
-            # The constructor reads the children synchronously and calls back
-            # on this thread, so the mailbox is filled when it returns.
-            _ReportingChildrenWatch(
-                self._client,
-                watch.path,
-                func=lambda children: self._on_children(watch, generation, children),
-                allow_session_lost=False,
-                on_error=lambda error: self._on_children_error(watch, generation, error),
-            )
+            children = self._await(listing, deadline, epoch)
+        except NoNodeError:
+            self._znode_absent(watch)  # deleted since: its exists watch says so too
+            return
         except SESSION_ERRORS:
             raise
         except ZOOKEEPER_ERRORS as error:
-            self._children_watch_failed(watch, generation, error)
+            self._children_watch_failed(watch, error)
             return
         watch.arm_failures = 0
-        watch.take_children()
+        watch.set_children(children, verify_kept=verify_kept)
 
-    def _children_watch_failed(self, watch: ZnodeWatch, generation: int, error: BaseException) -> None:
-        if generation != watch.generation:
-            return  # a newer watch replaced it meanwhile
+    def _znode_absent(self, watch: ZnodeWatch) -> None:
+        if not watch.absence_reported:
+            log.warning(
+                "znode %s (upstream %s) does not exist; keeping the last good state and waiting for it",
+                watch.path, ", ".join(watch.upstreams), extra={"upstream": watch.upstreams[0]},
+            )
+            watch.absence_reported = True
+        watch.mark_absent()
+
+    def _children_watch_failed(self, watch: ZnodeWatch, error: BaseException) -> None:
         watch.arm_failures += 1
         delay = min(REARM_MIN * 2 ** (watch.arm_failures - 1), REARM_MAX)
         log.warning(
@@ -432,13 +409,17 @@ class ZooKeeperSource:
             "trying again in %.0f s",
             watch.path, ", ".join(watch.upstreams), describe_error(error), delay, extra={"upstream": watch.upstreams[0]},
         )
-        watch.generation += 1  # whatever is left of the failed watch is stale
+        watch.list_stale = False  # not before the re-arm: a re-read now would fail the same way
+        if watch.rearm_pending:
+            return
+        watch.rearm_pending = True
 
         def rearm() -> None:
-            if self.freeze.epoch != epoch_at_failure or self._stopping():
-                return  # a resync since then re-armed everything
+            watch.rearm_pending = False
+            if self.freeze.epoch != epoch_at_failure or self._stopping() or self._watches.get(watch.path) is not watch:
+                return  # a resync since then re-armed everything, or the znode is no longer watched
             try:
-                self._arm(watch, self.freeze.epoch, restart_children=True)
+                self._arm([watch], self.freeze.epoch, time.monotonic() + self._session_timeout)
             except SESSION_ERRORS:
                 pass  # the next CONNECTED resyncs
 
@@ -446,6 +427,11 @@ class ZooKeeperSource:
         self._inbox.call_later(delay, rearm)
 
     # ---- events ----------------------------------------------------------------------
+
+    def _children_changed(self, path: str) -> None:
+        watch = self._watches.get(path)
+        if watch is not None:
+            watch.mark_list_stale()  # read_changed() reads every stale list at once
 
     def _child_data_changed(self, event: WatchedEvent) -> None:
         if event.type == EventType.NONE:
@@ -466,9 +452,9 @@ class ZooKeeperSource:
         # and was not set again would never see the znode come back.
         try:
             # The exists watch fires once; set it again. A create or delete
-            # kills or invalidates the ChildrenWatch, so start a new one then.
-            self._arm(watch, self.freeze.epoch,
-                      restart_children=event.type in (EventType.CREATED, EventType.DELETED))
+            # changes the child list (and a delete drops its watch): read it again.
+            self._arm([watch], self.freeze.epoch, time.monotonic() + self._session_timeout,
+                      read_lists=event.type in (EventType.CREATED, EventType.DELETED))
         except SESSION_ERRORS as error:
             log.warning("znode %s: could not re-arm its watch (%s); the resync after the session "
                         "comes back re-arms it", watch.path, describe_error(error))
@@ -476,17 +462,24 @@ class ZooKeeperSource:
     # ---- reads -----------------------------------------------------------------------
 
     def read_changed(self) -> None:
-        """Read the data of children marked stale since the last call, and hand complete snapshots on.
+        """Read what watches marked stale since the last call, and hand complete snapshots on.
 
         The cluster thread calls this once after each batch of tasks, so a
-        burst of watch events for one znode costs one read and one publish.
-        A frozen cluster is skipped: its resync will read everything anyway.
+        burst of watch events costs one pipelined round of list reads, one of
+        data reads, and one publish per znode. A frozen cluster is skipped:
+        its resync will read everything anyway.
         """
         dirty = self._watches.dirty()
         if not dirty or not self.freeze.is_open:
             return
+        epoch = self.freeze.epoch
         try:
-            snapshots = self._read_dirty(dirty, self.freeze.epoch)
+            deadline = time.monotonic() + self._session_timeout
+            listings = [(watch, self._client.get_children_async(watch.path, watch=self._on_children_event))
+                        for watch in dirty if watch.list_stale]
+            for watch, listing in listings:
+                self._take_listing(watch, listing, deadline, epoch)
+            snapshots = self._read_dirty(dirty, epoch, deadline)
         except SESSION_ERRORS as error:
             log.warning("cluster %s: read failed (%s); waiting for the session", self.label, describe_error(error),
                         extra={"cluster": self.label})
@@ -498,38 +491,55 @@ class ZooKeeperSource:
         for upstream in watch.upstreams:
             self._sink.update(upstream, children, watch.path)
 
-    def _read_dirty(self, watches: list[ZnodeWatch], epoch: int) -> list[tuple[ZnodeWatch, Snapshot]]:
-        """Fetch the data of every stale child, pipelined, and return full snapshots.
+    def _read_dirty(self, watches: list[ZnodeWatch], epoch: int, deadline: float) -> list[tuple[ZnodeWatch, Snapshot]]:
+        """Read the data of every stale child and check the version of every unverified one; full snapshots.
 
         All requests are sent before any answer is awaited, so reading 20,000
-        children costs round trips in parallel, not in series. The whole read
-        shares one deadline (the session timeout) and is abandoned at once
-        when the session changes (``epoch``) or the daemon is stopping: kazoo
-        keeps unsent requests queued across a disconnect, and waiting for
-        each of them in turn could hold the thread for hours.
+        children costs round trips in parallel, not in series. Every read
+        leaves a data watch. An unverified child (known before a reconnect)
+        gets an ``exists`` (watch and version, no data) and is read only if
+        its version moved. The whole read shares one deadline and is
+        abandoned at once when the session changes (``epoch``) or the daemon
+        is stopping: kazoo keeps unsent requests queued across a disconnect,
+        and waiting for each of them in turn could hold the thread for hours.
         """
-        requests = [
-            (watch, child, self._client.get_async(path, watch=self._on_child_data))
-            for watch in watches
-            for child, path in watch.stale_paths()
-        ]
-        deadline = time.monotonic() + self._session_timeout
-        for watch, child, pending in requests:
+        reads = [(watch, child, self._client.get_async(path, watch=self._on_child_data))
+                 for watch in watches for child, path in watch.stale_paths()]
+        checks = [(watch, child, self._client.exists_async(path, watch=self._on_child_data))
+                  for watch in watches for child, path in watch.unverified_paths()]
+        self._take_reads(reads, deadline, epoch)
+        rereads = []
+        for watch, child, pending in checks:
             try:
-                data, _stat = self._await(pending, deadline, epoch)
-            except NoNodeError:
-                data = None  # deleted meanwhile; the ChildrenWatch is about to say so
+                stat = self._await(pending, deadline, epoch)
             except SESSION_ERRORS:
                 raise
-            except ZOOKEEPER_ERRORS as error:
-                data = Unreadable(f"ZooKeeper refused to read it: {describe_error(error)}")
-            watch.record(child, data)
+            except ZOOKEEPER_ERRORS:
+                stat = None  # read it; the read says what is wrong
+            if stat is None or not watch.verify(child, stat.mzxid):
+                rereads.append((watch, child, self._client.get_async(f"{watch.path.rstrip('/')}/{child}",
+                                                                     watch=self._on_child_data)))
+        self._take_reads(rereads, deadline, epoch)
         snapshots: list[tuple[ZnodeWatch, Snapshot]] = []
         for watch in watches:
             snapshot = watch.snapshot()
             if snapshot is not None:
                 snapshots.append((watch, snapshot))
         return snapshots
+
+    def _take_reads(self, reads: list[tuple[ZnodeWatch, str, Any]], deadline: float, epoch: int) -> None:
+        for watch, child, pending in reads:
+            version: int | None = None
+            try:
+                data, stat = self._await(pending, deadline, epoch)
+                version = stat.mzxid
+            except NoNodeError:
+                data = None  # deleted meanwhile; the children watch is about to say so
+            except SESSION_ERRORS:
+                raise
+            except ZOOKEEPER_ERRORS as error:
+                data = Unreadable(f"ZooKeeper refused to read it: {describe_error(error)}")
+            watch.record(child, data, version)
 
     def _abandoned(self, epoch: int) -> bool:
         """True when work begun at session ``epoch`` is no longer wanted."""
@@ -559,5 +569,5 @@ def close_client(client: KazooClient) -> None:
     try:
         client.stop()
         client.close()
-    except Exception:  # noqa: BLE001 - a half-open client may fail to stop; nothing is left to save
+    except Exception:
         log.debug("closing a ZooKeeper client failed", exc_info=True)
