@@ -56,11 +56,16 @@ def _outputs_of(config: Config) -> tuple[object, ...]:
 
 
 def _follower_runner(output: Output) -> OutputRunner[FileWritten]:
+    # Only an output that takes a batch at once (dyups spreads it over its
+    # connections) gets it whole; the others keep their one-by-one delivery,
+    # where one failing upstream is retried alone.
+    batched = type(output).file_written_many is not Output.file_written_many
     return OutputRunner(
         output,
         deliver=output.file_written,
         key=lambda event: event.upstream.name,
         merge=lambda older, newer: newer.after(older),
+        deliver_many=output.file_written_many if batched else None,
     )
 
 

@@ -55,6 +55,11 @@ class Output(ABC):
         """A follower's input: the file of ``event.upstream`` holds it now (default: publish it)."""
         self.publish(event.upstream)
 
+    def file_written_many(self, events: list[FileWritten]) -> None:
+        """A batch of ``file_written`` events; an output that gains from taking them at once overrides it."""
+        for event in events:
+            self.file_written(event)
+
     def end_batch(self) -> None:
         """Called after every batch of publishes (default: nothing)."""
 

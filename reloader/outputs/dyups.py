@@ -35,13 +35,16 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import queue
 import random
+import threading
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from reloader.model import Server, Upstream
-from reloader.outputs.base import Output
+from reloader.outputs.base import FileWritten, Output
 from reloader.outputs.dyups_state import (
     Dropped,
     InterfaceDown,
@@ -57,6 +60,54 @@ from reloader.outputs.dyups_state import (
 from reloader.render import render_dyups_body
 
 log = logging.getLogger(__name__)
+
+# Kept-alive connections a batch of POSTs is spread over: with two, nginx
+# handles one POST while the next is being prepared, and one slow answer
+# does not hold up the whole batch.
+CONNECTIONS = 2
+
+
+@dataclass
+class _Outcome:
+    """What the attempts at one POST came to (computed on a lane, applied on the output's thread)."""
+
+    status: int | None = None
+    answer: bytes = b""
+    # The interface answered at least once (so it is reachable).
+    answered: bool = False
+    # Every attempt failed (409s, dropped connections): try again later.
+    gave_up: bool = False
+    # InterfaceDown or NoAnswer: the interface is unreachable, stop POSTing.
+    unreachable: Exception | None = None
+    counters: Counter[str] = field(default_factory=Counter)
+
+
+class _Lane:
+    """A daemon thread with a kept-alive connection of its own, POSTing the shards it is handed."""
+
+    def __init__(self, output: DyupsOutput, http: KeepAliveClient, index: int) -> None:
+        self.http = http
+        self._output = output
+        self._jobs: queue.SimpleQueue[tuple[list[tuple[str, bytes]], queue.SimpleQueue[list[_Outcome]]]] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name=f"dyups-lane-{index}", daemon=True)
+        self._thread.start()
+
+    def post(self, items: list[tuple[str, bytes]]) -> queue.SimpleQueue[list[_Outcome]]:
+        answer: queue.SimpleQueue[list[_Outcome]] = queue.SimpleQueue()
+        self._jobs.put((items, answer))
+        return answer
+
+    def close(self) -> None:
+        self._jobs.put(([], queue.SimpleQueue()))  # an empty job ends the thread
+
+    def _run(self) -> None:
+        while True:
+            items, answer = self._jobs.get()
+            if not items:
+                self.http.close()
+                return
+            answer.put(self._output.post_shard(self.http, items))
 
 
 class DyupsOutput(Output):
@@ -77,8 +128,14 @@ class DyupsOutput(Output):
         reassert_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        connections: int = CONNECTIONS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._connections = max(1, connections)
+        # Lanes beyond the output's own connection, started with the first batch.
+        self._lanes: list[_Lane] = []
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._retry_interval = retry_interval
@@ -113,6 +170,14 @@ class DyupsOutput(Output):
         if self._reachable:
             self._push(upstream.name)
 
+    def file_written_many(self, events: list[FileWritten]) -> None:
+        """A batch of files written: POST them all, spread over the connections."""
+        for event in events:
+            self.desired[event.upstream.name] = event.upstream
+            self._pending[event.upstream.name] = None
+        if self._reachable:
+            self._push_many([event.upstream.name for event in events])
+
     def tick(self, now: float) -> None:
         if not self._reachable:
             # Probe on our own schedule: an nginx restart is healed within about
@@ -133,9 +198,7 @@ class DyupsOutput(Output):
             self.reconcile()
 
     def _push_pending(self) -> None:
-        for name in list(self._pending):
-            if not self._push(name):
-                break
+        self._push_many(list(self._pending))
 
     def reassert(self, why: str) -> None:
         """Re-POST every managed upstream now, drift or not."""
@@ -201,6 +264,9 @@ class DyupsOutput(Output):
         return repairs
 
     def close(self) -> None:
+        for lane in self._lanes:
+            lane.close()
+        self._lanes = []
         self._http.close()
 
     def forget(self, name: str) -> None:
@@ -229,56 +295,127 @@ class DyupsOutput(Output):
     def _path_for(name: str) -> str:
         return f"/upstream/{name}"
 
-    def _push(self, name: str) -> bool:
-        """POST ``name``'s desired state; False when the interface is unreachable."""
+    def _body(self, name: str) -> bytes | None:
+        """The body to POST for ``name``, or None (nothing to POST: it is dropped from the pending set)."""
         upstream = self.desired.get(name)
         if upstream is None:
             self._pending.pop(name, None)
-            return True
-        body = render_dyups_body(upstream).encode("ascii")
+            return None
         if not upstream.servers:
             # dyups answers 500 to an empty body; the guards should make this impossible.
             log.error("dyups: refusing to POST an empty body for %s", name)
             self._pending.pop(name, None)
-            return True
+            return None
+        return render_dyups_body(upstream).encode("ascii")
+
+    def _push(self, name: str) -> bool:
+        """POST ``name``'s desired state; False when the interface is unreachable."""
+        body = self._body(name)
+        return True if body is None else self._push_one(name, body)
+
+    def _push_many(self, names: list[str]) -> None:
+        """POST each of ``names`` (oldest first), spread over the connections; stops if the interface goes away.
+
+        The lanes only talk HTTP; every outcome is applied here, on the
+        output's thread, in the order of ``names``.
+        """
+        items = [(name, body) for name in names if (body := self._body(name)) is not None]
+        lanes = min(self._connections, len(items))
+        if lanes <= 1:
+            for name, body in items:
+                if not self._push_one(name, body):
+                    return
+            return
+        while len(self._lanes) < self._connections - 1:
+            http = KeepAliveClient(self.base_url, self._connect_timeout, self._read_timeout)
+            self._lanes.append(_Lane(self, http, len(self._lanes) + 1))
+        shards = [items[i::lanes] for i in range(lanes)]
+        answers = [lane.post(shard) for lane, shard in zip(self._lanes, shards[1:])]
+        results = [self.post_shard(self._http, shards[0])] + [answer.get() for answer in answers]
+        # Back in the order the names came in (round-robin shards). An
+        # unreachable interface is noted last, so that the answers other
+        # lanes did get are all counted first.
+        gone: Exception | None = None
+        for i, (name, body) in enumerate(items):
+            shard = results[i % lanes]
+            if i // lanes >= len(shard):
+                continue  # its lane stopped early: the interface went away; it stays pending
+            outcome = shard[i // lanes]
+            if outcome.unreachable is not None:
+                gone = gone or outcome.unreachable
+                self.counters.update(outcome.counters)
+                continue
+            self._apply(name, body, outcome)
+        if gone is not None:
+            self._mark_unreachable(gone)
+
+    def _push_one(self, name: str, body: bytes) -> bool:
+        return self._apply(name, body, self._attempt(self._http, name, body))
+
+    def post_shard(self, http: KeepAliveClient, items: list[tuple[str, bytes]]) -> list[_Outcome]:
+        """POST each item in turn over ``http`` (any thread: touches no state); stops once unreachable."""
+        outcomes = []
+        for name, body in items:
+            outcome = self._attempt(http, name, body)
+            outcomes.append(outcome)
+            if outcome.unreachable is not None:
+                break
+        return outcomes
+
+    def _attempt(self, http: KeepAliveClient, name: str, body: bytes) -> _Outcome:
+        """Up to max_attempts POSTs of ``body``, retrying 409s and dropped connections (any thread)."""
+        outcome = _Outcome()
         for attempt in range(self._max_attempts):
             if attempt:
                 self._sleep(self._backoff * (2 ** (attempt - 1)) * (0.5 + self._random.random()))
             try:
-                response = self._http.request("POST", self._path_for(name), body)
-            except InterfaceDown as error:
-                self._mark_unreachable(error)
-                return False
+                response = http.request("POST", self._path_for(name), body)
+            except (InterfaceDown, NoAnswer) as error:
+                # No connection, or no answer in time: the interface is down,
+                # hung or overloaded. Retrying at once would only stack waits;
+                # probe it on the retry schedule instead.
+                if isinstance(error, NoAnswer):
+                    outcome.counters["timeout"] += 1
+                outcome.unreachable = error
+                return outcome
             except Dropped:
-                self.counters["dropped"] += 1
+                outcome.counters["dropped"] += 1
                 log.info("dyups: connection dropped on POST %s (attempt %d); retrying", name, attempt + 1)
                 continue
-            except NoAnswer as error:
-                # No answer in time: the interface is hung or overloaded. Retrying at
-                # once would only stack waits; probe it on the retry schedule instead.
-                self.counters["timeout"] += 1
-                self._mark_unreachable(error)
-                return False
-            self._mark_reachable()
-            if response.status == 200:
-                self.counters["ok"] += 1
-                self._pending.pop(name, None)
-                log.info("dyups: POST %s: %d servers", name, len(upstream.servers))
-                return True
+            outcome.status, outcome.answer, outcome.answered = response.status, response.body, True
             if response.status == 409:
-                self.counters["conflict"] += 1
+                outcome.counters["conflict"] += 1
                 continue
-            self.counters[f"http_{response.status}"] += 1
-            log.error(
-                "dyups: POST %s answered %d %r; body sent: %s",
-                self.url_for(name), response.status, response.body[:200], body.decode(),
-            )
-            # nginx refused a body that passed validation: it is in a bad state.
-            # The file holds the truth; the next re-POST tries again.
-            self._pending.pop(name, None)
+            return outcome
+        outcome.gave_up = True
+        return outcome
+
+    def _apply(self, name: str, body: bytes, outcome: _Outcome) -> bool:
+        """Record one POST's outcome; False when the interface is unreachable."""
+        self.counters.update(outcome.counters)
+        if outcome.unreachable is not None:
+            self._mark_unreachable(outcome.unreachable)
+            return False
+        if outcome.answered:
+            self._mark_reachable()
+        if outcome.gave_up:
+            log.warning("dyups: POST %s still failing after %d attempts; will retry", name, self._max_attempts)
+            self._next_retry = self._clock() + self._retry_interval
             return True
-        log.warning("dyups: POST %s still failing after %d attempts; will retry", name, self._max_attempts)
-        self._next_retry = self._clock() + self._retry_interval
+        if outcome.status == 200:
+            self.counters["ok"] += 1
+            self._pending.pop(name, None)
+            upstream = self.desired.get(name)
+            log.info("dyups: POST %s: %d servers", name, len(upstream.servers) if upstream else 0)
+            return True
+        self.counters[f"http_{outcome.status}"] += 1
+        log.error(
+            "dyups: POST %s answered %d %r; body sent: %s",
+            self.url_for(name), outcome.status, outcome.answer[:200], body.decode(),
+        )
+        # nginx refused a body that passed validation: it is in a bad state.
+        # The file holds the truth; the next re-POST tries again.
+        self._pending.pop(name, None)
         return True
 
     def _mark_unreachable(self, error: Exception) -> None:
