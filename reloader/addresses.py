@@ -15,6 +15,11 @@ import re
 # trailing newline, which must never reach an nginx file.
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # host:port or [v6]:port, as found in child names and text data.
+# A dotted-quad IPv4 address exactly as ipaddress prints it (no leading
+# zeros, each octet 0-255): the common case, accepted without the cost of
+# parsing it with ipaddress.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _HOSTPORT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})")
 
 
@@ -31,6 +36,8 @@ def normalize_host(host: str) -> str:
     """
     if not isinstance(host, str) or not host:
         raise InvalidAddress("empty host")
+    if _CANONICAL_IPV4.fullmatch(host):
+        return host
     candidate = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         address = ipaddress.ip_address(candidate)

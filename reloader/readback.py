@@ -9,7 +9,6 @@ hand-edited or corrupted file yields a clear error, never an unsafe server.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 from reloader.addresses import InvalidAddress, split_hostport
 from reloader.model import Server, Upstream
@@ -37,7 +36,9 @@ def parse_server_statement(statement: str) -> Server:
         host, port = split_hostport(tokens[1])
     except InvalidAddress as error:
         raise ReadbackError(str(error)) from None
-    server = Server(host=host, port=port)
+    # Fields gathered first and the Server built once: a reconcile pass reads
+    # tens of thousands of these.
+    weight, backup, down = 1, False, False
     extra: list[tuple[str, str]] = []
     for token in tokens[2:]:
         match = _PARAM.fullmatch(token)
@@ -45,14 +46,14 @@ def parse_server_statement(statement: str) -> Server:
             raise ReadbackError(f"bad server parameter {token[:40]!r}")
         key, value = match.group("key"), match.group("value")
         if key == "weight" and value is not None and value.isdigit():
-            server = replace(server, weight=int(value))
+            weight = int(value)
         elif key == "backup":
-            server = replace(server, backup=value in (None, "1"))
+            backup = value in (None, "1")
         elif key == "down":
-            server = replace(server, down=value in (None, "1"))
+            down = value in (None, "1")
         else:
             extra.append((key, value or ""))
-    return replace(server, params=tuple(extra))
+    return Server(host=host, port=port, weight=weight, down=down, backup=backup, params=tuple(extra))
 
 
 def parse_upstream_block(text: str) -> Upstream:

@@ -56,6 +56,7 @@ import logging
 import posixpath
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kazoo.client import KazooClient
@@ -116,6 +117,14 @@ SESSION_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Every error a ZooKeeper call may raise, session or not.
 ZOOKEEPER_ERRORS: tuple[type[BaseException], ...] = (KazooException, ZookeeperError, *SESSION_ERRORS)
+
+
+@dataclass
+class _DataRequests:
+    """Child data requests sent and not yet awaited: reads, and version checks after a reconnect."""
+
+    reads: list[tuple[ZnodeWatch, str, Any]] = field(default_factory=list)
+    checks: list[tuple[ZnodeWatch, str, Any]] = field(default_factory=list)
 
 
 class SnapshotSink(Protocol):
@@ -305,8 +314,9 @@ class ZooKeeperSource:
             # kazoo keeps no watch across a reconnect, so every list and every
             # child's data watch is set again. A child whose data version is
             # the one already read is not read again.
-            self._arm(step, epoch, deadline, verify_kept=True)
-            snapshots.extend(self._read_dirty(step, epoch, deadline))
+            requests = _DataRequests()
+            self._arm(step, epoch, deadline, verify_kept=True, then=requests)
+            snapshots.extend(self._collect(step, requests, deadline, epoch))
         except SESSION_ERRORS as error:
             if not self._stopping():
                 log.warning("cluster %s: resync failed (%s); staying frozen", self.label, describe_error(error),
@@ -343,7 +353,7 @@ class ZooKeeperSource:
     # ---- arming watches ------------------------------------------------------------
 
     def _arm(self, watches: list[ZnodeWatch], epoch: int, deadline: float,
-             read_lists: bool = True, verify_kept: bool = False) -> None:
+             read_lists: bool = True, verify_kept: bool = False, then: _DataRequests | None = None) -> None:
         """Set each znode's exists watch and (``read_lists``) read its child list with a children watch.
 
         Every request is sent before any answer is awaited, so arming N
@@ -351,7 +361,9 @@ class ZooKeeperSource:
         that were known already are marked for a version check (their data
         watches are gone after a reconnect). Session errors propagate (the
         caller stays frozen or retries); any other failure to read a child
-        list is logged and re-armed with back-off.
+        list is logged and re-armed with back-off. With ``then``, each
+        znode's data requests are sent as soon as its list is in, while the
+        other lists are still on their way.
         """
         requests = [
             (watch,
@@ -375,6 +387,8 @@ class ZooKeeperSource:
             watch.absence_reported = False
             if listing is not None:
                 self._take_listing(watch, listing, deadline, epoch, verify_kept)
+            if then is not None:
+                self._request_data(watch, then)
 
     def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: float, epoch: int,
                       verify_kept: bool = False) -> None:
@@ -475,11 +489,15 @@ class ZooKeeperSource:
         epoch = self.freeze.epoch
         try:
             deadline = time.monotonic() + self._session_timeout
-            listings = [(watch, self._client.get_children_async(watch.path, watch=self._on_children_event))
-                        for watch in dirty if watch.list_stale]
-            for watch, listing in listings:
-                self._take_listing(watch, listing, deadline, epoch)
-            snapshots = self._read_dirty(dirty, epoch, deadline)
+            listings = {id(watch): self._client.get_children_async(watch.path, watch=self._on_children_event)
+                        for watch in dirty if watch.list_stale}
+            requests = _DataRequests()
+            for watch in dirty:
+                listing = listings.get(id(watch))
+                if listing is not None:
+                    self._take_listing(watch, listing, deadline, epoch)
+                self._request_data(watch, requests)
+            snapshots = self._collect(dirty, requests, deadline, epoch)
         except SESSION_ERRORS as error:
             log.warning("cluster %s: read failed (%s); waiting for the session", self.label, describe_error(error),
                         extra={"cluster": self.label})
@@ -491,25 +509,32 @@ class ZooKeeperSource:
         for upstream in watch.upstreams:
             self._sink.update(upstream, children, watch.path)
 
-    def _read_dirty(self, watches: list[ZnodeWatch], epoch: int, deadline: float) -> list[tuple[ZnodeWatch, Snapshot]]:
-        """Read the data of every stale child and check the version of every unverified one; full snapshots.
+    def _request_data(self, watch: ZnodeWatch, requests: _DataRequests) -> None:
+        """Send the data reads of ``watch``'s stale children and the version checks of its unverified ones.
 
-        All requests are sent before any answer is awaited, so reading 20,000
-        children costs round trips in parallel, not in series. Every read
-        leaves a data watch. An unverified child (known before a reconnect)
-        gets an ``exists`` (watch and version, no data) and is read only if
-        its version moved. The whole read shares one deadline and is
-        abandoned at once when the session changes (``epoch``) or the daemon
-        is stopping: kazoo keeps unsent requests queued across a disconnect,
-        and waiting for each of them in turn could hold the thread for hours.
+        Every read leaves a data watch. An unverified child (known before a
+        reconnect) gets an ``exists`` (its data watch and version, no data)
+        and is read only if its version moved.
         """
-        reads = [(watch, child, self._client.get_async(path, watch=self._on_child_data))
-                 for watch in watches for child, path in watch.stale_paths()]
-        checks = [(watch, child, self._client.exists_async(path, watch=self._on_child_data))
-                  for watch in watches for child, path in watch.unverified_paths()]
-        self._take_reads(reads, deadline, epoch)
+        requests.reads.extend((watch, child, self._client.get_async(path, watch=self._on_child_data))
+                              for child, path in watch.stale_paths())
+        requests.checks.extend((watch, child, self._client.exists_async(path, watch=self._on_child_data))
+                               for child, path in watch.unverified_paths())
+
+    def _collect(self, watches: list[ZnodeWatch], requests: _DataRequests, deadline: float,
+                 epoch: int) -> list[tuple[ZnodeWatch, Snapshot]]:
+        """Await every request sent, read what a version check found changed, and return full snapshots.
+
+        All requests were sent before any answer is awaited, so reading
+        20,000 children costs round trips in parallel, not in series. The
+        whole read shares one deadline and is abandoned at once when the
+        session changes (``epoch``) or the daemon is stopping: kazoo keeps
+        unsent requests queued across a disconnect, and waiting for each of
+        them in turn could hold the thread for hours.
+        """
+        self._take_reads(requests.reads, deadline, epoch)
         rereads = []
-        for watch, child, pending in checks:
+        for watch, child, pending in requests.checks:
             try:
                 stat = self._await(pending, deadline, epoch)
             except SESSION_ERRORS:
