@@ -30,8 +30,11 @@ share its code.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import email.utils
+import functools
+import heapq
 import ipaddress
 import os
 import random
@@ -94,11 +97,17 @@ class BodyError(ValueError):
 
 
 _WS = " \t\r\n"
+# A bare word of ordinary characters only: no escape, no variable, no brace. When such a run
+# ends the word (at white space, ';', '{' or the end), the general loop in tokenize() would
+# walk it character by character to the same end, so the word is taken in one match.
+_PLAIN_WORD = re.compile(r"[^ \t\r\n;{}\\$]+")
 _ESCAPES = {'"': '"', "'": "'", "\\": "\\", "t": "\t", "r": "\r", "n": "\n"}
 
 
 def _unescape(raw: str) -> str:
     # nginx's token copy: \" \' \\ \t \r \n are replaced, any other \x is kept as is.
+    if "\\" not in raw:
+        return raw  # nearly every word: nothing to copy
     out: list[str] = []
     i = 0
     while i < len(raw):
@@ -173,6 +182,13 @@ def tokenize(text: str) -> list[tuple[tuple[str, ...], str]]:
             if i < n and text[i] not in _WS and text[i] not in ";{":
                 raise BodyError(f'unexpected "{text[i]}"')
             continue
+        plain = _PLAIN_WORD.match(text, i)
+        if plain is not None:
+            j = plain.end()
+            if j == n or text[j] in _WS or text[j] in ";{":
+                words.append(text[i:j])
+                i = j
+                continue
         # A bare word: ends at white space, ';' or '{' (a '{' right after '$' opens ${name}).
         j = i
         prev_dollar = False
@@ -415,7 +431,18 @@ class UpstreamSpec:
     origin: str  # "file" or "api"
 
     def lines(self) -> tuple[str, ...]:
+        return self._lines
+
+    # The spec never changes once parsed, while upstreams() and GET /detail render every
+    # upstream of the table on each call: format each one once, when first asked.
+    @functools.cached_property
+    def _lines(self) -> tuple[str, ...]:
         return tuple(server.canonical() for server in self.servers)
+
+    @functools.cached_property
+    def _detail_block(self) -> str:
+        """This upstream's block in ``GET /detail``: its name, a line per server, a blank line."""
+        return self.name + "\n" + "".join(s.detail_line() + "\n" for s in self.servers) + "\n"
 
 
 _LB_WITHOUT_BACKUP = ("ip_hash", "hash", "random")
@@ -626,12 +653,96 @@ class RequestRecord:
         return None
 
 
+class _SlotTable:
+    """The module's upstream array (stable, tengine): upstreams in table order, with holes.
+
+    The module keeps its upstreams in an array. A DELETE frees a slot; an
+    update deletes the old entry first and stores the new one in the free
+    slot with the highest index, or appends when none is free. Lookups match
+    names with ``key`` (the build's case folding) and find the first match.
+
+    A plain list reproduces that with a scan per lookup and per update, and
+    an update then costs O(upstreams) for the shared table and again for
+    every worker. Here a lookup is a dict hit and finding the free slot a
+    heap pop, so an update costs O(log holes), whatever the table's size.
+    """
+
+    def __init__(self, specs: Iterable[UpstreamSpec], key: Callable[[str], str]) -> None:
+        self._key = key
+        self._slots: list[UpstreamSpec | None] = []
+        # key -> the indices of the live slots with that key, ascending. Nearly always one:
+        # only file upstreams can share a key (names differing in case from a mapping, the
+        # same name in two files), and then a lookup must find the first, as the module does.
+        self._index: dict[str, list[int]] = {}
+        # The freed indices, negated: a max-heap. Only add() fills a freed slot, and it takes
+        # the largest, so the heap never holds a filled slot and needs no lazy deletion.
+        self._free: list[int] = []
+        for spec in specs:
+            self._slots.append(spec)
+            self._index.setdefault(key(spec.name), []).append(len(self._slots) - 1)
+
+    def find(self, name: str) -> UpstreamSpec | None:
+        """The first live upstream whose name matches ``name``, as the module's lookup finds it."""
+        hits = self._index.get(self._key(name))
+        return self._slots[hits[0]] if hits else None
+
+    def find_as_dict(self, name: str) -> UpstreamSpec | None:
+        """What ``{s.name: s for s in live()}`` yields first for a key matching ``name``.
+
+        That dict keeps the first position and the last value of each exact
+        name, so it is the last slot whose name equals the first match's name.
+        """
+        hits = self._index.get(self._key(name))
+        if not hits:
+            return None
+        first = self._slots[hits[0]]
+        assert first is not None
+        for i in reversed(hits):
+            spec = self._slots[i]
+            assert spec is not None
+            if spec.name == first.name:
+                return spec
+        return first  # not reached: hits[0] itself has that name
+
+    def delete(self, name: str) -> bool:
+        """Free the first slot matching ``name``; False if there is none."""
+        key = self._key(name)
+        hits = self._index.get(key)
+        if not hits:
+            return False
+        idx = hits.pop(0)
+        if not hits:
+            del self._index[key]
+        self._slots[idx] = None
+        heapq.heappush(self._free, -idx)
+        return True
+
+    def add(self, spec: UpstreamSpec) -> None:
+        """Store ``spec``: delete its old entry first, then take the last free slot (or append)."""
+        self.delete(spec.name)
+        if self._free:
+            idx = -heapq.heappop(self._free)
+            self._slots[idx] = spec
+        else:
+            idx = len(self._slots)
+            self._slots.append(spec)
+        hits = self._index.setdefault(self._key(spec.name), [])
+        if hits and hits[-1] > idx:
+            bisect.insort(hits, idx)
+        else:
+            hits.append(idx)
+
+    def live(self) -> list[UpstreamSpec]:
+        """The upstreams in table order (holes skipped), as /list, /detail and upstreams() show them."""
+        return [spec for spec in self._slots if spec is not None]
+
+
 @dataclasses.dataclass
 class _Worker:
     index: int
     pid: int
-    # stable / tengine: the module's upstream array (None = a freed slot) and unread messages.
-    slots: list[UpstreamSpec | None] = dataclasses.field(default_factory=list)
+    # stable / tengine: the module's upstream array and the messages not read yet.
+    slots: _SlotTable
     pending: list[tuple[float, str, str, UpstreamSpec | None]] = dataclasses.field(default_factory=list)
     # wip: the worker's own copy of the dyups table, what it has used, what the bug dropped.
     local: dict[str, UpstreamSpec] = dataclasses.field(default_factory=dict)
@@ -733,7 +844,7 @@ class DyupsServer:
         self._files: list[UpstreamSpec] = self._load_files(file_upstreams)
         self._next_pid = 1000
         self._workers = [self._new_worker(i) for i in range(workers)]
-        self._shared: list[UpstreamSpec | None] = list(self._files)  # stable: every message applied
+        self._shared = self._new_slots()  # stable: every message applied
         self._shm: dict[str, UpstreamSpec] = {}  # wip: the shared dyups table
         self._mutations = 0  # wip: POSTs and DELETEs since the last reload/restart
         self._faults: list[list] = []  # [fault, remaining, method]
@@ -744,6 +855,7 @@ class DyupsServer:
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._date_cache: tuple[int, str] = (-1, "")  # (second, its Date header value)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -841,6 +953,12 @@ class DyupsServer:
 
     def spec(self, name: str, worker: int | None = None) -> UpstreamSpec:
         """The full parsed upstream ``name`` (name matched as the build matches it); KeyError if absent."""
+        if self.generation != "wip":
+            with self._lock:
+                found = self._slots_of(worker).find_as_dict(name)
+            if found is None:
+                raise KeyError(name)
+            return found
         table = self._table(worker)
         key = self._key(name)
         for stored, spec in table.items():
@@ -851,13 +969,7 @@ class DyupsServer:
     def _table(self, worker: int | None) -> dict[str, UpstreamSpec]:
         with self._lock:
             if self.generation != "wip":
-                if worker is None:
-                    slots = self._shared
-                else:
-                    w = self._workers[worker]
-                    self._catch_up(w, time.monotonic())
-                    slots = w.slots
-                return {spec.name: spec for spec in slots if spec is not None}
+                return {spec.name: spec for spec in self._slots_of(worker).live()}
             table: dict[str, UpstreamSpec] = {}
             if worker is None:
                 dyups = self._shm
@@ -954,7 +1066,7 @@ class DyupsServer:
         with self._lock:
             w = self._workers[worker]
             w.pid = self._take_pid()
-            w.slots = list(self._files)
+            w.slots = self._new_slots()
             # Messages the dead worker had not read yet are read by the new one (ngx_dyups_purge_msg).
             w.local = {}
             w.used = set()
@@ -1013,8 +1125,8 @@ class DyupsServer:
             w = self._workers[worker]
             if self.generation != "wip":
                 self._catch_up(w, time.monotonic())
-                idx = self._find(w.slots, name)
-                return None if idx is None else w.slots[idx].lines()  # type: ignore[union-attr]
+                found = w.slots.find(name)
+                return None if found is None else found.lines()
             key = self._key(name)
             if via_dyups_variable:
                 w.local = dict(self._shm)
@@ -1048,12 +1160,24 @@ class DyupsServer:
         self._next_pid += 1
         return self._next_pid
 
+    def _new_slots(self) -> _SlotTable:
+        """A table holding the loaded files' upstreams, as a (re)started worker has."""
+        return _SlotTable(self._files, self._key)
+
+    def _slots_of(self, worker: int | None) -> _SlotTable:
+        """Worker ``worker``'s table as its timer has it now (None: the converged table)."""
+        if worker is None:
+            return self._shared
+        w = self._workers[worker]
+        self._catch_up(w, time.monotonic())
+        return w.slots
+
     def _new_worker(self, index: int) -> _Worker:
-        return _Worker(index=index, pid=self._take_pid(), slots=list(self._files))
+        return _Worker(index=index, pid=self._take_pid(), slots=self._new_slots())
 
     def _reset(self, keep_shm: bool) -> None:
         self._workers = [self._new_worker(i) for i in range(len(self._workers))]
-        self._shared = list(self._files)
+        self._shared = self._new_slots()
         if not keep_shm or self.generation != "wip":
             self._shm = {}
         self._mutations = 0
@@ -1103,27 +1227,12 @@ class DyupsServer:
         )
         return UpstreamSpec(name, servers, directives, body, "api")
 
-    def _find(self, slots: list[UpstreamSpec | None], name: str) -> int | None:
-        key = self._key(name)
-        for i, spec in enumerate(slots):
-            if spec is not None and self._key(spec.name) == key:
-                return i
-        return None
-
-    def _apply(self, slots: list[UpstreamSpec | None], op: str, name: str, spec: UpstreamSpec | None) -> bool:
-        idx = self._find(slots, name)
+    @staticmethod
+    def _apply(slots: _SlotTable, op: str, name: str, spec: UpstreamSpec | None) -> bool:
         if op == "delete":
-            if idx is None:
-                return False
-            slots[idx] = None
-            return True
-        if idx is not None:
-            slots[idx] = None  # "upstream delete first"; the new one takes the last free slot
-        free = [i for i, s in enumerate(slots) if s is None]
-        if free:
-            slots[free[-1]] = spec
-        else:
-            slots.append(spec)
+            return slots.delete(name)
+        assert spec is not None
+        slots.add(spec)  # "upstream delete first"; the new one takes the last free slot
         return True
 
     def _catch_up(self, w: _Worker, now: float | None) -> None:
@@ -1261,6 +1370,15 @@ class DyupsServer:
             except OSError:
                 pass
 
+    def _date(self) -> str:
+        """The Date header value for now: formatted once a second, not once an answer."""
+        second = int(time.time())
+        cached = self._date_cache  # one read: threads replace the tuple whole
+        if cached[0] != second:
+            # formatdate drops the fraction, so the second formats as the moment itself would.
+            cached = self._date_cache = (second, email.utils.formatdate(second, usegmt=True))
+        return cached[1]
+
     def _send_error_page(self, sock: socket.socket, status: int) -> None:
         reason = _REASONS.get(status, "Error")
         page = (
@@ -1270,7 +1388,7 @@ class DyupsServer:
         ).encode()
         head = (
             f"HTTP/1.1 {status} {reason}\r\nServer: {self.server_header}\r\n"
-            f"Date: {email.utils.formatdate(usegmt=True)}\r\nContent-Type: text/html\r\n"
+            f"Date: {self._date()}\r\nContent-Type: text/html\r\n"
             f"Content-Length: {len(page)}\r\nConnection: close\r\n\r\n"
         ).encode()
         try:
@@ -1370,7 +1488,7 @@ class DyupsServer:
             return False
         status = answer.status
         out = [f"HTTP/1.1 {status} {_REASONS[status]}", f"Server: {self.server_header}",
-               f"Date: {email.utils.formatdate(usegmt=True)}"]
+               f"Date: {self._date()}"]
         if status != 204:  # nginx drops Content-Length from a 204
             out.append(f"Content-Length: {len(answer.body)}")
         out.append("Connection: keep-alive" if keep_alive else "Connection: close")
@@ -1480,22 +1598,17 @@ class DyupsServer:
                 text = "".join(f"upstream {spec.name} {{\n{spec.body}\n}}\n" for _, spec in entries)
             else:
                 self._catch_up(w, None)  # a GET makes the worker read its messages
-                live = [spec for spec in w.slots if spec is not None]
+                live = w.slots.live()
                 if what == "list":
                     text = "".join(f"{spec.name}\n" for spec in live)
                 elif what == "detail":
-                    text = "".join(
-                        spec.name + "\n" + "".join(s.detail_line() + "\n" for s in spec.servers) + "\n"
-                        for spec in live
-                    )
+                    text = "".join(spec._detail_block for spec in live)
                 elif what == "upstream":
                     if len(seg) != 2:
                         return _Answer(404)
-                    idx = self._find(w.slots, seg[1])
-                    if idx is None:
+                    found = w.slots.find(seg[1])
+                    if found is None:
                         return _Answer(404)
-                    found = w.slots[idx]
-                    assert found is not None
                     text = "".join(f"server {s.resolved[0]}\n" for s in found.servers)
                 else:
                     return _Answer(404)

@@ -6,6 +6,7 @@ raw bytes where the protocol's quirks live in the framing.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -587,6 +588,126 @@ def test_update_keeps_table_order_and_reuses_freed_slots(stable: DyupsServer) ->
     requests.delete(f"{stable.url}/upstream/a", timeout=5)
     post(stable, "d", "server 10.0.0.3:80;")
     assert get(stable, "/list").content == b"host1\nd\nb\nc\n"
+
+
+def test_an_update_deletes_first_and_takes_the_last_free_slot(make: Callable[..., DyupsServer]) -> None:
+    # Slots: host1=0 a=1 b=2 c=3 d=4 e=5; freeing b and d leaves holes at 2 and 4.
+    for generation, posted_c in (("stable", b"C"), ("tengine", b"c\nC")):
+        server = make(generation, file_upstreams=FILES, propagation_delay=60)
+        server.route_to(0)
+        for name in ("a", "b", "c", "d", "e"):
+            post(server, name, "server 10.0.0.1:80;")
+        for name in ("b", "d"):
+            assert requests.delete(f"{server.url}/upstream/{name}", timeout=5).status_code == 200
+        # stable: "C" is c, deleted first (a hole at 3), then stored in the last hole, 4.
+        # tengine: "C" is a new name; c stays and "C" still takes hole 4.
+        post(server, "C", "server 10.0.0.2:80;")
+        post(server, "x", "server 10.0.0.3:80;")  # the last hole left: 3 (stable) or 2 (tengine)
+        post(server, "y", "server 10.0.0.4:80;")  # stable: hole 2; tengine: no hole, appended
+        post(server, "z", "server 10.0.0.5:80;")  # no hole left: appended
+        if generation == "stable":
+            expected = b"host1\na\ny\nx\nC\ne\nz\n"
+        else:
+            expected = b"host1\na\nx\n" + posted_c + b"\ne\ny\nz\n"
+        assert get(server, "/list").content == expected, generation
+        # Worker 1 reads the same messages in the same order, so it builds the same table.
+        server.route_to(1)
+        assert get(server, "/list").content == expected, generation
+        assert "\n".join(server.upstreams()).encode() + b"\n" == expected, generation
+
+
+_Slot = tuple[str, str]  # (name, server address) as the reference array holds it
+
+
+def _reference_find(slots: list[_Slot | None], name: str, fold: bool) -> int | None:
+    """The module's lookup, written the plain way: the first live slot whose name matches."""
+    key = name.lower() if fold else name
+    for i, slot in enumerate(slots):
+        if slot is not None and (slot[0].lower() if fold else slot[0]) == key:
+            return i
+    return None
+
+
+def _reference_apply(slots: list[_Slot | None], op: str, slot: _Slot, fold: bool) -> bool:
+    """The module's update: delete first, then the last free slot, else append."""
+    idx = _reference_find(slots, slot[0], fold)
+    if op == "delete":
+        if idx is None:
+            return False
+        slots[idx] = None
+        return True
+    if idx is not None:
+        slots[idx] = None
+    free = [i for i, s in enumerate(slots) if s is None]
+    if free:
+        slots[free[-1]] = slot
+    else:
+        slots.append(slot)
+    return True
+
+
+@pytest.mark.parametrize("generation", ["stable", "tengine"])
+def test_table_order_matches_a_plain_array_after_random_updates(
+    make: Callable[..., DyupsServer], generation: str
+) -> None:
+    # Two file upstreams that differ only in case: stable holds both, and finds the first.
+    files = {"host1": ["server 127.0.0.1:18080"], "Dup": ["server 127.0.0.1:18081"],
+             "dup": ["server 127.0.0.1:18082"]}
+    initial: list[_Slot | None] = [(name, lines[0].split()[1]) for name, lines in files.items()]
+    server = make(generation, file_upstreams=files, propagation_delay=60)
+    fold = generation == "stable"
+    rng = random.Random(7)
+    names = ["a", "A", "b", "B", "c", "d", "e", "dup", "DUP", "host1"]
+    # Per worker: its array and the messages it has not read (the timer never fires here).
+    workers: list[tuple[list[_Slot | None], list[tuple[str, _Slot]]]] = [(list(initial), []) for _ in range(2)]
+
+    def catch_up(w: int) -> list[_Slot | None]:
+        slots, pending = workers[w]
+        for op, slot in pending:
+            _reference_apply(slots, op, slot, fold)
+        pending.clear()
+        return slots
+
+    def listing(slots: list[_Slot | None]) -> bytes:
+        return "".join(f"{s[0]}\n" for s in slots if s is not None).encode()
+
+    for step in range(300):
+        w = rng.randrange(2)
+        server.route_to(w)
+        roll = rng.random()
+        name = rng.choice(names)
+        if roll < 0.03:
+            server.simulate_worker_crash(w)
+            workers[w] = (list(initial), workers[w][1])  # unread messages survive the crash
+        elif roll < 0.1:
+            slots = catch_up(w)  # a GET makes the worker read its messages
+            assert get(server, "/list").content == listing(slots), step
+        elif roll < 0.15:
+            slots = catch_up(w)
+            idx = _reference_find(slots, name, fold)
+            hit = None if idx is None else slots[idx]
+            found = (404, b"") if hit is None else (200, f"server {hit[1]}\n".encode())
+            assert sa(get(server, f"/upstream/{name}")) == found, step
+        else:
+            op = "delete" if roll < 0.4 else "add"
+            slot = (name, f"10.0.0.{step % 250 + 1}:80")
+            ok = _reference_apply(catch_up(w), op, slot, fold)
+            if ok:
+                workers[1 - w][1].append((op, slot))
+            if op == "delete":
+                response = requests.delete(f"{server.url}/upstream/{name}", timeout=5)
+                assert sa(response) == ((200, b"success") if ok else (404, b"not found uptream")), step
+            else:
+                assert sa(post(server, name, f"server {slot[1]};")) == (200, b"success"), step
+    for w in (0, 1):
+        server.route_to(w)
+        slots = catch_up(w)
+        assert get(server, "/list").content == listing(slots)
+        for name in names:
+            idx = _reference_find(slots, name, fold)
+            hit = None if idx is None else slots[idx]
+            lines = None if hit is None else (f"server {hit[1]}",)
+            assert server.proxy_request(name, worker=w) == lines, name
 
 
 def test_stable_names_are_case_insensitive(stable: DyupsServer) -> None:
