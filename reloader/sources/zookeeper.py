@@ -26,8 +26,8 @@ keeps one watcher per path and callable) never stacks them:
   the znode's list is marked stale; after each batch of events every stale
   list is read again in one pipelined round, then the data of the new
   children in another;
-* an ``exists`` watch per znode: it sees the znode created or deleted (the
-  children watch alone would stop silently with a deleted znode);
+* a children watch also fires when its znode is deleted; a znode found
+  missing gets an ``exists`` watch instead, which fires when it is created;
 * a data watch per child, set by the ``get_async`` that reads its data
   (a children watch does not fire when only data changes);
 * after a reconnect kazoo keeps none of them, so a resync sets every one
@@ -52,6 +52,7 @@ fresh snapshots on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import posixpath
 import time
@@ -245,9 +246,10 @@ class ZooKeeperSource:
         self._inbox.put(lambda: self._session_changed(state, auth_failed))
 
     def _on_children_event(self, event: WatchedEvent) -> None:
-        # DELETED also reaches _on_znode_event (the exists watch), which handles it.
         if event.type == EventType.CHILD:
             self._inbox.put(lambda: self._children_changed(event.path))
+        elif event.type == EventType.DELETED:
+            self._inbox.put(lambda: self._znode_changed(event))
 
     def _on_child_data(self, event: WatchedEvent) -> None:
         self._inbox.put(lambda: self._child_data_changed(event))
@@ -353,58 +355,78 @@ class ZooKeeperSource:
     # ---- arming watches ------------------------------------------------------------
 
     def _arm(self, watches: list[ZnodeWatch], epoch: int, deadline: float,
-             read_lists: bool = True, verify_kept: bool = False, then: _DataRequests | None = None) -> None:
-        """Set each znode's exists watch and (``read_lists``) read its child list with a children watch.
+             verify_kept: bool = False, then: _DataRequests | None = None) -> None:
+        """Read each znode's child list with a children watch; a missing znode gets a creation watch.
 
         Every request is sent before any answer is awaited, so arming N
         znodes costs one round trip, not N. With ``verify_kept`` the children
         that were known already are marked for a version check (their data
-        watches are gone after a reconnect). Session errors propagate (the
-        caller stays frozen or retries); any other failure to read a child
-        list is logged and re-armed with back-off. With ``then``, each
-        znode's data requests are sent as soon as its list is in, while the
-        other lists are still on their way.
+        watches are gone after a reconnect). With ``then``, each znode's data
+        requests are sent as soon as its list is in, while the other lists
+        are still on their way. Session errors propagate (the caller stays
+        frozen or retries); any other failure to read a child list is logged
+        and re-armed with back-off.
         """
-        requests = [
-            (watch,
-             self._client.exists_async(watch.path, watch=self._on_znode_event),
-             self._client.get_children_async(watch.path, watch=self._on_children_event)
-             if read_lists or not watch.present else None)
-            for watch in watches
-        ]
-        for watch, exists, listing in requests:
+        listings = [(watch, self._client.get_children_async(watch.path, watch=self._on_children_event))
+                    for watch in watches]
+        missing = []
+        for watch, listing in listings:
+            if not self._take_listing(watch, listing, deadline, epoch, verify_kept):
+                missing.append(watch)
+            elif then is not None:
+                self._request_data(watch, then)
+        if missing:
+            self._watch_for_creation(missing, deadline, epoch)
+
+    def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: float, epoch: int,
+                      verify_kept: bool = False) -> bool:
+        """Adopt the answer of a ``get_children_async`` sent for ``watch``; False if the znode does not exist.
+
+        Session errors propagate.
+        """
+        try:
+            children = self._await(listing, deadline, epoch)
+        except NoNodeError:
+            return False
+        except SESSION_ERRORS:
+            raise
+        except ZOOKEEPER_ERRORS as error:
+            self._children_watch_failed(watch, error)
+            return True
+        watch.present = True
+        watch.absence_reported = False
+        watch.arm_failures = 0
+        watch.set_children(children, verify_kept=verify_kept)
+        return True
+
+    def _watch_for_creation(self, watches: list[ZnodeWatch], deadline: float, epoch: int) -> None:
+        """Set an ``exists`` watch on znodes found missing, so that their creation is seen.
+
+        A znode created between the missing list and the ``exists`` is armed
+        again at once, from the cluster's inbox.
+        """
+        checks = [(watch, self._client.exists_async(watch.path, watch=self._on_znode_event)) for watch in watches]
+        for watch, pending in checks:
             try:
-                stat = self._await(exists, deadline, epoch)
+                stat = self._await(pending, deadline, epoch)
             except SESSION_ERRORS:
                 raise
             except ZOOKEEPER_ERRORS as error:
                 self._children_watch_failed(watch, error)
                 continue
-            if stat is None:
-                self._znode_absent(watch)
-                continue
-            watch.present = True
-            watch.absence_reported = False
-            if listing is not None:
-                self._take_listing(watch, listing, deadline, epoch, verify_kept)
-            if then is not None:
-                self._request_data(watch, then)
+            self._znode_absent(watch)
+            if stat is not None:
+                self._inbox.put(functools.partial(self._rearm, watch))
 
-    def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: float, epoch: int,
-                      verify_kept: bool = False) -> None:
-        """Adopt the answer of a ``get_children_async`` sent for ``watch`` (session errors propagate)."""
+    def _rearm(self, watch: ZnodeWatch) -> None:
+        """Arm one znode again (it was created or deleted); cluster thread, from the inbox."""
+        if self._watches.get(watch.path) is not watch:
+            return  # no longer watched (a config reload removed it)
         try:
-            children = self._await(listing, deadline, epoch)
-        except NoNodeError:
-            self._znode_absent(watch)  # deleted since: its exists watch says so too
-            return
-        except SESSION_ERRORS:
-            raise
-        except ZOOKEEPER_ERRORS as error:
-            self._children_watch_failed(watch, error)
-            return
-        watch.arm_failures = 0
-        watch.set_children(children, verify_kept=verify_kept)
+            self._arm([watch], self.freeze.epoch, time.monotonic() + self._session_timeout)
+        except SESSION_ERRORS as error:
+            log.warning("znode %s: could not re-arm its watch (%s); the resync after the session "
+                        "comes back re-arms it", watch.path, describe_error(error))
 
     def _znode_absent(self, watch: ZnodeWatch) -> None:
         if not watch.absence_reported:
@@ -456,22 +478,15 @@ class ZooKeeperSource:
             watch.mark_child_stale(child)
 
     def _znode_changed(self, event: WatchedEvent) -> None:
-        if event.type == EventType.NONE:
-            return  # the session was reset: the resync re-arms everything
+        """A watched znode was deleted (its children watch says so) or created (its creation watch)."""
+        if event.type not in (EventType.CREATED, EventType.DELETED):
+            return  # NONE: the session was reset, the resync re-arms everything; CHANGED: its own data
         watch = self._watches.get(event.path)
-        if watch is None:
-            return
-        # Handled even while the cluster is frozen: a resync in progress keeps
-        # it frozen while the session is fine, and an exists watch that fired
-        # and was not set again would never see the znode come back.
-        try:
-            # The exists watch fires once; set it again. A create or delete
-            # changes the child list (and a delete drops its watch): read it again.
-            self._arm([watch], self.freeze.epoch, time.monotonic() + self._session_timeout,
-                      read_lists=event.type in (EventType.CREATED, EventType.DELETED))
-        except SESSION_ERRORS as error:
-            log.warning("znode %s: could not re-arm its watch (%s); the resync after the session "
-                        "comes back re-arms it", watch.path, describe_error(error))
+        if watch is not None:
+            # Handled even while the cluster is frozen: a resync in progress
+            # keeps it frozen while the session is fine, and a creation watch
+            # that fired and was not set again would never see the znode come back.
+            self._rearm(watch)
 
     # ---- reads -----------------------------------------------------------------------
 
@@ -492,11 +507,15 @@ class ZooKeeperSource:
             listings = {id(watch): self._client.get_children_async(watch.path, watch=self._on_children_event)
                         for watch in dirty if watch.list_stale}
             requests = _DataRequests()
+            missing = []
             for watch in dirty:
                 listing = listings.get(id(watch))
-                if listing is not None:
-                    self._take_listing(watch, listing, deadline, epoch)
+                if listing is not None and not self._take_listing(watch, listing, deadline, epoch):
+                    missing.append(watch)  # deleted: its children watch's DELETED is on its way too
+                    continue
                 self._request_data(watch, requests)
+            if missing:
+                self._watch_for_creation(missing, deadline, epoch)
             snapshots = self._collect(dirty, requests, deadline, epoch)
         except SESSION_ERRORS as error:
             log.warning("cluster %s: read failed (%s); waiting for the session", self.label, describe_error(error),
