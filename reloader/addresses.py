@@ -55,8 +55,19 @@ def normalize_host(host: str) -> str:
     return _normalize_hostname(host)
 
 
+def is_ip_literal(host: str) -> bool:
+    """True when ``host`` is an IP address (as the model stores it), not a host name."""
+    if _CANONICAL_IPV4.fullmatch(host):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _normalize_hostname(host: str) -> str:
-    name = host[:-1] if host.endswith(".") else host
+    name = host.removesuffix(".")
     if len(name) > 253:
         raise InvalidAddress(f"host name longer than 253 characters: {host[:40]!r}...")
     labels = name.split(".")

@@ -21,11 +21,12 @@ Thread-safe: every cluster thread may share one :class:`HostChecker`.
 from __future__ import annotations
 
 import concurrent.futures
-import ipaddress
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+
+from reloader.addresses import is_ip_literal
 
 Lookup = Callable[[str], object]
 
@@ -54,11 +55,8 @@ class HostChecker:
 
     def problem(self, host: str) -> str | None:
         """None when ``host`` is an IP address or a name that resolves; otherwise why not."""
-        try:
-            ipaddress.ip_address(host)
+        if is_ip_literal(host):
             return None
-        except ValueError:
-            pass
         now = self._clock()
         with self._lock:
             cached = self._cache.get(host)

@@ -33,7 +33,6 @@ because the pipeline publishes nothing newer while its cluster is frozen.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import queue
 import random
@@ -43,6 +42,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from reloader.addresses import is_ip_literal
 from reloader.model import Server, Upstream
 from reloader.outputs.base import FileWritten, Output
 from reloader.outputs.dyups_state import (
@@ -438,7 +438,7 @@ def _drift(desired: tuple[Server, ...], live: tuple[Server, ...] | None) -> str 
     """Why ``live`` is not ``desired``, or None when nginx serves what was asked."""
     if live is None:
         return "missing"
-    if any(not _is_ip(server.host) for server in desired):
+    if any(not is_ip_literal(server.host) for server in desired):
         # nginx shows a host name's resolved addresses, so the two sides
         # cannot be compared; the periodic re-assert covers these upstreams.
         return None
@@ -453,14 +453,6 @@ def _drift(desired: tuple[Server, ...], live: tuple[Server, ...] | None) -> str 
     if extra:
         parts.append(f"extra servers {', '.join(extra)}")
     return "; ".join(parts)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _root_cause(error: BaseException) -> str:

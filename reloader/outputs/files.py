@@ -24,15 +24,16 @@ Guarantees:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
 
 from reloader.model import Upstream
 from reloader.outputs.base import FileWritten, Output
@@ -99,33 +100,37 @@ def atomic_write(path: Path, text: str, mode: int | None = None, sync_directory:
         fsync_directory(directory)
 
 
-def _write_temporary(path: Path, text: str) -> tuple[str, int]:
-    """Write ``text`` to a new temporary file beside ``path`` (not fsynced); its name and the mode to give it."""
+def _read_with_mode(path: str) -> tuple[str | None, int]:
+    """The text of the file at ``path`` (None if missing or unreadable) and the mode a replacement keeps."""
     try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = DEFAULT_MODE
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None, DEFAULT_MODE
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    return temporary, mode
+        mode = os.fstat(handle).st_mode & 0o7777
+        chunks = []
+        while chunk := os.read(handle, 1 << 16):
+            chunks.append(chunk)
+    except OSError:
+        return None, DEFAULT_MODE
+    finally:
+        os.close(handle)
+    try:
+        return b"".join(chunks).decode("utf-8"), mode
+    except UnicodeDecodeError:
+        return None, mode
 
 
-def _fsync_path(path: str) -> OSError | None:
-    """fsync the file at ``path``; the error instead of raising it (it runs on a pool)."""
+def _write_fully(handle: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(handle, view):]
+
+
+def _fsync_handle(handle: int) -> OSError | None:
+    """fsync an open file; the error instead of raising it (it runs on a pool)."""
     try:
-        handle = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
+        os.fsync(handle)
     except OSError as error:
         return error
     return None
@@ -142,6 +147,10 @@ class FileStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._lock = threading.Lock()
+        # Temporary names of a batch: this process's pid and a serial number,
+        # so no random name has to be made and tried (O_EXCL still guards).
+        self._temporary_prefix = f".%s{SUFFIX}.{os.getpid()}-"
+        self._serial = itertools.count()
 
     def path_for(self, name: str) -> Path:
         return self.directory / f"{name}{SUFFIX}"
@@ -203,28 +212,32 @@ class FileStore:
         """
         results: dict[str, str | None | OSError] = {}
         with self._lock:
-            staged: list[tuple[str, Path, str, int]] = []
-            for name, text in items:
-                previous = self._read_quietly(name)
-                results[name] = previous
-                if previous == text:
-                    continue
-                path = self.path_for(name)
-                try:
-                    temporary, mode = _write_temporary(path, text)
-                except OSError as error:
-                    results[name] = error
-                    continue
-                staged.append((name, path, temporary, mode))
-            if pool is not None and len(staged) > 1:
-                synced = list(pool.map(_fsync_path, [temporary for _, _, temporary, _ in staged]))
-            else:
-                synced = [_fsync_path(temporary) for _, _, temporary, _ in staged]
-            for (name, path, temporary, mode), sync_error in zip(staged, synced):
+            staged: list[tuple[str, Path, str, int]] = []  # name, path, temporary, open handle
+            try:
+                for name, text in items:
+                    path = self.path_for(name)
+                    previous, mode = _read_with_mode(str(path))
+                    results[name] = previous
+                    if previous == text:
+                        continue
+                    try:
+                        temporary, handle = self._stage(name, text, mode)
+                    except OSError as error:
+                        results[name] = error
+                        continue
+                    staged.append((name, path, temporary, handle))
+                handles = [handle for _, _, _, handle in staged]
+                if pool is not None and len(staged) > 1:
+                    synced = list(pool.map(_fsync_handle, handles))
+                else:
+                    synced = [_fsync_handle(handle) for handle in handles]
+            finally:
+                for _, _, _, handle in staged:
+                    os.close(handle)
+            for (name, path, temporary, _), sync_error in zip(staged, synced):
                 try:
                     if sync_error is not None:
                         raise sync_error
-                    os.chmod(temporary, mode)
                     os.replace(temporary, path)
                 except OSError as failure:
                     results[name] = failure
@@ -233,6 +246,26 @@ class FileStore:
                     except FileNotFoundError:
                         pass
         return results
+
+    def _stage(self, name: str, text: str, mode: int) -> tuple[str, int]:
+        """A new temporary file beside ``name``'s holding ``text`` with ``mode`` (not fsynced): path, open handle.
+
+        The temporary name does not end in ".upstream", so an
+        ``include DIR/*.upstream;`` can never pick up a half-written file.
+        """
+        temporary = str(self.directory / f"{self._temporary_prefix % name}{next(self._serial)}.tmp")
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_fully(handle, text.encode("utf-8"))
+            os.fchmod(handle, mode)
+        except BaseException:
+            os.close(handle)
+            try:
+                os.unlink(temporary)
+            except FileNotFoundError:
+                pass
+            raise
+        return temporary, handle
 
     def sync(self) -> None:
         """fsync the directory: every rename done before it is durable (a failure is logged)."""
