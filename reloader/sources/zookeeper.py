@@ -80,6 +80,7 @@ from reloader.config import ClusterConfig, kazoo_arguments
 from reloader.inbox import Inbox
 from reloader.publication import ClusterFreeze
 from reloader.snapshot import Snapshot, Unreadable
+from reloader.sources.kazoo_handler import PollingHandler
 from reloader.sources.watches import WatchBook, ZnodeWatch
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class ZooKeeperSource:
             # callback thread is never stuck retrying while the session is gone.
             connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 5.0},
             command_retry={"max_tries": 2, "delay": 0.1, "max_delay": 1.0},
-            **(client_options or {}),
+            **{"handler": PollingHandler(), **(client_options or {})},
         )
 
     @property
