@@ -475,6 +475,10 @@ def targets_section(r: dict[str, Any], before: dict[str, Any] | None) -> list[st
         "run as a subprocess in the same run right beside the daemon, against the same tree and timed by",
         "the same clocks. ratio = daemon / floor. The load average was recorded at the start of each block:",
         "other work on the machine moves these figures, so judge the ratios more than the absolutes.",
+        "The floor uses kazoo as it comes; the daemon gives kazoo a handler that waits with one `poll()` per",
+        "socket wait instead of a new epoll selector (`reloader/sources/kazoo_handler.py`), which is part of",
+        "why it can come in under the floor. The dyups test server runs in a process of its own",
+        "(`bench/_dyups_proc.py`) for both.",
         "",
     ]
     before_rows = {row["id"]: row for row in before["targets"]} if before else {}

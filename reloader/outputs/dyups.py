@@ -18,6 +18,10 @@ project's dyups protocol notes):
   the pending states go out and drift is repaired. This output runs on its
   own thread and follows the files output, so a dyups that hangs delays
   nothing but itself, and it never serves a state the files do not hold.
+* A batch of files written is POSTed over ``CONNECTIONS`` kept-alive
+  connections at once (one small lane thread each, which only speaks HTTP);
+  every answer is counted and acted on from this output's thread, in the
+  batch's order, so the retry and reachability rules above hold per POST.
 
 Real builds also lose POSTed state behind the daemon's back: ``nginx -s
 reload`` and restarts wipe it, and a crashed worker comes back with the files

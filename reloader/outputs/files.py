@@ -46,6 +46,9 @@ DEFAULT_MODE = 0o644
 # Threads that fsync a batch's temporary files side by side (file systems
 # commit concurrent fsyncs together); a batch of one is fsynced inline.
 FSYNC_THREADS = 4
+# How many temporary files of a batch are open at once: well under the
+# usual soft limit of 1,024 descriptors, whatever the number of upstreams.
+STAGE_AT_ONCE = 128
 # Back-off between retries of a failed write (a full disk must not flood the log).
 RETRY_MIN = 1.0
 RETRY_MAX = 10.0
@@ -204,48 +207,54 @@ class FileStore:
     ) -> dict[str, str | None | OSError]:
         """Make each ``name``'s file hold its ``text``; per name, the previous text or the OSError.
 
-        Like :meth:`write` for each item, but the batch's temporary files are
-        all written first and fsynced together (on ``pool``, when given:
-        concurrent fsyncs share the file system's journal commits), then
-        renamed in order. The directory is not fsynced: the caller owes a
+        Like :meth:`write` for each item, but the temporary files of each
+        chunk of STAGE_AT_ONCE items are all written first and fsynced
+        together (on ``pool``, when given: concurrent fsyncs share the file
+        system's journal commits), then renamed in order. The directory is not fsynced: the caller owes a
         :meth:`sync`. A file whose write failed keeps its old content.
         """
         results: dict[str, str | None | OSError] = {}
         with self._lock:
-            staged: list[tuple[str, Path, str, int]] = []  # name, path, temporary, open handle
-            try:
-                for name, text in items:
-                    path = self.path_for(name)
-                    previous, mode = _read_with_mode(str(path))
-                    results[name] = previous
-                    if previous == text:
-                        continue
-                    try:
-                        temporary, handle = self._stage(name, text, mode)
-                    except OSError as error:
-                        results[name] = error
-                        continue
-                    staged.append((name, path, temporary, handle))
-                handles = [handle for _, _, _, handle in staged]
-                if pool is not None and len(staged) > 1:
-                    synced = list(pool.map(_fsync_handle, handles))
-                else:
-                    synced = [_fsync_handle(handle) for handle in handles]
-            finally:
-                for _, _, _, handle in staged:
-                    os.close(handle)
-            for (name, path, temporary, _), sync_error in zip(staged, synced):
-                try:
-                    if sync_error is not None:
-                        raise sync_error
-                    os.replace(temporary, path)
-                except OSError as failure:
-                    results[name] = failure
-                    try:
-                        os.unlink(temporary)
-                    except FileNotFoundError:
-                        pass
+            for start in range(0, len(items), STAGE_AT_ONCE):
+                self._write_chunk(items[start:start + STAGE_AT_ONCE], pool, results)
         return results
+
+    def _write_chunk(self, items: list[tuple[str, str]], pool: ThreadPoolExecutor | None,
+                     results: dict[str, str | None | OSError]) -> None:
+        """Stage, fsync and rename one chunk of a batch (its temporary files are open meanwhile)."""
+        staged: list[tuple[str, Path, str, int]] = []  # name, path, temporary, open handle
+        try:
+            for name, text in items:
+                path = self.path_for(name)
+                previous, mode = _read_with_mode(str(path))
+                results[name] = previous
+                if previous == text:
+                    continue
+                try:
+                    temporary, handle = self._stage(name, text, mode)
+                except OSError as error:
+                    results[name] = error
+                    continue
+                staged.append((name, path, temporary, handle))
+            handles = [handle for _, _, _, handle in staged]
+            if pool is not None and len(staged) > 1:
+                synced = list(pool.map(_fsync_handle, handles))
+            else:
+                synced = [_fsync_handle(handle) for handle in handles]
+        finally:
+            for _, _, _, handle in staged:
+                os.close(handle)
+        for (name, path, temporary, _), sync_error in zip(staged, synced):
+            try:
+                if sync_error is not None:
+                    raise sync_error
+                os.replace(temporary, path)
+            except OSError as failure:
+                results[name] = failure
+                try:
+                    os.unlink(temporary)
+                except FileNotFoundError:
+                    pass
 
     def _stage(self, name: str, text: str, mode: int) -> tuple[str, int]:
         """A new temporary file beside ``name``'s holding ``text`` with ``mode`` (not fsynced): path, open handle.
