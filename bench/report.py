@@ -188,8 +188,8 @@ def scale_section(r: dict[str, Any]) -> list[str]:
         f"| peak threads over the whole run | {b['peak_threads_whole_run']} |",
         "",
         "Each outage below: the time to the thaw (`resynced N znodes; thawed`), split into the",
-        "reconnect (to the `session CONNECTED; re-reading` line) and the resync itself (re-arming",
-        "every watch and re-reading every child's data, then thawing); the session transitions the",
+        "reconnect (to the `session CONNECTED; re-reading` line) and the resync itself (setting every",
+        "watch again, re-reading the child lists and checking each child's data version, then thawing); the session transitions the",
         "daemon logged; the peak thread count sampled every 10 ms from the start of the outage.",
         "",
         "| outage | from | to thawed (s) | reconnect (s) | resync (s) | transitions | peak threads (after) |",
@@ -280,8 +280,8 @@ def interpretation(lat: dict | None, scale: dict | None, heal: dict | None) -> l
             "  the main thread (signals, shutdown), one per ZooKeeper session, one per output (files, dyups), kazoo's",
             "  three per client (connection loop, callback worker, completion worker) and the files output's small",
             f"  fsync pool. With a second cluster it is {b['steady']['threads']}, and reconnects",
-            f"  (pause/resume, kill/restart, session expiry) never raised it (peak {b['peak_threads_whole_run']}): ChildrenWatch is",
-            "  used with `allow_session_lost=False`, so kazoo spawns no thread per watch on reconnect.",
+            f"  (pause/resume, kill/restart, session expiry) never raised it (peak {b['peak_threads_whole_run']}): only raw one-shot",
+            "  watches are used, set again by the resync, so kazoo spawns no thread per watch on reconnect.",
             (f"* **Memory** is about {a['steady']['vmrss_mb']:.0f} MB resident at {n} x {scale['children_per_upstream']}"
             f" (VmHWM {a['steady']['vmhwm_mb']:.0f} MB) and stays flat: {a['after_bursts']['vmrss_mb']:.1f} MB after the bursts;"
             f" in run B (two clusters, INFO logging) {b['steady']['vmrss_mb']:.1f} MB before the"
@@ -292,9 +292,10 @@ def interpretation(lat: dict | None, scale: dict | None, heal: dict | None) -> l
             per_child = 1000 * sum(resyncs) / len(resyncs) / kids
             lines += [
                 f"* **A resync costs about {per_child:.2f} ms per child** ({min(resyncs):.1f}-{max(resyncs):.1f} s for {kids:,} children):",
-                "  after every reconnect, whichever way the session went, every watch is re-armed and",
-                "  every child's data re-read before the cluster thaws. The cold start pays the same",
-                f"  read ({s(a['cold_start_all_files_s'], 1)} s to all files, including interpreter start and the writes).",
+                "  after every reconnect, whichever way the session went, every watch is set again, every",
+                "  child list re-read and every child's data version checked (data re-read only where it",
+                "  moved) before the cluster thaws. The cold start reads all the data",
+                f"  ({s(a['cold_start_all_files_s'], 1)} s to all files, including interpreter start and the writes).",
                 "  Nothing is published for the resyncing cluster meanwhile, which is the design; see",
                 "  *Findings* for what it does to other clusters.",
             ]
@@ -398,16 +399,13 @@ def findings(lat: dict | None, scale: dict | None, heal: dict | None) -> list[st
 {health} Two costs grow with size; each runs on a thread of its own, so neither holds up
 another cluster or another output:
 
-1. **Every reconnect re-reads every child of its cluster.** After every CONNECTED
-   `ZooKeeperSource.resync()` (`reloader/sources/zookeeper.py`) re-arms each znode (the
-   `exists` calls of a step of 50 sent together, then one `ChildrenWatch` each, whose
-   constructor reads the child list synchronously) and re-reads every child's data with
-   pipelined `get_async` calls, on that cluster's own thread. At {n_text} that took {resync}
-   per reconnect here. Other clusters are not involved at all: {other}
-   A session that survived is re-read in full too: kazoo 2.11 drops every watcher when the
-   connection drops (`_reset_watchers()`) and sets none again on reconnect, so nothing would
-   say what changed while it was away. Left as is: a cheaper path would keep per-child
-   versions and re-read only the children whose version moved.
+1. **Every reconnect sets every watch of its cluster again.** kazoo 2.11 drops every watcher
+   when the connection drops (`_reset_watchers()`) and sets none again on reconnect, so after
+   every CONNECTED `ZooKeeperSource.resync()` (`reloader/sources/zookeeper.py`) reads each
+   znode's child list again (with its children watch) and sends each known child an `exists`
+   (its data watch and version, no data), pipelined in steps of 250 znodes on that cluster's
+   own thread; a child's data is read again only where its version (mzxid) moved. At {n_text}
+   that took {resync} per reconnect here. Other clusters are not involved at all: {other}
 2. **A dyups reconciliation reads the whole live table.** `DyupsOutput.reconcile()`
    (`reloader/outputs/dyups.py`, every `reconcile_interval`, 5 s by default) reads `GET /detail`
    (1.8 MB for 1,000 x 20) on the dyups output's thread. It keeps a digest of each managed
@@ -426,8 +424,9 @@ another cluster or another output:
    resync, thaw).
 4. Why no thread or watcher growth: there is one thread per ZooKeeper session and one per
    output, whatever the number of znodes; kazoo's `_reset_watchers()` drops every watcher on
-   SUSPENDED and LOST, and the resync creates one ChildrenWatch per znode without a session
-   listener, so neither threads nor stale watchers accumulate across reconnects.
+   SUSPENDED and LOST, and the resync sets each raw watch again with the same bound method
+   (kazoo keeps one watcher per path and callable), so neither threads nor stale watchers
+   accumulate across reconnects.
 """.splitlines()
 
 

@@ -12,9 +12,10 @@ own thread only: never another cluster, never an output.
 
 Every call that could wait on ZooKeeper (arming watches, reading child
 lists and child data) is asynchronous: a batch of requests is sent before
-any answer is awaited, and the batch is awaited under one deadline (the
-session timeout), abandoned at once when the session changes or the daemon
-is stopping. Nothing of this module waits on a kazoo thread.
+any answer is awaited, and the batch is given up when no answer at all
+comes for a session timeout (see :class:`_Patience`), and at once when the
+session changes or the daemon is stopping. Nothing of this module waits on
+a kazoo thread.
 
 Watches
 -------
@@ -119,6 +120,23 @@ SESSION_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Every error a ZooKeeper call may raise, session or not.
 ZOOKEEPER_ERRORS: tuple[type[BaseException], ...] = (KazooException, ZookeeperError, *SESSION_ERRORS)
+
+
+class _Patience:
+    """How long a batch of reads may wait with no answer at all: the session timeout, from the last answer.
+
+    ZooKeeper answers one session's requests in order, so a big read that
+    keeps getting answers is making progress however long it takes (a
+    server shared by a whole fleet is slow, not gone); one that hears
+    nothing for a session timeout is given up.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self.expires = time.monotonic() + timeout
+
+    def answered(self) -> None:
+        self.expires = time.monotonic() + self._timeout
 
 
 @dataclass
@@ -228,7 +246,7 @@ class ZooKeeperSource:
         if not watches:
             return
         try:
-            self._arm(watches, self.freeze.epoch, time.monotonic() + self._session_timeout)
+            self._arm(watches, self.freeze.epoch, self._patience())
         except SESSION_ERRORS as error:
             log.warning("cluster %s: could not arm the new znodes (%s); the resync after the session comes "
                         "back does", self.label, describe_error(error), extra={"cluster": self.label})
@@ -313,7 +331,7 @@ class ZooKeeperSource:
             return
         step = watches[start:start + RESYNC_STEP]
         try:
-            deadline = time.monotonic() + self._session_timeout
+            deadline = self._patience()
             # kazoo keeps no watch across a reconnect, so every list and every
             # child's data watch is set again. A child whose data version is
             # the one already read is not read again.
@@ -355,7 +373,7 @@ class ZooKeeperSource:
 
     # ---- arming watches ------------------------------------------------------------
 
-    def _arm(self, watches: list[ZnodeWatch], epoch: int, deadline: float,
+    def _arm(self, watches: list[ZnodeWatch], epoch: int, deadline: _Patience,
              verify_kept: bool = False, then: _DataRequests | None = None) -> None:
         """Read each znode's child list with a children watch; a missing znode gets a creation watch.
 
@@ -379,7 +397,7 @@ class ZooKeeperSource:
         if missing:
             self._watch_for_creation(missing, deadline, epoch)
 
-    def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: float, epoch: int,
+    def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: _Patience, epoch: int,
                       verify_kept: bool = False) -> bool:
         """Adopt the answer of a ``get_children_async`` sent for ``watch``; False if the znode does not exist.
 
@@ -400,7 +418,7 @@ class ZooKeeperSource:
         watch.set_children(children, verify_kept=verify_kept)
         return True
 
-    def _watch_for_creation(self, watches: list[ZnodeWatch], deadline: float, epoch: int) -> None:
+    def _watch_for_creation(self, watches: list[ZnodeWatch], deadline: _Patience, epoch: int) -> None:
         """Set an ``exists`` watch on znodes found missing, so that their creation is seen.
 
         A znode created between the missing list and the ``exists`` is armed
@@ -424,7 +442,7 @@ class ZooKeeperSource:
         if self._watches.get(watch.path) is not watch:
             return  # no longer watched (a config reload removed it)
         try:
-            self._arm([watch], self.freeze.epoch, time.monotonic() + self._session_timeout)
+            self._arm([watch], self.freeze.epoch, self._patience())
         except SESSION_ERRORS as error:
             log.warning("znode %s: could not re-arm its watch (%s); the resync after the session "
                         "comes back re-arms it", watch.path, describe_error(error))
@@ -456,7 +474,7 @@ class ZooKeeperSource:
             if self.freeze.epoch != epoch_at_failure or self._stopping() or self._watches.get(watch.path) is not watch:
                 return  # a resync since then re-armed everything, or the znode is no longer watched
             try:
-                self._arm([watch], self.freeze.epoch, time.monotonic() + self._session_timeout)
+                self._arm([watch], self.freeze.epoch, self._patience())
             except SESSION_ERRORS:
                 pass  # the next CONNECTED resyncs
 
@@ -504,7 +522,7 @@ class ZooKeeperSource:
             return
         epoch = self.freeze.epoch
         try:
-            deadline = time.monotonic() + self._session_timeout
+            deadline = self._patience()
             listings = {id(watch): self._client.get_children_async(watch.path, watch=self._on_children_event)
                         for watch in dirty if watch.list_stale}
             requests = _DataRequests()
@@ -541,14 +559,14 @@ class ZooKeeperSource:
         requests.checks.extend((watch, child, self._client.exists_async(path, watch=self._on_child_data))
                                for child, path in watch.unverified_paths())
 
-    def _collect(self, watches: list[ZnodeWatch], requests: _DataRequests, deadline: float,
+    def _collect(self, watches: list[ZnodeWatch], requests: _DataRequests, deadline: _Patience,
                  epoch: int) -> list[tuple[ZnodeWatch, Snapshot]]:
         """Await every request sent, read what a version check found changed, and return full snapshots.
 
         All requests were sent before any answer is awaited, so reading
         20,000 children costs round trips in parallel, not in series. The
-        whole read shares one deadline and is abandoned at once when the
-        session changes (``epoch``) or the daemon is stopping: kazoo keeps
+        read is given up when ZooKeeper stays silent for a session timeout,
+        and at once when the session changes (``epoch``) or the daemon is stopping: kazoo keeps
         unsent requests queued across a disconnect, and waiting for each of
         them in turn could hold the thread for hours.
         """
@@ -572,7 +590,7 @@ class ZooKeeperSource:
                 snapshots.append((watch, snapshot))
         return snapshots
 
-    def _take_reads(self, reads: list[tuple[ZnodeWatch, str, Any]], deadline: float, epoch: int) -> None:
+    def _take_reads(self, reads: list[tuple[ZnodeWatch, str, Any]], deadline: _Patience, epoch: int) -> None:
         for watch, child, pending in reads:
             version: int | None = None
             try:
@@ -590,18 +608,26 @@ class ZooKeeperSource:
         """True when work begun at session ``epoch`` is no longer wanted."""
         return self.freeze.epoch != epoch or self._stopping()
 
-    def _await(self, pending: Any, deadline: float, epoch: int) -> Any:
-        """``pending.get()``, giving up at ``deadline``, on a session change, or when stopping."""
+    def _patience(self) -> _Patience:
+        return _Patience(self._session_timeout)
+
+    def _await(self, pending: Any, deadline: _Patience, epoch: int) -> Any:
+        """``pending.get()``, giving up when ``deadline`` runs out, on a session change, or when stopping."""
         while True:
             if self._abandoned(epoch):
                 raise ReadInterrupted("the session changed" if self.freeze.epoch != epoch else "the daemon is stopping")
-            remaining = deadline - time.monotonic()
+            remaining = deadline.expires - time.monotonic()
             if remaining <= 0:
-                raise KazooTimeoutError(f"no answer within the session timeout ({self._session_timeout:g} s)")
+                raise KazooTimeoutError(f"no answer for the session timeout ({self._session_timeout:g} s)")
             try:
-                return pending.get(timeout=min(remaining, _WAIT_SLICE))
+                result = pending.get(timeout=min(remaining, _WAIT_SLICE))
             except KazooTimeoutError:
                 continue
+            except BaseException:
+                deadline.answered()  # an error is an answer too
+                raise
+            deadline.answered()
+            return result
 
 
 def describe_error(error: BaseException) -> str:
