@@ -4,11 +4,12 @@ A batch of written files is POSTed over several kept-alive connections at
 once. These tests check that every outcome of such a batch is counted once,
 on the output's thread, whatever each connection met: 409s retried, a 500
 logged and dropped, and an interface that goes away mid-batch leaving the
-rest pending until it answers again.
+rest pending until it answers again, or never answers at all.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from reloader.model import Server, Upstream
 from reloader.outputs.base import FileWritten
 from reloader.outputs.dyups import DyupsOutput
 from tests.dyups_server import DyupsServer
+from tests.hangingserver import HangingServer
 
 
 def upstream(n: int, port: int = 80) -> Upstream:
@@ -109,3 +111,20 @@ def test_an_interface_that_goes_away_mid_batch_leaves_the_rest_pending(dyups: Dy
         assert served(dyups, 30, port=81)
     finally:
         output.close()
+
+
+def test_a_batch_to_a_dyups_that_never_answers_costs_one_read_timeout() -> None:
+    """Both connections hang: the batch returns after about one read timeout, everything stays pending."""
+    with HangingServer() as hung:
+        output = DyupsOutput(hung.url, read_timeout=0.5, reconcile_interval=0, reassert_interval=0)
+        try:
+            started = time.monotonic()
+            output.file_written_many(batch(20))
+            took = time.monotonic() - started
+            assert took < 2.0, f"the batch took {took:.2f} s"
+            assert len(output.pending) == 20
+            stats = output.stats()
+            assert stats["reachable"] == 0 and stats["timeout"] == 2, stats  # one stuck POST per connection
+            assert len(hung.requests) == 2
+        finally:
+            output.close()
