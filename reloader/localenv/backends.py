@@ -7,12 +7,14 @@ body of ``"backend-2\\n"`` shows which server nginx picked.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Any
 
 from .ports import free_port
 
@@ -29,6 +31,15 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], backend: Backend) -> None:
         self.backend = backend
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer (nginx stopping, a probe giving
+        # up) is routine here; socketserver would print a traceback to stderr.
+        error = sys.exc_info()[1]
+        if isinstance(error, (BrokenPipeError, ConnectionResetError)):
+            log.debug("%s: client %s hung up: %s", self.backend.name, client_address, error)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
