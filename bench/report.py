@@ -521,7 +521,10 @@ def targets_section(r: dict[str, Any], before: dict[str, Any] | None) -> list[st
         notes.append(f"* **burst**: files only, the daemon reached {fig(max(b['files_per_s'] for b in bur['daemon_files']['bursts']))} files/s "
                      f"(floor {fig(max(b['files_per_s'] for b in bur['floor_files']['bursts']))}); VmRSS files only / with dyups: daemon "
                      f"{fig(bur['daemon_files']['vmrss_mb'], 'MB')} / {fig(bur['daemon_dyups']['vmrss_mb'], 'MB')}, floor "
-                     f"{fig(bur['floor_files']['vmrss_mb'], 'MB')} / {fig(bur['floor_dyups']['vmrss_mb'], 'MB')}.")
+                     f"{fig(bur['floor_files']['vmrss_mb'], 'MB')} / {fig(bur['floor_dyups']['vmrss_mb'], 'MB')}"
+                     + (f"; the daemon's first reconciliation after the initial POSTs (every block compared once) cost "
+                        f"{fig(bur['daemon_dyups']['first_verification_cpu_s'], 's')} of CPU in the 6 s before the idle window"
+                        if "first_verification_cpu_s" in bur["daemon_dyups"] else "") + ".")
     lines += ["", *notes, "",
               "How each figure is taken: cold start = process start -> the last `NAME.upstream` renamed into place",
               "(inotify); resync = the client's first reconnect through a TCP gate (`bench/_gate.py`), shut while one",
@@ -529,7 +532,8 @@ def targets_section(r: dict[str, Any], before: dict[str, Any] | None) -> list[st
               "answer to the POST carrying it; burst = one multi per upstream (all pipelined) sent -> the last file / the",
               "last POST; sustained lag = the writer's last acknowledgement -> the last rename or POST that made every file",
               "and every dyups upstream equal to ZooKeeper; RSS = VmRSS after the bursts; idle CPU = utime+stime over the",
-              "window with nothing changing.", ""]
+              "window with nothing changing, which starts 6 s after the initial POSTs, once the first reconciliation has",
+              "compared every block (that pass's CPU is shown in the notes above).", ""]
     return lines
 
 
