@@ -522,8 +522,9 @@ def targets_section(r: dict[str, Any], before: dict[str, Any] | None) -> list[st
                      f"(floor {fig(max(b['files_per_s'] for b in bur['floor_files']['bursts']))}); VmRSS files only / with dyups: daemon "
                      f"{fig(bur['daemon_files']['vmrss_mb'], 'MB')} / {fig(bur['daemon_dyups']['vmrss_mb'], 'MB')}, floor "
                      f"{fig(bur['floor_files']['vmrss_mb'], 'MB')} / {fig(bur['floor_dyups']['vmrss_mb'], 'MB')}"
-                     + (f"; the daemon's first reconciliation after the initial POSTs (every block compared once) cost "
-                        f"{fig(bur['daemon_dyups']['first_verification_cpu_s'], 's')} of CPU in the 6 s before the idle window"
+                     + (f"; the daemon used {fig(bur['daemon_dyups']['first_verification_cpu_s'], 's')} of CPU in the 6 s"
+                        " before the idle window (the first reconciliation after the initial POSTs, which compares every"
+                        " block once, falls in them or just before them)"
                         if "first_verification_cpu_s" in bur["daemon_dyups"] else "") + ".")
     lines += ["", *notes, "",
               "How each figure is taken: cold start = process start -> the last `NAME.upstream` renamed into place",
