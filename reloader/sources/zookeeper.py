@@ -373,9 +373,12 @@ class ZooKeeperSource:
 
     # ---- arming watches ------------------------------------------------------------
 
-    def _arm(self, watches: list[ZnodeWatch], epoch: int, deadline: _Patience,
-             verify_kept: bool = False, then: _DataRequests | None = None) -> None:
+    def _arm(self, watches: list[ZnodeWatch], epoch: int, deadline: _Patience, verify_kept: bool = False,
+             then: _DataRequests | None = None, stale_lists_only: bool = False) -> None:
         """Read each znode's child list with a children watch; a missing znode gets a creation watch.
+
+        With ``stale_lists_only``, only the lists a children watch marked
+        stale are read (the other znodes still get their data requests).
 
         Every request is sent before any answer is awaited, so arming N
         znodes costs one round trip, not N. With ``verify_kept`` the children
@@ -386,11 +389,12 @@ class ZooKeeperSource:
         frozen or retries); any other failure to read a child list is logged
         and re-armed with back-off.
         """
-        listings = [(watch, self._client.get_children_async(watch.path, watch=self._on_children_event))
-                    for watch in watches]
+        listings = {id(watch): self._client.get_children_async(watch.path, watch=self._on_children_event)
+                    for watch in watches if watch.list_stale or not stale_lists_only}
         missing = []
-        for watch, listing in listings:
-            if not self._take_listing(watch, listing, deadline, epoch, verify_kept):
+        for watch in watches:
+            listing = listings.get(id(watch))
+            if listing is not None and not self._take_listing(watch, listing, deadline, epoch, verify_kept):
                 missing.append(watch)
             elif then is not None:
                 self._request_data(watch, then)
@@ -523,18 +527,8 @@ class ZooKeeperSource:
         epoch = self.freeze.epoch
         try:
             deadline = self._patience()
-            listings = {id(watch): self._client.get_children_async(watch.path, watch=self._on_children_event)
-                        for watch in dirty if watch.list_stale}
             requests = _DataRequests()
-            missing = []
-            for watch in dirty:
-                listing = listings.get(id(watch))
-                if listing is not None and not self._take_listing(watch, listing, deadline, epoch):
-                    missing.append(watch)  # deleted: its children watch's DELETED is on its way too
-                    continue
-                self._request_data(watch, requests)
-            if missing:
-                self._watch_for_creation(missing, deadline, epoch)
+            self._arm(dirty, epoch, deadline, then=requests, stale_lists_only=True)
             snapshots = self._collect(dirty, requests, deadline, epoch)
         except SESSION_ERRORS as error:
             log.warning("cluster %s: read failed (%s); waiting for the session", self.label, describe_error(error),
