@@ -164,7 +164,8 @@ def clients() -> Iterator[Callable[..., WatchingKazooClient]]:
     def make(hosts: str, **kwargs: Any) -> WatchingKazooClient:
         # A short, flat retry: a test's blip ends in well under a second.
         retry = KazooRetry(max_tries=-1, delay=0.05, backoff=1, max_jitter=0.05)
-        client = WatchingKazooClient(hosts=hosts, timeout=10, connection_retry=retry, **kwargs)
+        kwargs.setdefault("timeout", 10)
+        client = WatchingKazooClient(hosts=hosts, connection_retry=retry, **kwargs)
         made.append(client)
         client.start(timeout=15)
         return client
@@ -280,15 +281,19 @@ def test_a_persistent_watch_is_removed_with_removewatches(
         quiet_zk: LocalZooKeeper, writer: KazooClient, root: str,
         clients: Callable[..., WatchingKazooClient]) -> None:
     client = clients(quiet_zk.hosts, watch_mode="persistent")
-    seen = Recorder()
+    seen, one_shot = Recorder(), Recorder()
     assert client.add_persistent_watch(root, seen)
+    client.get_children(root, watch=one_shot)
+    assert watch_count(quiet_zk.port) == 2  # the child watch shares the recursive watch's entry
     client.remove_persistent_watch(root)
     assert client.persistent_watches() == {}
-    assert server_watches(quiet_zk.port, client.client_id[0]) == set()
+    # RemoveWatches removes every watch of the connection on that path: the one-shot watcher is told.
+    assert watch_count(quiet_zk.port) == 0
+    wait_until(lambda: [e.type for e in one_shot.snapshot()] == ["NONE"], 10, "the one-shot watcher's NONE")
     writer.create(f"{root}/a")
-    writer.sync(root)
-    client.sync(root)  # any event would have arrived before this answer
+    client.sync(root)  # an event would have arrived before this answer
     assert seen.snapshot() == []
+    client.remove_persistent_watch(root)  # nothing left: a no-op
 
 
 # -- re-registration on reconnect ---------------------------------------------
@@ -415,6 +420,40 @@ def test_an_expired_session_sends_no_setwatches_and_reports_a_new_session(
     assert watch_count(quiet_zk.port) == 0
 
 
+def test_a_request_queued_while_disconnected_goes_after_setwatches(
+        writer: KazooClient, root: str, proxies: Callable[..., ZkFrameProxy],
+        clients: Callable[..., WatchingKazooClient]) -> None:
+    proxy = proxies()
+    client = clients(proxy.hosts)
+    client.get_children(root, watch=Recorder())
+    queued: list[Any] = []
+
+    def blip_with_a_queued_read() -> None:
+        proxy.hold()
+        wait_until(lambda: not client.connected, 10, "the client to see the connection drop")
+        queued.append(client.get_children_async(root))
+        proxy.release()
+
+    resumed_after(client, blip_with_a_queued_read)
+    assert queued[0].get(timeout=10) == []
+    sent = [op for op in opcodes(proxy.requests_on(proxy.accepted)) if op != PING]
+    assert sent == [None, 101, 8]
+
+
+def test_pings_keep_the_zxid_fresh_for_a_client_that_only_receives_events(
+        writer: KazooClient, root: str, proxies: Callable[..., ZkFrameProxy],
+        clients: Callable[..., WatchingKazooClient]) -> None:
+    proxy = proxies()
+    client = clients(proxy.hosts, watch_mode="persistent", timeout=2.0)  # pings every ~0.6 s
+    seen = Recorder()
+    assert client.add_persistent_watch(root, seen)
+    writer.create(f"{root}/a")
+    wait_until(lambda: events(seen) == {("CREATED", f"{root}/a")}, 10, "the event")
+    wait_until(lambda: client.last_zxid >= writer.last_zxid, 10, "a ping to bring the zxid")
+    report = resumed_after(client, proxy.drop)
+    assert report.resumed and not report.changed
+
+
 # -- servers without persistent watches ------------------------------------------
 
 
@@ -454,3 +493,60 @@ def test_persistent_mode_raises_and_classic_mode_never_asks(
     assert classic.persistent_watches() == {}
     with pytest.raises(ValueError):
         WatchingKazooClient(hosts=quiet_zk.hosts, watch_mode="sometimes")
+
+
+# -- measured at the scale --------------------------------------------------
+
+
+def test_measured_a_quiet_blip_at_100_upstreams_x_20(
+        quiet_zk: LocalZooKeeper, writer: KazooClient, root: str, proxies: Callable[..., ZkFrameProxy],
+        clients: Callable[..., WatchingKazooClient], capsys: pytest.CaptureFixture[str]) -> None:
+    upstreams, instances = 100, 20
+    services = [f"{root}/upstream-{u:04d}" for u in range(upstreams)]
+    pending = [writer.create_async(service) for service in services]
+    for result in pending:
+        result.get(timeout=10)
+    pending = [writer.create_async(f"{service}/10.0.{u}.{i}:8080", b"")
+               for u, service in enumerate(services) for i in range(instances)]
+    for result in pending:
+        result.get(timeout=10)
+
+    # Classic watches, as the source keeps them today: a list per upstream, an exists per instance.
+    proxy = proxies()
+    client = clients(proxy.hosts, watch_mode="classic")
+    seen = Recorder()
+    reads = [client.get_children_async(service, watch=seen) for service in services]
+    reads += [client.exists_async(f"{service}/10.0.{u}.{i}:8080", watch=seen)
+              for u, service in enumerate(services) for i in range(instances)]
+    for result in reads:
+        assert result.get(timeout=10) is not None
+    held = watch_count(quiet_zk.port)
+    assert held == upstreams * (1 + instances)
+    report = resumed_after(client, proxy.drop)
+    sent = [op for op in opcodes(proxy.requests_on(proxy.accepted))[1:] if op != PING]
+    assert report.resumed and not report.changed
+    assert sent == [101] * report.packets and len(sent) <= 20
+    assert watch_count(quiet_zk.port) == held and seen.snapshot() == []
+    classic = (len(sent), report.packets, report.watches, held)
+
+    # Persistent: one recursive watch per upstream.
+    client.stop()
+    wait_until(lambda: watch_count(quiet_zk.port) == 0, 10, "the classic session's watches to go")
+    persistent_proxy = proxies()
+    persistent = clients(persistent_proxy.hosts, watch_mode="persistent")
+    for service in services:
+        assert persistent.add_persistent_watch(service, seen)
+    held_persistent = watch_count(quiet_zk.port)
+    paths = len(server_watches(quiet_zk.port, persistent.client_id[0]))
+    report = resumed_after(persistent, persistent_proxy.drop)
+    sent = [op for op in opcodes(persistent_proxy.requests_on(persistent_proxy.accepted))[1:] if op != PING]
+    assert report.resumed and sent == [105] * report.packets
+    assert watch_count(quiet_zk.port) == held_persistent
+
+    with capsys.disabled():
+        print(f"\n{upstreams} upstreams x {instances}: quiet blip, classic watches: {classic[0]} requests "
+              f"({classic[1]} SetWatches packets carrying {classic[2]} watches); server watches {classic[3]} "
+              f"({classic[3] / upstreams:.2f} per upstream)")
+        print(f"{upstreams} upstreams x {instances}: persistent recursive: mntr zk_watch_count {held_persistent} "
+              f"({held_persistent / upstreams:.2f} per upstream), wchc paths {paths} "
+              f"({paths / upstreams:.2f} per upstream); quiet blip: {len(sent)} requests")

@@ -23,6 +23,8 @@ Guarantees:
   ``existWatches``), together with the persistent watches. The server then
   fires at once the watches whose nodes changed since that zxid (their events
   reach the callbacks as usual) and keeps the others. Nothing is read.
+  ``last_zxid`` also follows the server's zxid in ping answers (the server
+  has sent every notification up to it before answering).
 * Then, and only after the server has answered every packet, each resume
   listener gets a :class:`Resumption` (``resumed=True``), on kazoo's callback
   thread, after the events the re-registration fired. A connection that
@@ -66,7 +68,7 @@ from typing import Any, NamedTuple
 import kazoo
 from kazoo.client import CLOSED_STATES, KazooClient
 from kazoo.exceptions import EXCEPTIONS, ConnectionDropped, NoNodeError, NoWatcherError, UnimplementedError
-from kazoo.protocol.connection import WATCH_XID, ConnectionHandler
+from kazoo.protocol.connection import PING_XID, WATCH_XID, ConnectionHandler
 from kazoo.protocol.paths import _prefix_root
 from kazoo.protocol.serialization import Exists, ReplyHeader, Watch, int_struct, long_struct, write_string
 from kazoo.protocol.states import EVENT_TYPE_MAP, Callback, EventType, WatchedEvent
@@ -286,7 +288,11 @@ class Resumption:
 
     @property
     def changed(self) -> bool:
-        """Whether anything in the cluster may have changed while the connection was down."""
+        """Whether anything in the cluster may have changed while the connection was down.
+
+        It speaks of this reconnection only: a caller still checking its
+        persistent paths after an earlier report must finish that first.
+        """
         return not self.resumed or self.server_zxid is None or self.server_zxid > self.relative_zxid
 
 
@@ -350,6 +356,17 @@ class WatchingConnection(ConnectionHandler):
             return
         self.logger.info("Re-registered %d watches in %d packets at zxid %#x", watches, len(packets), relative)
         client._report(Resumption(client._session_id, True, relative, server_zxid, len(packets), watches))
+
+    def _read_header(self, timeout: float) -> tuple[ReplyHeader, bytes, int]:
+        header, buffer, offset = super()._read_header(timeout)
+        # A ping's answer carries the server's last zxid, and the server has
+        # queued every notification up to it before that answer: the client
+        # has seen everything up to it. Without this, a client that only
+        # receives events (persistent watches, no reads) would re-register
+        # against an old zxid and always look as if the cluster had changed.
+        if header.xid == PING_XID and header.zxid > self.client.last_zxid:
+            self.client.last_zxid = header.zxid
+        return header, buffer, offset
 
     def _read_watch_event(self, buffer: bytes, offset: int) -> None:
         super()._read_watch_event(buffer, offset)
