@@ -480,6 +480,31 @@ def test_auto_mode_falls_back_to_classic_on_a_server_that_refuses_addwatch(
     wait_until(lambda: events(seen) == {("CHILD", root)}, 10, "the classic watch's event")
 
 
+def test_a_refused_reregistration_falls_back_to_kazoos_own_behaviour(
+        quiet_zk: LocalZooKeeper, root: str, proxies: Callable[..., ZkFrameProxy],
+        clients: Callable[..., WatchingKazooClient]) -> None:
+    # The session moves to an older server, which refuses SetWatches2 (and closes).
+    proxy = proxies()
+    client = clients(proxy.hosts, watch_mode="persistent")
+    client.set_watches_max_bytes = 40  # the refusal comes with answers still due
+    seen = Recorder()
+    for name in ("a", "b", "c"):
+        client.exists(f"{root}/{name}", watch=seen)
+    assert client.add_persistent_watch(root, seen)
+    session = client.client_id[0]
+    proxy.refuse = {105: -6, 101: -6}
+    reports = Recorder()
+    client.add_resume_listener(reports)
+    proxy.drop()
+    wait_until(lambda: len(reports.snapshot()) >= 2, 20, "the refusal and the clean reconnection")
+    refused, clean = reports.snapshot()[:2]
+    assert not refused.resumed and refused.changed and refused.session_id == session
+    assert clean.resumed and clean.watches == 0 and clean.session_id == session
+    assert [e.type for e in seen.snapshot()] == ["NONE"] * 4
+    assert client.persistent_watches() == {}
+    assert client.get_children(root) == []  # the connection loop is alive and well
+
+
 def test_persistent_mode_raises_and_classic_mode_never_asks(
         quiet_zk: LocalZooKeeper, root: str, proxies: Callable[..., ZkFrameProxy],
         clients: Callable[..., WatchingKazooClient]) -> None:

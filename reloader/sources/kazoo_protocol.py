@@ -37,8 +37,8 @@ Guarantees:
   zxid moved); when it did, the caller must check its persistent paths itself.
 * If the server refuses the re-registration (an older server), the client
   falls back to kazoo's own behaviour: every kept watcher gets its ``NONE``
-  event and is dropped, persistent watches are dropped, and the report says
-  ``resumed=False``.
+  event and is dropped, persistent watches are dropped, the report says
+  ``resumed=False``, and the client reconnects (with nothing to re-register).
 * An expired or closed session: kazoo's behaviour (``NONE`` events, tables
   cleared), and persistent watchers get a ``NONE`` event too and are dropped.
 * Persistent watches (:meth:`WatchingKazooClient.add_persistent_watch`) are
@@ -67,7 +67,7 @@ from typing import Any, NamedTuple
 
 import kazoo
 from kazoo.client import CLOSED_STATES, KazooClient
-from kazoo.exceptions import EXCEPTIONS, ConnectionDropped, NoNodeError, NoWatcherError, UnimplementedError
+from kazoo.exceptions import ConnectionDropped, NoNodeError, NoWatcherError, UnimplementedError
 from kazoo.protocol.connection import PING_XID, WATCH_XID, ConnectionHandler
 from kazoo.protocol.paths import _prefix_root
 from kazoo.protocol.serialization import Exists, ReplyHeader, Watch, int_struct, long_struct, write_string
@@ -76,6 +76,8 @@ from kazoo.protocol.states import EVENT_TYPE_MAP, Callback, EventType, WatchedEv
 log = logging.getLogger(__name__)
 
 #: kazoo releases whose internals this module was tested against.
+# 2.10's internals used here are the same, but it has no NoWatcherError: a
+# RemoveWatches answered NOWATCHER (-121) would end its connection loop.
 TESTED_KAZOO = ("2.11.0",)
 
 #: The Java client's limit for one SetWatches packet (ClientCnxn.SET_WATCHES_MAX_LENGTH).
@@ -291,7 +293,8 @@ class Resumption:
         """Whether anything in the cluster may have changed while the connection was down.
 
         It speaks of this reconnection only: a caller still checking its
-        persistent paths after an earlier report must finish that first.
+        paths after an earlier report (``changed``, or ``resumed=False``)
+        must finish that first.
         """
         return not self.resumed or self.server_zxid is None or self.server_zxid > self.relative_zxid
 
@@ -328,7 +331,6 @@ class WatchingConnection(ConnectionHandler):
         client = self.client
         packets = client._set_watches_packets(relative)
         server_zxid: int | None = None
-        failed: Exception | None = None
         for packet in packets:
             self._submit(packet, timeout, SET_WATCHES_XID)
         answered = 0
@@ -342,18 +344,19 @@ class WatchingConnection(ConnectionHandler):
                 raise ConnectionDropped(f"unexpected xid {header.xid} while re-registering watches")
             answered += 1
             if header.err:
-                failed = EXCEPTIONS[header.err]()
-            elif header.zxid > 0:
+                # An older server (3.5 answers SetWatches2 with UNIMPLEMENTED
+                # and closes): kazoo's own behaviour, then a clean connection
+                # (the answers still due must not reach kazoo's request queue).
+                self.logger.warning("The server refused to re-register %d watches (error %d): reading in full",
+                                    sum(len(paths) for packet in packets for paths in packet[1:]), header.err)
+                client._drop_watches()
+                client._report(Resumption(client._session_id, False, relative, None, len(packets), 0))
+                raise ConnectionDropped("the server refused SetWatches")
+            if header.zxid > 0:
                 server_zxid = header.zxid if server_zxid is None else max(server_zxid, header.zxid)
         if server_zxid is not None and server_zxid > client.last_zxid:
             client.last_zxid = server_zxid
         watches = sum(len(paths) for packet in packets for paths in packet[1:])
-        if failed is not None:
-            self.logger.warning("The server refused to re-register %d watches (%r): reading in full",
-                                watches, failed)
-            client._drop_watches()
-            client._report(Resumption(client._session_id, False, relative, server_zxid, len(packets), watches))
-            return
         self.logger.info("Re-registered %d watches in %d packets at zxid %#x", watches, len(packets), relative)
         client._report(Resumption(client._session_id, True, relative, server_zxid, len(packets), watches))
 
