@@ -24,6 +24,7 @@ from kazoo.protocol.states import WatchedEvent
 from kazoo.retry import KazooRetry
 from packaging.requirements import Requirement
 
+from reloader.localenv.ensemble import LocalEnsemble
 from reloader.localenv.zkproxy import ZkFrameProxy
 from reloader.localenv.zookeeper import LocalZooKeeper
 from reloader.sources.kazoo_protocol import (
@@ -575,3 +576,31 @@ def test_measured_a_quiet_blip_at_100_upstreams_x_20(
         print(f"{upstreams} upstreams x {instances}: persistent recursive: mntr zk_watch_count {held_persistent} "
               f"({held_persistent / upstreams:.2f} per upstream), wchc paths {paths} "
               f"({paths / upstreams:.2f} per upstream); quiet blip: {len(sent)} requests")
+
+
+# -- a leader change ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_persistent_watch_survives_a_leader_change(
+        zookeeper_installed: None, clients: Callable[..., WatchingKazooClient]) -> None:
+    with LocalEnsemble() as ensemble:
+        writer = KazooClient(hosts=ensemble.hosts, timeout=10)
+        writer.start(timeout=15)
+        try:
+            writer.ensure_path("/svc/app")
+            client = clients(ensemble.hosts, watch_mode="persistent")
+            seen = Recorder()
+            assert client.add_persistent_watch("/svc/app", seen)
+            session = client.client_id[0]
+
+            report = resumed_after(client, lambda: ensemble.kill(ensemble.leader()))
+
+            assert report.resumed and report.session_id == session and report.watches == 1
+            port = client._connection._socket.getpeername()[1]
+            assert server_watches(port, session) == {"/svc/app"}
+            writer.retry(writer.create, "/svc/app/10.0.0.1:80")
+            wait_until(lambda: events(seen) == {("CREATED", "/svc/app/10.0.0.1:80")}, 15, "the event")
+        finally:
+            writer.stop()
+            writer.close()
