@@ -62,7 +62,7 @@ def four_letter(port: int, word: bytes) -> str:
 
 def watch_count(port: int) -> int:
     """Every watch the server holds, data and child (``mntr``'s zk_watch_count)."""
-    (count,) = re.findall(r"^zk_watch_count\s+(\d+)$", four_letter(port, b"mntr"), re.M)
+    (count,) = re.findall(r"^zk_watch_count\s+(\d+)$", four_letter(port, b"mntr"), re.MULTILINE)
     return int(count)
 
 
@@ -269,7 +269,8 @@ def test_a_recursive_watch_reports_every_change_under_it_without_rearming(
         writer.delete(child)
         want = [("CREATED", child), ("CHANGED", child), ("CREATED", f"{child}/deeper"),
                 ("DELETED", f"{child}/deeper"), ("DELETED", child)]
-        wait_until(lambda: len(seen.snapshot()) == 5 * (round_ + 1), 10, f"round {round_}'s events")
+        total = 5 * (round_ + 1)
+        wait_until(lambda total=total: len(seen.snapshot()) == total, 10, f"round {round_}'s events")
         assert [(e.type, e.path) for e in seen.snapshot()[-5:]] == want
     # One watch on the server for the whole subtree, and not a single read.
     assert server_watches(quiet_zk.port, client.client_id[0]) == {root}
@@ -300,7 +301,7 @@ def test_a_persistent_watch_is_removed_with_removewatches(
 # -- re-registration on reconnect ---------------------------------------------
 
 
-def _watch_classically(client: WatchingKazooClient, writer: KazooClient, service: str, children: int,
+def _watch_classically(client: KazooClient, writer: KazooClient, service: str, children: int,
                        seen: Recorder) -> None:
     for i in range(children):
         writer.create(f"{service}/10.0.0.{i}:80", b"1", makepath=True)
@@ -349,6 +350,27 @@ def test_a_quiet_blip_sends_only_setwatches_and_the_server_keeps_every_watch(
     want = {("CHILD", f"{root}/classic"), ("CHANGED", f"{root}/classic/10.0.0.1:80"),
             ("CREATED", f"{root}/absent"), ("CREATED", f"{root}/persistent/x")}
     wait_until(lambda: events(seen) == want, 10, "the events after the blip")
+
+
+def test_stock_kazoo_loses_every_watch_on_a_blip(
+        quiet_zk: LocalZooKeeper, writer: KazooClient, root: str, proxies: Callable[..., ZkFrameProxy]) -> None:
+    """What the layer is for: with kazoo alone, the server holds nothing after a blip and every watch is re-read."""
+    proxy = proxies()
+    client = KazooClient(hosts=proxy.hosts, timeout=10,
+                         connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1, max_jitter=0.05))
+    client.start(timeout=15)
+    try:
+        seen = Recorder()
+        _watch_classically(client, writer, f"{root}/classic", 3, seen)
+        assert watch_count(quiet_zk.port) == 4
+        proxy.drop()
+        wait_until(lambda: proxy.accepted == 2 and client.connected, 10, "the reconnection")
+        wait_until(lambda: [e.type for e in seen.snapshot()] == ["NONE"] * 4, 10, "the NONE events")
+        client.sync("/")  # the server has handled the new connection
+        assert watch_count(quiet_zk.port) == 0
+    finally:
+        client.stop()
+        client.close()
 
 
 def test_changes_made_during_a_blip_fire_after_the_reconnect(
