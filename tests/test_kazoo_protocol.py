@@ -20,6 +20,7 @@ import kazoo
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import UnimplementedError
+from kazoo.protocol.connection import ConnectionHandler
 from kazoo.protocol.states import WatchedEvent
 from kazoo.retry import KazooRetry
 from packaging.requirements import Requirement
@@ -192,11 +193,15 @@ def resumed_after(client: WatchingKazooClient, drop: Callable[[], None]) -> Resu
 # -- kazoo's internals and the pin ---------------------------------------------
 
 
-def test_kazoo_is_a_tested_release_with_the_internals_relied_on() -> None:
+def test_kazoo_is_a_tested_release_with_the_internals_relied_on(monkeypatch: pytest.MonkeyPatch) -> None:
     check_kazoo()
     assert kazoo.__version__ in TESTED_KAZOO
     with pytest.raises(KazooInternalsChanged, match="2.99.0"):
         check_kazoo("2.99.0")
+    # A hook whose signature moved is caught before any client runs on it.
+    monkeypatch.setattr(ConnectionHandler, "_read_watch_event", lambda self, event: None)
+    with pytest.raises(KazooInternalsChanged, match="_read_watch_event"):
+        WatchingKazooClient(hosts="127.0.0.1:1")
 
 
 def test_setup_pins_exactly_the_tested_kazoo_releases() -> None:

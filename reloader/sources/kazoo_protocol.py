@@ -231,6 +231,7 @@ class KazooInternalsChanged(RuntimeError):
 
 
 _HANDLER_METHODS = {
+    "__init__": ["self", "client", "retry_sleeper", "logger", "sasl_options"],
     "_connect": ["self", "host", "hostip", "port"],
     "_read_watch_event": ["self", "buffer", "offset"],
     "_read_response": ["self", "header", "buffer", "offset"],
@@ -240,6 +241,7 @@ _HANDLER_METHODS = {
 _CLIENT_METHODS = {
     "_reset_watchers": ["self"],
     "_reset": ["self"],
+    "_session_callback": ["self", "state"],
     "_call": ["self", "request", "async_object"],
     "unchroot": ["self", "path"],
 }
