@@ -18,8 +18,9 @@ Guarantees:
 * A blip (the connection drops, the session survives): the one-shot watches
   armed through kazoo's usual calls (``get_children``, ``get``, ``exists``
   with ``watch=``) stay armed in the client, no ``NONE`` event is sent to
-  them, and before any other request on the new connection they are sent
-  back with ``client.last_zxid`` (``exists`` watches on absent nodes as
+  them, and right after the handshake (and kazoo's auth packets), before any
+  other request on the new connection, they are sent back with the
+  ``client.last_zxid`` of before the drop (``exists`` watches on absent nodes as
   ``existWatches``), together with the persistent watches. The server then
   fires at once the watches whose nodes changed since that zxid (their events
   reach the callbacks as usual) and keeps the others. Nothing is read.
