@@ -14,7 +14,9 @@ setup(
     package_data={"reloader.nginx": ["lua/*.lua"]},
     include_package_data=True,
     install_requires=[
-        "kazoo>=2.9",
+        # reloader/sources/kazoo_protocol.py extends kazoo's internals: only the
+        # releases it is tested with (its TESTED_KAZOO; a test checks both agree).
+        "kazoo>=2.11,<2.12",
         # kazoo's SASL (sasl: in a cluster) needs it; without it kazoo raises "Missing SASL support".
         "pure-sasl>=0.6",
         "prometheus-client>=0.17",

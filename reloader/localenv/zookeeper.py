@@ -190,6 +190,7 @@ class LocalZooKeeper:
             f"clientPort={self._port}",
             "clientPortAddress=127.0.0.1",
             "admin.enableServer=false",
+            "4lw.commands.whitelist=*",
             # Tests open many clients from one address; 0 means unlimited.
             "maxClientCnxns=0",
             # The defaults are 2 and 20 ticks; spell out a low minimum so tests
