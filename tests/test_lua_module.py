@@ -27,6 +27,7 @@ from reloader.localenv.luanginx import LuaNginx, lua_missing
 from reloader.localenv.nginx import server_block
 from reloader.localenv.ports import free_port
 from reloader.model import Server, Upstream
+from reloader.nginx import MAX_BODY
 from reloader.render import render_file_lua
 from tests.conftest import require
 
@@ -75,6 +76,8 @@ class Rig:
         self.nginx.start()
         self.http = requests.Session()
         self.http.trust_env = False
+        self.token = self.nginx.token()
+        self.http.headers["X-Reloader-Token"] = self.token
 
     def write_file(self, name: str, *backends: Backend) -> None:
         upstream = Upstream(name, tuple(Server("127.0.0.1", b.port) for b in backends))
@@ -85,7 +88,8 @@ class Rig:
 
     def post(self, name: str, body: Any) -> requests.Response:
         data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        return self.http.post(f"{self.nginx.api_url}/upstream/{name}", data=data, timeout=5)
+        return self.http.post(f"{self.nginx.api_url}/upstream/{name}", data=data, timeout=5,
+                              headers={"Content-Type": "application/json"})
 
     def state(self, name: str) -> Any:
         answer = self.http.get(f"{self.nginx.api_url}/upstream/{name}", timeout=5)
@@ -336,10 +340,11 @@ def test_hostile_update_is_refused_and_changes_nothing(rig: Rig, what: str, body
 
 def test_chunked_body_over_the_cap_is_413(rig: Rig) -> None:
     def chunks() -> Iterator[bytes]:
-        for _ in range(20):
+        for _ in range(MAX_BODY // 10_000 + 2):
             yield b" " * 10_000
 
-    answer = rig.http.post(f"{rig.nginx.api_url}/upstream/app", data=chunks(), timeout=5)
+    answer = rig.http.post(f"{rig.nginx.api_url}/upstream/app", data=chunks(), timeout=5,
+                           headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and "error" in answer.json()
 
 
@@ -347,8 +352,9 @@ def test_paths_methods_and_names(rig: Rig) -> None:
     api = rig.nginx.api_url
     assert rig.http.get(f"{api}/nope", timeout=5).status_code == 404
     assert rig.http.get(f"{api}/upstream/never-posted", timeout=5).status_code == 404
-    assert rig.http.post(f"{api}/upstreams", data=b"{}", timeout=5).status_code == 405
-    assert rig.http.patch(f"{api}/upstream/app", data=b"{}", timeout=5).status_code == 405
+    json_type = {"Content-Type": "application/json"}
+    assert rig.http.post(f"{api}/upstreams", data=b"{}", timeout=5, headers=json_type).status_code == 405
+    assert rig.http.patch(f"{api}/upstream/app", data=b"{}", timeout=5, headers=json_type).status_code == 405
     assert rig.http.get(f"{api}/upstream/Bad;Name", timeout=5).status_code == 400
 
 
