@@ -586,3 +586,80 @@ def test_a_full_dict_never_evicts_or_reuses_a_revision(small: Rig) -> None:
     revisions.append(answer.json()["revision"])
     assert revisions[1] > revisions[0]
     assert {fresh_get(small.ports["app"])[1] for _ in range(20)} == {"b4"}
+
+
+# ---------------------------------------------------------------------------
+# The store as a state machine: random updates, deletes and a filling dict
+
+
+def normalised(doc: dict[str, Any]) -> dict[str, Any]:
+    defaults = {"weight": 1, "max_fails": 1, "fail_timeout": 10, "backup": False, "down": False}
+    return {"version": 1, "servers": [{**defaults, **server} for server in doc["servers"]]}
+
+
+@pytest.mark.timeout(120)
+def test_store_state_machine(small: Rig) -> None:
+    """Whatever the order of updates, deletes and memory pressure, the store keeps its promises.
+
+    Invariants after every step: the stored upstreams are exactly the model's
+    (an accepted POST replaced one, a refused one -- 507 -- changed nothing, a
+    DELETE removed one); every change got a revision never handed out before.
+    """
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+    names = st.sampled_from(["app", "flaky", "a.b", "c-d", "bulk"])
+    # 600 servers take about 78 KB: two of them, or one being replaced, fill the 128 KB dict.
+    sizes = st.sampled_from([1, 2, 150, 600, 600])
+
+    def body(size: int, seed: int) -> dict[str, Any]:
+        return {"version": 1, "servers": [{"host": f"10.{seed % 200}.{i // 250}.{i % 250 + 1}", "port": 80 + seed,
+                                           "weight": 1 + seed % 5} for i in range(size)]}
+
+    class Store(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            stored = small.http.get(f"{small.nginx.api_url}/upstreams", timeout=5).json()["upstreams"]
+            pipelined(small, [("DELETE", f"/upstream/{name}", b"") for name in stored])
+            self.model: dict[str, dict[str, Any]] = {}
+            self.revisions: set[int] = set()
+            self.last_revision = 0
+
+        def _revision(self, revision: int) -> None:
+            assert revision not in self.revisions and revision > self.last_revision, (revision, self.last_revision)
+            self.revisions.add(revision)
+            self.last_revision = revision
+
+        @rule(name=names, size=sizes, seed=st.integers(0, 1000))
+        def post(self, name: str, size: int, seed: int) -> None:
+            doc = body(size, seed)
+            answer = small.post(name, doc)
+            assert answer.status_code in (200, 507), answer.text
+            if answer.status_code == 200:
+                result = answer.json()
+                assert result["changed"] is (self.model.get(name) != normalised(doc))
+                if result["changed"]:
+                    self._revision(result["revision"])
+                self.model[name] = normalised(doc)
+
+        @rule(name=names)
+        def repost(self, name: str) -> None:
+            if name in self.model:
+                answer = small.post(name, self.model[name])
+                assert answer.status_code == 200 and answer.json()["changed"] is False, answer.text
+
+        @rule(name=names)
+        def delete(self, name: str) -> None:
+            answer = small.http.delete(f"{small.nginx.api_url}/upstream/{name}", timeout=5)
+            assert answer.status_code == (200 if name in self.model else 404), answer.text
+            self.model.pop(name, None)
+
+        @invariant()
+        def stored_is_the_model(self) -> None:
+            stored = small.http.get(f"{small.nginx.api_url}/upstreams", timeout=5).json()["upstreams"]
+            assert stored == self.model
+
+    Store.TestCase.settings = settings(max_examples=20, stateful_step_count=30, deadline=None,
+                                       suppress_health_check=list(HealthCheck))
+    Store.TestCase().runTest()
