@@ -135,6 +135,24 @@ def test_no_error_shows_a_secret(tmp_path: Path) -> None:
     assert "tiny-secret" not in str(error.value)
 
 
+def test_the_daemon_takes_its_token_from_the_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from reloader.nginx.secret import token_or_none
+
+    base = {"zk_servers": "a:1", "zk_nodes": {"a": "/a"}, "lua_url": "http://127.0.0.1:15555",
+            "files_output_path": str(tmp_path)}
+    token = token_or_none(parse_config(base))
+    assert token is not None and read_secret(tmp_path / DEFAULT_NAME) == token
+    value = "configured-" + "c" * 30
+    config = parse_config({**base, "lua_secret": value, "lua_secret_file": str(tmp_path / "s")})
+    assert token_or_none(config) == value and read_secret(tmp_path / "s") == value
+    # An unusable file: the daemon logs why, naming the file, and keeps going without a token.
+    (tmp_path / "link").symlink_to(tmp_path / "s")
+    config = parse_config({**base, "lua_secret": value, "lua_secret_file": str(tmp_path / "link")})
+    with caplog.at_level("ERROR", logger="reloader.nginx.secret"):
+        assert token_or_none(config) is None
+    assert str(tmp_path / "link") in caplog.text and "symlink" in caplog.text and value not in caplog.text
+
+
 def test_the_snippet_wires_the_secret_and_the_host(tmp_path: Path) -> None:
     config = parse_config({"zk_servers": "a:1", "zk_nodes": {"a": "/a"}, "lua_url": "http://127.0.0.1:15555",
                            "files_output_path": str(tmp_path)})
