@@ -173,18 +173,18 @@ local function post(name)
     if not upstream then
         return fail(400, err)
     end
-    local revision, changed_or_status, err = store.put(name, upstream)
+    -- (revision, changed) or (nil, HTTP status, error)
+    local revision, changed, put_err = store.put(name, upstream)
     if not revision then
-        ngx.log(ngx.ERR, "upstream ", name, ": ", err)
-        return fail(changed_or_status, err)
+        ngx.log(ngx.ERR, "upstream ", name, ": ", put_err)
+        return fail(changed, put_err)
     end
-    local changed_or_err = changed_or_status
-    if changed_or_err then
+    if changed then
         ngx.log(ngx.NOTICE, "upstream ", name, ": revision ", revision, ", ",
             #upstream.servers, " servers")
     end
     return respond(200, string.format('{"name":%s,"revision":%d,"changed":%s}',
-        cjson.encode(name), revision, tostring(changed_or_err)))
+        cjson.encode(name), revision, tostring(changed)))
 end
 
 --- content_by_lua handler of the interface location.
