@@ -264,6 +264,47 @@ def test_a_secret_created_or_replaced_after_nginx_started_is_used_without_a_relo
     assert rig.nginx.worker_pids() == workers
 
 
+@pytest.mark.timeout(30)
+def test_workers_of_another_user_read_the_secret_through_lua_secret_group(nginx_bin: str) -> None:
+    """As deployed: the daemon (here root) owns the secret, nginx's workers run as another user."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run nginx's workers as nobody")
+    require(lua_missing())
+    import pwd
+    import shutil
+    import tempfile
+
+    from reloader.localenv.luanginx import LuaNginx
+
+    worker_group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+    # Outside pytest's private 0700 directories, so that nobody can enter.
+    base = Path(tempfile.mkdtemp(prefix="luasec-"))
+    nginx = None
+    try:
+        base.chmod(0o755)
+        files = base / "upstreams"
+        files.mkdir(mode=0o755)
+        nginx = LuaNginx(free_port(), files, workdir=base / "nginx")
+        conf = nginx.write_config("")
+        conf.write_text(conf.read_text().replace("user root;", f"user nobody {worker_group};"))
+        token = load_or_create(nginx.secret_file)  # root:root 0640: the workers cannot read it
+        nginx.start()
+        with requests.Session() as http:
+            http.trust_env = False
+            http.headers["X-Reloader-Token"] = token
+            answer = http.get(f"{nginx.api_url}/upstreams", timeout=5)
+            assert answer.status_code == 401, answer.text
+            poll(lambda: "Permission denied" in nginx.error_log_path.read_text(), 5, "the reason in the error log")
+            load_or_create(nginx.secret_file, group=worker_group)
+            assert nginx.secret_file.stat().st_gid == grp.getgrnam(worker_group).gr_gid
+            poll(lambda: http.get(f"{nginx.api_url}/upstreams", timeout=5).status_code == 200, 5,
+                 "the workers to read the secret through the group")
+    finally:
+        if nginx is not None:
+            nginx.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------
 # End to end: the daemon, and the hijack path through nginx's own proxying
 
