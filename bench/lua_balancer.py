@@ -152,7 +152,8 @@ def run(quick: bool) -> dict[str, Any]:
             server_block(port, PROXY.format(target=name)) for name, port in ports.items()))
         front.start()
         started.append(front)
-        answer = requests.post(f"{front.api_url}/upstream/lua", json=upstream_document(lua_upstream), timeout=5)
+        answer = requests.post(f"{front.api_url}/upstream/lua", json=upstream_document(lua_upstream), timeout=5,
+                               headers={"X-Reloader-Token": front.token()})
         answer.raise_for_status()
 
         dyups_binary = os.environ.get("RELOADER_TEST_DYUPS_NGINX")

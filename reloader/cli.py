@@ -57,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     snippet = commands.add_parser("nginx-snippet", help="print the nginx configuration to add for Lua mode")
     snippet.add_argument("--lua", action="store_true", required=True,
                          help="the Lua module set-up (lua_package_path, shared dict, interface, include)")
-    snippet.add_argument("--config", help="take lua_url and files_output_path from this config")
+    snippet.add_argument("--config", help="take lua_url, files_output_path and lua_secret_file from this config")
 
     status = commands.add_parser("status", help="print a running daemon's clusters, upstreams and outputs")
     status.add_argument("--listen", metavar="ADDR", type=_listen_address, default=None,

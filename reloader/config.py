@@ -32,6 +32,7 @@ from reloader.assemble import UpstreamOptions
 from reloader.config_yaml import YamlProblem, YamlSource, load_yaml
 from reloader.durations import parse_duration
 from reloader.formats import FORMAT_NAMES, PORT_FIELDS, FormatOptions
+from reloader.nginx.secret import check_value
 
 # Used with fullmatch: a pattern ending in `$` would accept a trailing newline.
 UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -57,6 +58,9 @@ _SETTING_KEYS = {
     "nginx_reload",
     "listen",
     "prune_files",
+    "lua_secret",
+    "lua_secret_file",
+    "lua_secret_group",
     *_GUARD_KEYS,
 }
 _CLUSTER_KEYS = {"zk_servers", "zk_nodes", "name", "auth", "sasl", "tls"}
@@ -222,6 +226,10 @@ class Config:
     retry_interval: float = 1.0
     listen: tuple[str, int] | None = None
     prune_files: bool = False
+    #: The Lua interface's secret: the configured value (None: generated into the file), its file, its group.
+    lua_secret: str | None = field(default=None, repr=False)
+    lua_secret_file: Path | None = None
+    lua_secret_group: str | None = None
 
     @property
     def znodes(self) -> tuple[ZnodeConfig, ...]:
@@ -412,6 +420,24 @@ def _parse_files_output_path(value: Any) -> Path:
     if "\0" in value or len(value) > _MAX_TEXT:
         raise ValueError(f"{_shown(value)} is not a usable directory path")
     return Path(value)
+
+
+def _parse_lua_secret(problems: _Collector, value: Any) -> str | None:
+    """The configured Lua secret; a problem never quotes the value (it may be a real secret)."""
+    if value is None:
+        return None
+    try:
+        check_value(value)
+    except ValueError as error:
+        problems.add("lua_secret", str(error))
+        return None
+    return str(value)
+
+
+def _parse_group_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", value):
+        raise ValueError(f"must be a group name, got {_shown(value)}")
+    return value
 
 
 def _parse_interval(value: Any) -> float:
@@ -901,6 +927,14 @@ def parse_config(
     reload_config = (
         _parse_reload(problems, "nginx_reload", settings["nginx_reload"]) if settings.get("nginx_reload") is not None else None
     )
+    lua_secret = _parse_lua_secret(problems, settings.get("lua_secret"))
+    lua_secret_file = problems.check(
+        "lua_secret_file", lambda value: _resolve(base_dir, str(_parse_files_output_path(value))),
+        settings.get("lua_secret_file"), wants_text=True,
+    ) if settings.get("lua_secret_file") is not None else None
+    lua_secret_group = problems.check(
+        "lua_secret_group", _parse_group_name, settings.get("lua_secret_group"), wants_text=True,
+    ) if settings.get("lua_secret_group") is not None else None
 
     if problems.problems:
         raise ConfigError(source, problems.finish())
@@ -921,6 +955,9 @@ def parse_config(
         retry_interval=retry,
         listen=listen,
         prune_files=prune_files,
+        lua_secret=lua_secret,
+        lua_secret_file=lua_secret_file,
+        lua_secret_group=lua_secret_group,
     )
 
 

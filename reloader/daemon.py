@@ -52,7 +52,8 @@ MAIN_SLICE = 0.2
 def _outputs_of(config: Config) -> tuple[object, ...]:
     """The settings that shape the followers: when they change, the followers are rebuilt."""
     return (config.dyups_url, config.lua_url, config.nginx_reload, config.reconcile_interval,
-            config.reassert_interval, config.retry_interval)
+            config.reassert_interval, config.retry_interval,
+            config.lua_secret, config.lua_secret_file, config.lua_secret_group)
 
 
 def _follower_runner(output: Output) -> OutputRunner[FileWritten]:
@@ -169,7 +170,9 @@ class Daemon:
         if config.lua_url:
             from reloader.outputs.lua import LuaOutput  # imported late: only Lua mode needs it
 
-            followers.append(LuaOutput(config.lua_url, **timing))
+            from reloader.nginx.secret import token_or_none
+
+            followers.append(LuaOutput(config.lua_url, token=token_or_none(config), **timing))
         if config.nginx_reload:
             followers.append(ReloadOutput(self.store, config.nginx_reload))
         return followers

@@ -27,6 +27,7 @@ from reloader.localenv.luanginx import LuaNginx, lua_missing
 from reloader.localenv.nginx import server_block
 from reloader.localenv.ports import free_port
 from reloader.model import Server, Upstream
+from reloader.nginx import LUA_DIR, MAX_BODY, MAX_SERVERS, MAX_UPSTREAMS
 from reloader.render import render_file_lua
 from tests.conftest import require
 
@@ -47,7 +48,7 @@ location / {{
 class Rig:
     """One nginx with the Lua module, its backends and a client for the interface."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, dict_size: str = "16m") -> None:
         self.backends = [Backend(f"b{i}") for i in range(1, 7)]
         for backend in self.backends:
             backend.start()
@@ -63,7 +64,7 @@ class Rig:
             ("keepalive 8", "keepalive_timeout 30s"),
         )
         (self.upstream_dir / "kept.upstream").write_text(render_file_lua(kept))
-        self.nginx = LuaNginx(free_port(), self.upstream_dir, workdir=tmp / "nginx")
+        self.nginx = LuaNginx(free_port(), self.upstream_dir, workdir=tmp / "nginx", dict_size=dict_size)
         self.ports = {"app": free_port(), "flaky": free_port()}
         body = "".join(
             server_block(port, FRONT.format(name=name)).replace(
@@ -75,6 +76,8 @@ class Rig:
         self.nginx.start()
         self.http = requests.Session()
         self.http.trust_env = False
+        self.token = self.nginx.token()
+        self.http.headers["X-Reloader-Token"] = self.token
 
     def write_file(self, name: str, *backends: Backend) -> None:
         upstream = Upstream(name, tuple(Server("127.0.0.1", b.port) for b in backends))
@@ -85,7 +88,8 @@ class Rig:
 
     def post(self, name: str, body: Any) -> requests.Response:
         data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        return self.http.post(f"{self.nginx.api_url}/upstream/{name}", data=data, timeout=5)
+        return self.http.post(f"{self.nginx.api_url}/upstream/{name}", data=data, timeout=5,
+                              headers={"Content-Type": "application/json"})
 
     def state(self, name: str) -> Any:
         answer = self.http.get(f"{self.nginx.api_url}/upstream/{name}", timeout=5)
@@ -336,10 +340,11 @@ def test_hostile_update_is_refused_and_changes_nothing(rig: Rig, what: str, body
 
 def test_chunked_body_over_the_cap_is_413(rig: Rig) -> None:
     def chunks() -> Iterator[bytes]:
-        for _ in range(20):
+        for _ in range(MAX_BODY // 10_000 + 2):
             yield b" " * 10_000
 
-    answer = rig.http.post(f"{rig.nginx.api_url}/upstream/app", data=chunks(), timeout=5)
+    answer = rig.http.post(f"{rig.nginx.api_url}/upstream/app", data=chunks(), timeout=5,
+                           headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and "error" in answer.json()
 
 
@@ -347,8 +352,9 @@ def test_paths_methods_and_names(rig: Rig) -> None:
     api = rig.nginx.api_url
     assert rig.http.get(f"{api}/nope", timeout=5).status_code == 404
     assert rig.http.get(f"{api}/upstream/never-posted", timeout=5).status_code == 404
-    assert rig.http.post(f"{api}/upstreams", data=b"{}", timeout=5).status_code == 405
-    assert rig.http.patch(f"{api}/upstream/app", data=b"{}", timeout=5).status_code == 405
+    json_type = {"Content-Type": "application/json"}
+    assert rig.http.post(f"{api}/upstreams", data=b"{}", timeout=5, headers=json_type).status_code == 405
+    assert rig.http.patch(f"{api}/upstream/app", data=b"{}", timeout=5, headers=json_type).status_code == 405
     assert rig.http.get(f"{api}/upstream/Bad;Name", timeout=5).status_code == 400
 
 
@@ -385,3 +391,275 @@ def test_nginx_snippet_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "listen 127.0.0.1:15555;" in text
     assert f'include "{tmp_path / "ups"}/*.upstream";' in text
     assert all((LUA_DIR / f"{module}.lua").is_file() for module in LUA_MODULES)
+
+
+# ---------------------------------------------------------------------------
+# The store: names, limits, a full dict
+
+
+def lua_constant(name: str) -> int:
+    """A ``_M.NAME = number`` constant of reloader_store.lua, read from the source nginx runs."""
+    import re
+
+    match = re.search(rf"^_M\.{name} = (\d+)$", (LUA_DIR / "reloader_store.lua").read_text(), re.M)
+    assert match, name
+    return int(match.group(1))
+
+
+def test_python_and_lua_limits_agree() -> None:
+    assert lua_constant("MAX_BODY") == MAX_BODY
+    assert lua_constant("MAX_SERVERS") == MAX_SERVERS
+    assert lua_constant("MAX_UPSTREAMS") == MAX_UPSTREAMS
+
+
+def longest_servers(count: int) -> list[dict[str, Any]]:
+    """``count`` distinct servers, every field at its longest (253-character host names)."""
+    out = []
+    for i in range(count):
+        label = f"h{i:05d}" + "x" * 57  # 63 characters: the longest label
+        host = ".".join([label, "a" * 63, "b" * 63, "c" * 61])
+        assert len(host) == 253
+        # The longest float the daemon sends for a duration: 22 characters in JSON.
+        out.append({"host": host, "port": 65535 - (i % 50000), "weight": 1000000, "max_fails": 1000000,
+                    "fail_timeout": 1.0000000000000002e-05, "backup": False, "down": False})
+    return out
+
+
+def test_a_body_of_max_servers_longest_servers_is_accepted(rig: Rig) -> None:
+    body = json.dumps({"version": 1, "servers": longest_servers(MAX_SERVERS)}, separators=(",", ":"))
+    assert len(body) <= MAX_BODY, len(body)
+    try:
+        answer = rig.post("app", body)
+        assert answer.status_code == 200, answer.text[:300]
+        assert len(rig.state("app")["servers"]) == MAX_SERVERS
+        # One more server is refused by its count, not by the body's size.
+        over = json.dumps({"version": 1, "servers": longest_servers(MAX_SERVERS + 1)}, separators=(",", ":"))
+        answer = rig.post("app", over)
+        assert answer.status_code == 400 and f"at most {MAX_SERVERS} servers" in answer.json()["error"]
+    finally:
+        assert rig.post("app", update(*rig.backends[:2])).status_code == 200
+
+
+def test_a_name_with_a_trailing_newline_is_refused(rig: Rig) -> None:
+    api = rig.nginx.api_url
+    for raw in ("evil%0A", "evil%0D%0A", "evil%00", "app%0A"):
+        answer = rig.http.post(f"{api}/upstream/{raw}", data=json.dumps(update(rig.backends[0])), timeout=5,
+                               headers={"Content-Type": "application/json"})
+        assert answer.status_code == 400, (raw, answer.text)
+    names = rig.http.get(f"{api}/upstreams", timeout=5).json()["upstreams"]
+    assert not any(name != name.strip() or "\0" in name for name in names), names
+
+
+def pipelined(rig: Rig, requests_: list[tuple[str, str, bytes]]) -> list[int]:
+    """Send many requests, pipelined in batches; return the statuses in order."""
+    statuses: list[int] = []
+    for start in range(0, len(requests_), 500):  # nginx closes a connection after 1,000 requests
+        statuses += _pipelined(rig, requests_[start:start + 500])
+    return statuses
+
+
+def _pipelined(rig: Rig, requests_: list[tuple[str, str, bytes]]) -> list[int]:
+    out = bytearray()
+    for method, path, body in requests_:
+        out += (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{rig.nginx.api_port}\r\n"
+                f"X-Reloader-Token: {rig.token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    statuses: list[int] = []
+    with socket.create_connection(("127.0.0.1", rig.nginx.api_port), timeout=10) as sock:
+        sock.sendall(out)
+        reader = sock.makefile("rb")
+        while len(statuses) < len(requests_):
+            status = int(reader.readline().split()[1])
+            length, chunked = 0, False
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+                chunked = chunked or line.lower().startswith(b"transfer-encoding: chunked")
+            if chunked:
+                while (size := int(reader.readline().strip(), 16)) > 0:
+                    reader.read(size + 2)
+                reader.readline()
+            else:
+                reader.read(length)
+            statuses.append(status)
+    return statuses
+
+
+@pytest.mark.timeout(60)
+def test_the_number_of_upstreams_is_capped(rig: Rig) -> None:
+    body = json.dumps(update(rig.backends[0])).encode()
+    stored = len(rig.http.get(f"{rig.nginx.api_url}/upstreams", timeout=5).json()["upstreams"])
+    room = MAX_UPSTREAMS - stored
+    names = [f"junk-{i}" for i in range(room + 1)]
+    try:
+        statuses = pipelined(rig, [("POST", f"/upstream/{name}", body) for name in names])
+        assert statuses[:-1] == [200] * room
+        assert statuses[-1] == 409
+        answer = rig.post(names[-1], update(rig.backends[0]))
+        assert answer.status_code == 409 and f"at most {MAX_UPSTREAMS} upstreams" in answer.json()["error"]
+        assert rig.state(names[-1]) == 404
+        # Stored names are still updated, and a DELETE makes room.
+        assert rig.post("app", update(rig.backends[1])).status_code == 200
+        assert rig.http.delete(f"{rig.nginx.api_url}/upstream/{names[0]}", timeout=5).status_code == 200
+        assert rig.post(names[-1], update(rig.backends[0])).status_code == 200
+    finally:
+        pipelined(rig, [("DELETE", f"/upstream/{name}", b"") for name in names])
+    assert rig.post("app", update(*rig.backends[:2])).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory, nginx_bin: str) -> Iterator[Rig]:
+    """A rig whose shared dict is small enough to fill in a moment."""
+    require(lua_missing())
+    rig = Rig(tmp_path_factory.mktemp("lua-small"), dict_size="128k")
+    yield rig
+    rig.close()
+
+
+def fill(rig: Rig) -> list[str]:
+    """POST new upstreams of shrinking size until not even one server fits; return their names."""
+    names: list[str] = []
+    size = 256
+    while size >= 1:
+        name = f"filler-{len(names)}"
+        body = {"version": 1, "servers": [{"host": f"10.{i // 256}.{i % 256}.1", "port": 80 + len(names)}
+                                          for i in range(size)]}
+        answer = rig.post(name, body)
+        if answer.status_code == 200:
+            names.append(name)
+        else:
+            assert answer.status_code == 507, answer.text
+            assert rig.state(name) == 404
+            size //= 2
+    return names
+
+
+@pytest.mark.timeout(60)
+def test_a_full_dict_refuses_an_update_and_keeps_the_old_state_served(small: Rig) -> None:
+    b3 = small.backends[2]
+    first = small.post("app", update(b3))
+    assert first.status_code == 200
+    revision = first.json()["revision"]
+    before = small.state("app")
+    names = fill(small)
+    assert names, "nothing fitted"
+    bigger = update(*small.backends[:4])
+    bigger["servers"] += [{"host": f"10.9.{i}.1", "port": 80, "down": True} for i in range(200)]
+    answer = small.post("app", bigger)
+    assert answer.status_code == 507, answer.text
+    assert "error" in answer.json()
+    # Refused means unchanged: stored, served by every worker, and its revision kept.
+    assert small.state("app") == before
+    assert {fresh_get(small.ports["app"])[1] for _ in range(20)} == {"b3"}
+    again = small.post("app", update(b3)).json()
+    assert (again["changed"], again["revision"]) == (False, revision)
+    pipelined(small, [("DELETE", f"/upstream/{name}", b"") for name in names])
+    assert small.post("app", bigger).status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_a_full_dict_never_evicts_or_reuses_a_revision(small: Rig) -> None:
+    b3, b4 = small.backends[2:4]
+    answer = small.post("app", update(b3))
+    assert answer.status_code == 200
+    revisions = [answer.json()["revision"]]
+    # Both workers build and cache their state for this revision.
+    assert {fresh_get(small.ports["app"])[1] for _ in range(20)} == {"b3"}
+    names = fill(small)
+    # Many small updates into the full dict, each of which needs new keys:
+    # none may push out the stored upstream's keys (the oldest, as nothing
+    # has read them since) to make room.
+    for i in range(150):
+        if names:
+            small.http.delete(f"{small.nginx.api_url}/upstream/{names.pop()}", timeout=5)
+        if small.post(f"tiny-{i:04d}", update(b4)).status_code == 200:
+            names.insert(0, f"tiny-{i:04d}")
+    assert {fresh_get(small.ports["app"])[1] for _ in range(20)} == {"b3"}
+    assert small.state("app") == update(b3) | {"servers": [
+        {**s, "weight": 1, "max_fails": 1, "fail_timeout": 10, "backup": False, "down": False}
+        for s in servers(b3)]}
+    everything = small.http.get(f"{small.nginx.api_url}/upstreams", timeout=5).json()["upstreams"]
+    pipelined(small, [("DELETE", f"/upstream/{name}", b"") for name in everything if name != "app"])
+    # The next change gets a revision never handed out before, so every worker drops its cache.
+    answer = small.post("app", update(b4))
+    assert answer.status_code == 200
+    revisions.append(answer.json()["revision"])
+    assert revisions[1] > revisions[0]
+    assert {fresh_get(small.ports["app"])[1] for _ in range(20)} == {"b4"}
+
+
+# ---------------------------------------------------------------------------
+# The store as a state machine: random updates, deletes and a filling dict
+
+
+def normalised(doc: dict[str, Any]) -> dict[str, Any]:
+    defaults = {"weight": 1, "max_fails": 1, "fail_timeout": 10, "backup": False, "down": False}
+    return {"version": 1, "servers": [{**defaults, **server} for server in doc["servers"]]}
+
+
+@pytest.mark.timeout(120)
+def test_store_state_machine(small: Rig) -> None:
+    """Whatever the order of updates, deletes and memory pressure, the store keeps its promises.
+
+    Invariants after every step: the stored upstreams are exactly the model's
+    (an accepted POST replaced one, a refused one -- 507 -- changed nothing, a
+    DELETE removed one); every change got a revision never handed out before.
+    """
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+    names = st.sampled_from(["app", "flaky", "a.b", "c-d", "bulk"])
+    # 600 servers take about 78 KB: two of them, or one being replaced, fill the 128 KB dict.
+    sizes = st.sampled_from([1, 2, 150, 600, 600])
+
+    def body(size: int, seed: int) -> dict[str, Any]:
+        return {"version": 1, "servers": [{"host": f"10.{seed % 200}.{i // 250}.{i % 250 + 1}", "port": 80 + seed,
+                                           "weight": 1 + seed % 5} for i in range(size)]}
+
+    class Store(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            stored = small.http.get(f"{small.nginx.api_url}/upstreams", timeout=5).json()["upstreams"]
+            pipelined(small, [("DELETE", f"/upstream/{name}", b"") for name in stored])
+            self.model: dict[str, dict[str, Any]] = {}
+            self.revisions: set[int] = set()
+            self.last_revision = 0
+
+        def _revision(self, revision: int) -> None:
+            assert revision not in self.revisions and revision > self.last_revision, (revision, self.last_revision)
+            self.revisions.add(revision)
+            self.last_revision = revision
+
+        @rule(name=names, size=sizes, seed=st.integers(0, 1000))
+        def post(self, name: str, size: int, seed: int) -> None:
+            doc = body(size, seed)
+            answer = small.post(name, doc)
+            assert answer.status_code in (200, 507), answer.text
+            if answer.status_code == 200:
+                result = answer.json()
+                assert result["changed"] is (self.model.get(name) != normalised(doc))
+                if result["changed"]:
+                    self._revision(result["revision"])
+                self.model[name] = normalised(doc)
+
+        @rule(name=names)
+        def repost(self, name: str) -> None:
+            if name in self.model:
+                answer = small.post(name, self.model[name])
+                assert answer.status_code == 200 and answer.json()["changed"] is False, answer.text
+
+        @rule(name=names)
+        def delete(self, name: str) -> None:
+            answer = small.http.delete(f"{small.nginx.api_url}/upstream/{name}", timeout=5)
+            assert answer.status_code == (200 if name in self.model else 404), answer.text
+            self.model.pop(name, None)
+
+        @invariant()
+        def stored_is_the_model(self) -> None:
+            stored = small.http.get(f"{small.nginx.api_url}/upstreams", timeout=5).json()["upstreams"]
+            assert stored == self.model
+
+    Store.TestCase.settings = settings(max_examples=20, stateful_step_count=30, deadline=None,
+                                       suppress_health_check=list(HealthCheck))
+    Store.TestCase().runTest()

@@ -56,7 +56,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory, nginx_bin: str) -> Iterator[Ri
 
 @pytest.fixture
 def output(rig: Rig) -> Iterator[LuaOutput]:
-    out = LuaOutput(rig.nginx.api_url, reconcile_interval=1.0, reassert_interval=60.0, retry_interval=0.2)
+    out = LuaOutput(rig.nginx.api_url, reconcile_interval=1.0, reassert_interval=60.0, retry_interval=0.2,
+                    token=rig.token)
     yield out
     out.close()
 

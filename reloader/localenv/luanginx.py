@@ -5,7 +5,10 @@ module, lua-resty-core or lua-cjson is absent; :class:`LuaNginx` is a
 :class:`~reloader.localenv.nginx.LocalNginx` whose config loads Debian's NDK
 and Lua modules and whose http block starts with the snippet that
 ``nginx-upstream-reloader nginx-snippet --lua`` prints, so tests and
-benchmarks run exactly what users are told to configure.
+benchmarks run exactly what users are told to configure. The interface's
+secret is ``.lua-secret`` in ``upstream_dir`` (where a daemon whose
+``files_output_path`` is that directory creates it); :meth:`LuaNginx.token`
+creates it for callers without a daemon.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from reloader.nginx.snippet import load_module_lines, lua_snippet
+from reloader.nginx.secret import default_path, load_or_create
+from reloader.nginx.snippet import DEFAULT_DICT_SIZE, load_module_lines, lua_snippet
 
 from .nginx import LocalNginx
 
@@ -42,10 +46,16 @@ class LuaNginx(LocalNginx):
     """
 
     def __init__(self, api_port: int, upstream_dir: Path, binary: str = "nginx",
-                 workdir: Path | None = None) -> None:
+                 workdir: Path | None = None, dict_size: str = DEFAULT_DICT_SIZE) -> None:
         super().__init__(binary=binary, workdir=workdir)
         self.api_port = api_port
         self.upstream_dir = Path(upstream_dir)
+        self.dict_size = dict_size
+        self.secret_file = default_path(self.upstream_dir)
+
+    def token(self) -> str:
+        """The interface's secret, created in :attr:`secret_file` if there is none yet."""
+        return load_or_create(self.secret_file)
 
     @property
     def api_url(self) -> str:
@@ -53,7 +63,8 @@ class LuaNginx(LocalNginx):
         return f"http://127.0.0.1:{self.api_port}"
 
     def render_config(self, http_block_body: str) -> str:
-        snippet = lua_snippet(listen=("127.0.0.1", self.api_port), include_dir=self.upstream_dir)
+        snippet = lua_snippet(listen=("127.0.0.1", self.api_port), include_dir=self.upstream_dir,
+                              dict_size=self.dict_size, secret_file=self.secret_file)
         return load_module_lines() + super().render_config(snippet + http_block_body)
 
     def write_config(self, http_block_body: str) -> Path:

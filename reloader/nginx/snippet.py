@@ -3,7 +3,8 @@
 Guarantees: :func:`lua_snippet` returns text that goes into the ``http``
 block as it is -- the ``lua_package_path`` pointing at the installed Lua
 files, the ``lua_shared_dict``, the loopback interface server and the
-``include`` of the upstream files -- and :func:`load_module_lines` the
+``include`` of the upstream files, and the variables that tell the
+interface where its secret is and which ``Host`` is its own -- and :func:`load_module_lines` the
 main-context lines for an nginx that does not load the module already
 (Debian's package enables it through ``modules-enabled``; OpenResty has it
 built in). Nothing here reads or writes nginx's files.
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from reloader.nginx import LUA_DIR, MAX_BODY, SHARED_DICT
+from reloader.nginx.secret import default_path, path_for_config
 
 if TYPE_CHECKING:
     from reloader.config import Config
@@ -43,7 +45,18 @@ def _listen_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def host_values(host: str, port: int) -> list[str]:
+    """The ``Host`` headers a client of ``http://host:port`` sends: the interface accepts only these."""
+    values = [_listen_text(host, port)]
+    if port == 80:
+        values.append(f"[{host}]" if ":" in host else host)
+    return values
+
+
 def _quote(value: str) -> str:
+    if "$" in value or any(ord(char) < 32 for char in value):
+        # nginx would read "$name" as a variable inside "set".
+        raise ValueError(f"{value!r}: a path in the Lua snippet cannot hold '$' or control characters")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -61,14 +74,19 @@ def lua_snippet(
     lua_dir: Path = LUA_DIR,
     dict_size: str = DEFAULT_DICT_SIZE,
     access_log: bool = False,
+    secret_file: Path | None = None,
 ) -> str:
     """The http-block text for Lua mode.
 
     ``include_dir`` None leaves the include line out (for callers that add
     their own). The interface answers loopback clients only, whatever
-    address it listens on.
+    address it listens on, and of those only the ones that send the secret
+    in ``secret_file`` (default: ``.lua-secret`` in ``include_dir``) with the
+    interface's own address as ``Host``.
     """
     host, port = listen
+    if secret_file is None:
+        secret_file = default_path(include_dir if include_dir is not None else DEFAULT_INCLUDE_DIR)
     lines = [
         "# nginx-upstream-reloader: dynamic upstreams through Lua. Goes inside http { }.",
         f"lua_package_path {_quote(str(lua_dir) + '/?.lua;;')};",
@@ -80,6 +98,11 @@ def lua_snippet(
         "    allow 127.0.0.1;",
         "    allow ::1;",
         "    deny all;",
+        "    # Every request must carry X-Reloader-Token with the secret in this file (the daemon",
+        "    # creates it, mode 0640), so nothing proxied here from 127.0.0.1 can use the interface;",
+        "    # and its Host must be the interface's own, against browsers and DNS rebinding.",
+        f"    set $reloader_secret_file {_quote(str(secret_file))};",
+        f"    set $reloader_hosts {_quote(' '.join(host_values(host, port)))};",
         *([] if access_log else ["    access_log off;"]),
         f"    client_max_body_size {MAX_BODY // 1024}k;",
         f"    client_body_buffer_size {MAX_BODY // 1024}k;",
@@ -109,10 +132,11 @@ def snippet_for_config(config: Config | None) -> str:
     """
     listen = listen_from_url(getattr(config, "lua_url", None)) if config is not None else DEFAULT_LISTEN
     include_dir = config.files_output_path if config is not None else DEFAULT_INCLUDE_DIR
+    secret_file = path_for_config(config) if config is not None else default_path(DEFAULT_INCLUDE_DIR)
     return (
         "# Main context, unless Debian's modules-enabled already loads them (it does after\n"
         "# apt-get install libnginx-mod-http-lua; OpenResty has them built in):\n"
         + "".join(f"# {line}\n" for line in load_module_lines().splitlines())
         + "\n"
-        + lua_snippet(listen=listen, include_dir=Path(include_dir))
+        + lua_snippet(listen=listen, include_dir=Path(include_dir), secret_file=secret_file)
     )

@@ -99,6 +99,7 @@ class LuaOutput(Output):
         connect_timeout: float = 1.0,
         read_timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._reconcile_interval = reconcile_interval
@@ -109,6 +110,9 @@ class LuaOutput(Output):
         self._http = requests.Session()
         # The interface is on loopback: never through a proxy from the environment.
         self._http.trust_env = False
+        if token is not None:
+            # The interface's secret (reloader/nginx/secret.py), on every request.
+            self._http.headers["X-Reloader-Token"] = token
         self._desired: dict[str, Document] = {}
         self._pending: set[str] = set()
         # Bodies the module refused (400), by name: not retried until they change.

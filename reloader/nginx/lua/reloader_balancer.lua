@@ -45,8 +45,10 @@ local function peer_key(server)
     return server.host .. "|" .. server.port
 end
 
-local function build(name, revision, old)
-    local text = store.get(name)
+local function build(name, old)
+    -- The revision and the document are read together, so the state is
+    -- labelled with the revision it really is.
+    local revision, text = store.current(name)
     if not text then
         return { revision = revision, deleted = true }
     end
@@ -149,7 +151,7 @@ function _M.balance(name)
     end
     local state = states[name]
     if state == nil or state.revision ~= revision then
-        state = build(name, revision, state)
+        state = build(name, state)
         states[name] = state
     end
     if state.deleted then

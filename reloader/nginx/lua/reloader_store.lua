@@ -4,14 +4,26 @@
 --  * decode() accepts exactly the documented update body (format version 1)
 --    and returns either a normalised upstream or an error naming the field;
 --    nothing is stored unless the whole body is valid.
---  * every upstream lives in the lua_shared_dict "upstream_reloader" as two
---    keys: "s:NAME" (the normalised JSON, byte-stable) and "r:NAME" (a
---    revision counter). The state is written before the counter is bumped,
---    so a worker that sees a new revision always reads a state at least as
---    new; the counter is only bumped when the state really changed, so a
+--  * every upstream lives in the lua_shared_dict "upstream_reloader" as a
+--    pointer "p:NAME" (its current revision) and one document
+--    "s:NAME:REVISION" (the normalised JSON, byte-stable). An update is
+--    allocate-then-swap: the new document is written under a new key first,
+--    then the pointer is switched, then the old document is freed. A refused
+--    update (507, dict full; 409, too many upstreams) therefore changes
+--    nothing: the old state stays stored and served.
+--  * revisions come from one counter "rev" shared by every upstream, so a
+--    revision is never reused, across DELETE and re-POST and across names.
+--    The pointer is only switched when the state really changed, so a
 --    periodic re-assert of the same state never resets balancer state.
---  * the counter survives a DELETE, so a later POST never reuses a revision
---    that a worker may still have cached.
+--  * nothing is ever evicted: the module only uses safe_set / safe_add
+--    (which fail instead of evicting when the dict is full), incr on keys
+--    that exist, and in-place number updates (which allocate nothing). So
+--    the counter and the pointers cannot disappear when the dict fills up.
+--  * at most MAX_UPSTREAMS names are stored (counted in "n"); a POST for one
+--    more name is refused and changes nothing.
+--  * the daemon is the only writer (the interface authenticates it), and it
+--    writes each name from one thread. Two concurrent writers of one name
+--    may leave an unreferenced document behind; never a pointer to nothing.
 
 -- A private cjson instance, so these settings never leak into other code.
 local cjson = require("cjson.safe").new()
@@ -25,9 +37,15 @@ local _M = {}
 _M.DICT_NAME = "upstream_reloader"
 _M.FORMAT_VERSION = 1
 -- Bodies larger than this are refused with 413 (the interface server sets
--- client_max_body_size to the same value). 64 KiB holds about 600 servers.
-_M.MAX_BODY = 65536
+-- client_max_body_size to the same value). 1 MiB holds MAX_SERVERS servers
+-- with every field at its longest (about 400 bytes each, 253-character host
+-- names included), so a valid update is never too large. Mirrored by
+-- MAX_BODY and MAX_SERVERS in reloader/nginx/__init__.py (a test checks).
+_M.MAX_BODY = 1048576
 _M.MAX_SERVERS = 2048
+-- Upstream names stored at once; more are refused (409). Far above any
+-- config, it keeps names nobody manages from filling the dict.
+_M.MAX_UPSTREAMS = 4096
 _M.MAX_WEIGHT = 1000000
 _M.MAX_FAILS = 1000000
 _M.MAX_FAIL_TIMEOUT = 86400
@@ -56,7 +74,8 @@ end
 --- True for an upstream name as the daemon allows it.
 function _M.valid_name(name)
     return type(name) == "string" and #name <= 255
-        and ngx.re.find(name, [[^[a-z0-9][a-z0-9._-]*$]], "jo") ~= nil
+        -- \z, not $: PCRE's $ also matches before a trailing newline.
+        and ngx.re.find(name, [[^[a-z0-9][a-z0-9._-]*\z]], "jo") ~= nil
 end
 
 --- "ipv4", "ipv6" or nil: whether host is a literal IP address.
@@ -247,21 +266,127 @@ function _M.decode(body)
     return { servers = servers }
 end
 
---- Store a normalised upstream. Returns the revision and whether it changed, or nil and an error.
+local COUNTER, NAMES = "rev", "n"
+
+-- "p:NAME" keys by name, so the balancer's per-request read builds no string.
+local pointer_keys = setmetatable({}, { __mode = "k" })
+
+local function pointer_key(name)
+    local key = pointer_keys[name]
+    if key == nil then
+        key = "p:" .. name
+        pointer_keys[name] = key
+    end
+    return key
+end
+
+local function document_key(name, revision)
+    return string.format("s:%s:%d", name, revision)
+end
+
+-- A new revision, never handed out before (the counter is never evicted).
+local function next_revision(shm)
+    local revision = shm:incr(COUNTER, 1)
+    if revision then
+        return revision
+    end
+    -- First use: create the counter without evicting anything. "exists"
+    -- means another worker created it meanwhile.
+    local ok, err = shm:safe_add(COUNTER, 0)
+    if not ok and err ~= "exists" then
+        return nil, "cannot create the revision counter: " .. tostring(err)
+    end
+    return shm:incr(COUNTER, 1)
+end
+
+--- The current revision and canonical JSON of an upstream (nil, nil when there is none).
+function _M.current(name)
+    local shm = dict()
+    local key = pointer_key(name)
+    -- A concurrent update may free the document between the two reads; the
+    -- pointer has moved on by then, so read again.
+    for _ = 1, 3 do
+        local revision = shm:get(key)
+        if revision == nil then
+            return nil, nil
+        end
+        local text = shm:get(document_key(name, revision))
+        if text ~= nil or shm:get(key) == revision then
+            return revision, text
+        end
+    end
+    return nil, nil
+end
+
+-- Claim a slot for a new name: pointer created with revision 0 (no document
+-- yet, which readers treat like "never posted"), within MAX_UPSTREAMS.
+local function claim(shm, name)
+    local ok, err = shm:safe_add(pointer_key(name), 0)
+    if not ok then
+        if err == "exists" then
+            return true
+        end
+        return nil, 507, "cannot store the upstream: " .. tostring(err)
+    end
+    local count = shm:incr(NAMES, 1)
+    if count == nil then
+        local added, add_err = shm:safe_add(NAMES, 0)
+        if not added and add_err ~= "exists" then
+            shm:delete(pointer_key(name))
+            return nil, 507, "cannot store the upstream: " .. tostring(add_err)
+        end
+        count = shm:incr(NAMES, 1)
+    end
+    if count > _M.MAX_UPSTREAMS then
+        shm:incr(NAMES, -1)
+        shm:delete(pointer_key(name))
+        return nil, 409, string.format("at most %d upstreams can be stored; DELETE one first", _M.MAX_UPSTREAMS)
+    end
+    return "created"
+end
+
+--- Store a normalised upstream.
+-- Returns the revision and whether it changed, or nil, an HTTP status and an error.
 function _M.put(name, upstream)
     local shm = dict()
     local text = _M.encode(upstream)
-    if shm:get("s:" .. name) == text then
-        return shm:get("r:" .. name) or 0, false
+    local old_revision, old_text = _M.current(name)
+    if old_text == text then
+        return old_revision, false
     end
-    -- safe_set never evicts another upstream to make room.
-    local ok, err = shm:safe_set("s:" .. name, text)
-    if not ok then
-        return nil, "cannot store the upstream: " .. tostring(err)
+    local created = false
+    if old_revision == nil then
+        local claimed, status, claim_err = claim(shm, name)
+        if not claimed then
+            return nil, status, claim_err
+        end
+        created = claimed == "created"
     end
-    local revision, incr_err = shm:incr("r:" .. name, 1, 0)
+    -- A refused first POST gives its slot back, so it leaves nothing behind.
+    local function refuse(message)
+        if created then
+            shm:delete(pointer_key(name))
+            shm:incr(NAMES, -1)
+        end
+        return nil, 507, message
+    end
+    local revision, rev_err = next_revision(shm)
     if not revision then
-        return nil, "cannot bump the revision: " .. tostring(incr_err)
+        return refuse(rev_err)
+    end
+    -- Allocate first: nothing of the old state is touched until this worked.
+    local ok, err = shm:safe_set(document_key(name, revision), text)
+    if not ok then
+        return refuse("cannot store the upstream: " .. tostring(err))
+    end
+    -- The pointer exists (claim) and holds a number: this updates it in place.
+    ok, err = shm:safe_set(pointer_key(name), revision)
+    if not ok then
+        shm:delete(document_key(name, revision))
+        return refuse("cannot switch the upstream: " .. tostring(err))
+    end
+    if old_revision and old_revision > 0 then
+        shm:delete(document_key(name, old_revision))
     end
     return revision, true
 end
@@ -269,30 +394,28 @@ end
 --- Forget an upstream (the balancer falls back to the file's servers). Returns true if it existed.
 function _M.delete(name)
     local shm = dict()
-    if shm:get("s:" .. name) == nil then
+    local revision = shm:get(pointer_key(name))
+    if revision == nil then
         return false
     end
-    shm:delete("s:" .. name)
-    shm:incr("r:" .. name, 1, 0)
-    return true
+    -- The pointer goes first: no reader can follow it to a freed document.
+    shm:delete(pointer_key(name))
+    shm:incr(NAMES, -1)
+    if revision > 0 then
+        shm:delete(document_key(name, revision))
+    end
+    return revision > 0
 end
 
 --- The canonical JSON of one upstream, or nil.
 function _M.get(name)
-    return dict():get("s:" .. name)
+    local _, text = _M.current(name)
+    return text
 end
 
--- "r:NAME" keys by name, so the balancer's per-request read builds no string.
-local revision_keys = setmetatable({}, { __mode = "k" })
-
---- The current revision of an upstream (nil until it is first stored).
+--- The current revision of an upstream (nil until it is first stored, and after a DELETE).
 function _M.revision(name)
-    local key = revision_keys[name]
-    if key == nil then
-        key = "r:" .. name
-        revision_keys[name] = key
-    end
-    return dict():get(key)
+    return dict():get(pointer_key(name))
 end
 
 --- Every stored upstream as one JSON document, names sorted (byte-stable).
@@ -300,14 +423,14 @@ function _M.all()
     local shm = dict()
     local names = {}
     for _, key in ipairs(shm:get_keys(0)) do
-        if key:sub(1, 2) == "s:" then
+        if key:sub(1, 2) == "p:" then
             names[#names + 1] = key:sub(3)
         end
     end
     table.sort(names)
     local parts = {}
     for _, name in ipairs(names) do
-        local text = shm:get("s:" .. name)
+        local text = _M.get(name)
         if text then
             parts[#parts + 1] = cjson.encode(name) .. ":" .. text
         end
