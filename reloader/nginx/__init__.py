@@ -21,3 +21,6 @@ LUA_MODULES: tuple[str, ...] = ("reloader_store", "reloader_api", "reloader_bala
 
 #: Upper limit of one update body, mirrored by the interface server's client_max_body_size.
 MAX_BODY: int = 65536
+
+#: Most servers one upstream may have in the Lua module (mirrored by reloader_store.lua).
+MAX_SERVERS: int = 2048
