@@ -209,3 +209,125 @@ def test_daemon_end_to_end(tmp_path: Path, nginx_bin: str, zk: LocalZooKeeper, z
         if daemon is not None:
             daemon.kill()
         rig.close()
+
+
+def many(name: str, count: int) -> Upstream:
+    servers = tuple(Server(f"10.{n // 62500}.{n // 250 % 250}.{n % 250 + 1}", 8080) for n in range(count))
+    return Upstream(name, servers, live_count=count)
+
+
+def errors_in(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_state_over_the_limits_is_refused_once_before_sending(
+    rig: Rig, output: LuaOutput, caplog: pytest.LogCaptureFixture
+) -> None:
+    from reloader.nginx import MAX_SERVERS
+
+    with caplog.at_level(logging.INFO, logger="reloader.outputs.lua"):
+        output.publish(many("big", MAX_SERVERS + 1))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # five retry intervals and a reconcile
+            output.tick(time.monotonic())
+            time.sleep(0.02)
+    assert rig.state("big") == 404, "never sent"
+    (line,) = errors_in(caplog)
+    assert "nginx refused upstream big" in line and f"limit of {MAX_SERVERS}" in line, line
+    assert output.pending == () and output.refused == ("big",) and output.stats()["refused"] == 1
+
+
+def test_a_413_is_refused_once_and_retried_only_with_back_off_or_a_new_state(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The interface refuses a body that is too large: reported once, not retried every retry_interval."""
+    from reloader.nginx import MAX_BODY
+
+    b3 = rig.backends[2]
+    # A client that believes in a larger limit than nginx's, as a mismatch of the two sides would.
+    out = LuaOutput(rig.nginx.api_url, reconcile_interval=0.2, reassert_interval=0, retry_interval=0.1,
+                    max_body=100 * MAX_BODY, max_servers=10**6, refused_retry=0.6)
+    try:
+        count = 2 * MAX_BODY // 90 + 1
+        with caplog.at_level(logging.INFO, logger="reloader.outputs.lua"):
+            out.publish(many("big", count))
+            began = time.monotonic()
+            while time.monotonic() - began < 0.5:  # retries and reconciles, inside the back-off
+                out.tick(time.monotonic())
+                time.sleep(0.02)
+            assert out.stats()["http_413"] == 1, out.stats()
+            tick_until(out, lambda: out.stats()["http_413"] == 2, 1.0, "the retry after the back-off")
+        (line,) = errors_in(caplog)
+        assert "nginx refused upstream big" in line and "413" in line, line
+        assert out.refused == ("big",) and out.stats()["refused"] == 1
+        out.publish(upstream("big", b3))  # a new state goes out at once
+        assert out.refused == () and out.pending == ()
+        assert rig.state("big") == upstream_document(upstream("big", b3))
+    finally:
+        out.close()
+
+
+def test_host_names_the_balancer_cannot_use_are_warned_once(
+    rig: Rig, output: LuaOutput, caplog: pytest.LogCaptureFixture
+) -> None:
+    named = Upstream("named", (Server("backend-1.example", 80), Server("backend-2.example", 80)), live_count=2)
+    with caplog.at_level(logging.WARNING, logger="reloader.outputs.lua"):
+        output.publish(named)
+        output.publish(Upstream("named", (*named.servers, Server("backend-3.example", 80)), live_count=3))
+        output.reassert("test")
+    lines = [r.getMessage() for r in caplog.records if "host" in r.getMessage() and "named" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "backend-1.example" in lines[0] and "502" in lines[0], lines[0]
+    assert output.stats()["warned_upstreams"] == 1
+    output.forget("named")
+
+
+def test_every_request_carries_the_token_and_json_posts_go_to_the_interface_host() -> None:
+    """The authentication contract, checked on the wire with a local server that records every request."""
+    import http.server
+    import json
+    import threading
+
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, body: bytes) -> None:
+            seen.append((self.command, {k.lower(): v for k, v in self.headers.items()}))
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self._answer(json.dumps({"upstreams": {"stray": {"version": 1, "servers": []}}}).encode())
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._answer(b'{"ok":true}')
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._answer(b'{"ok":true}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    out = LuaOutput(url, token="s3cret", reconcile_interval=0, reassert_interval=0)
+    try:
+        out.publish(Upstream("app", (Server("10.0.0.1", 80),), live_count=1))
+        out.reconcile()
+    finally:
+        out.close()
+        server.shutdown()
+        server.server_close()
+    # The POST, the reconcile's GET, the removal of the stray name, the re-POST of the missing one.
+    assert [method for method, _ in seen] == ["POST", "GET", "DELETE", "POST"], seen
+    assert all(headers.get("x-reloader-token") == "s3cret" for _, headers in seen), seen
+    assert all(headers.get("content-type") == "application/json" for method, headers in seen if method == "POST")
+    assert all(headers.get("host") == url.split("//", 1)[1] for _, headers in seen), seen

@@ -53,6 +53,7 @@ from reloader.outputs.dyups_state import (
     parse_block,
     split_blocks,
 )
+from reloader.outputs.http import MAX_ANSWER
 from reloader.outputs.push import (
     OK,
     REFUSED,
@@ -121,8 +122,10 @@ class DyupsAdapter(Adapter):
         backoff: float = 0.05,
         sleep: Callable[[float], None] = time.sleep,
         connections: int = CONNECTIONS,
+        max_answer: int = MAX_ANSWER,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._max_answer = max_answer
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._connections = max(1, connections)
@@ -132,7 +135,7 @@ class DyupsAdapter(Adapter):
         self._backoff = backoff
         self._sleep = sleep
         self._random = random.Random()
-        self._http = KeepAliveClient(self.base_url, connect_timeout, read_timeout)
+        self._http = KeepAliveClient(self.base_url, connect_timeout, read_timeout, max_answer=max_answer)
         self._reader = LiveStateReader(self._http)
 
     def url_for(self, name: str) -> str:
@@ -149,7 +152,8 @@ class DyupsAdapter(Adapter):
         if lanes <= 1:
             return self.post_shard(self._http, items)
         while len(self._lanes) < self._connections - 1:
-            http = KeepAliveClient(self.base_url, self._connect_timeout, self._read_timeout)
+            http = KeepAliveClient(self.base_url, self._connect_timeout, self._read_timeout,
+                                   max_answer=self._max_answer)
             self._lanes.append(_Lane(self, http, len(self._lanes) + 1))
         shards = [items[i::lanes] for i in range(lanes)]
         answers = [lane.post(shard) for lane, shard in zip(self._lanes, shards[1:])]
@@ -258,11 +262,12 @@ class DyupsOutput(PushOutput):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         connections: int = CONNECTIONS,
+        max_answer: int = MAX_ANSWER,
         **engine: Any,
     ) -> None:
         adapter = DyupsAdapter(
             base_url, connect_timeout=connect_timeout, read_timeout=read_timeout, max_attempts=max_attempts,
-            backoff=backoff, sleep=sleep, connections=connections,
+            backoff=backoff, sleep=sleep, connections=connections, max_answer=max_answer,
         )
         super().__init__(
             adapter, retry_interval=retry_interval, reconcile_interval=reconcile_interval,
