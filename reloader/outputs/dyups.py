@@ -218,7 +218,7 @@ class DyupsAdapter(Adapter):
         outcome.detail = f"still failing after {self._max_attempts} attempts"
         return outcome
 
-    def fetch(self) -> tuple[bytes, dict[str, Any]]:
+    def fetch(self) -> tuple[bytes, Any]:
         try:
             api, text = self._reader.fetch()
         except (InterfaceDown, NoAnswer) as error:
@@ -227,8 +227,11 @@ class DyupsAdapter(Adapter):
         except (TransportError, LiveStateError) as error:
             self._reader.forget_api()
             raise LiveError(str(error)) from error
-        blocks = {name: (api, block) for name, block in split_blocks(api, text).items()}
-        return digest_of(f"{api}\n{text}".encode()), blocks
+        return digest_of(f"{api}\n{text}".encode()), (api, text)
+
+    def blocks(self, answer: Any) -> dict[str, Any]:
+        api, text = answer
+        return {name: (api, block) for name, block in split_blocks(api, text).items()}
 
     def block_digest(self, block: Any) -> bytes:
         api, text = block

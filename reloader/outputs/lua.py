@@ -160,7 +160,7 @@ class LuaAdapter(Adapter):
             return Outcome(REFUSED, answer.status, reason, Counter({f"http_{answer.status}": 1}))
         return Outcome(RETRY, answer.status, reason, Counter(failed=1))
 
-    def fetch(self) -> tuple[bytes, dict[str, Any]]:
+    def fetch(self) -> tuple[bytes, Any]:
         try:
             answer = self._http.request("GET", "/upstreams", retry_dropped=2)
         except (InterfaceDown, NoAnswer) as error:
@@ -169,13 +169,16 @@ class LuaAdapter(Adapter):
             raise LiveError(str(error)) from error
         if answer.status != 200:
             raise LiveError(f"GET {self.base_url}/upstreams answered {answer.status}: {_error_text(answer.body)}")
+        return digest_of(answer.body), answer.body
+
+    def blocks(self, answer: Any) -> dict[str, Any]:
         try:
-            live = json.loads(answer.body)["upstreams"]
+            live = json.loads(answer)["upstreams"]
             if not isinstance(live, dict):
                 raise TypeError("upstreams is not an object")
         except (ValueError, KeyError, TypeError) as error:
             raise LiveError(f"unreadable GET {self.base_url}/upstreams answer ({error})") from error
-        return digest_of(answer.body), live
+        return live
 
     def drift(self, upstream: Upstream, block: Any) -> str | None:
         want = upstream_document(upstream)

@@ -120,8 +120,12 @@ class Adapter(ABC):
         """
 
     @abstractmethod
-    def fetch(self) -> tuple[bytes, dict[str, Any]]:
-        """The live table: (the raw answer's digest, {name: block}); raises Unreachable or LiveError."""
+    def fetch(self) -> tuple[bytes, Any]:
+        """The live table, unparsed: (the raw answer's digest, the answer); raises Unreachable or LiveError."""
+
+    @abstractmethod
+    def blocks(self, answer: Any) -> dict[str, Any]:
+        """The answer of :meth:`fetch` as {name: block} (only when its digest is new); raises LiveError."""
 
     @abstractmethod
     def drift(self, upstream: Upstream, block: Any) -> str | None:
@@ -271,7 +275,13 @@ class PushOutput(Output):
     def reconcile(self) -> dict[str, str]:
         """Compare live and desired state, re-POST what drifted; returns {name: reason} repaired."""
         try:
-            digest, blocks = self.adapter.fetch()
+            digest, answer = self.adapter.fetch()
+            self._mark_reachable()
+            if self._clean_answer == (digest, self._generation) and not self._pending:
+                self._live_error = None
+                return {}
+            blocks = self.adapter.blocks(answer)
+            del answer
         except Unreachable as error:
             self._mark_unreachable(str(error))
             return {}
@@ -281,12 +291,9 @@ class PushOutput(Output):
                 self._live_error = reason
                 self._log.warning("%s: cannot read the live state: %s", self.name, reason)
             return {}
-        self._mark_reachable()
         if self._live_error is not None:
             self._live_error = None
             self._log.info("%s: the live state reads again", self.name)
-        if self._clean_answer == (digest, self._generation) and not self._pending:
-            return {}
         by_lower: dict[str, str] | None = None
         repairs: dict[str, str] = {}
         clean: dict[str, tuple[bytes, Upstream]] = {}
