@@ -278,7 +278,9 @@ def test_host_names_the_balancer_cannot_use_are_warned_once(
     lines = [r.getMessage() for r in caplog.records if "host" in r.getMessage() and "named" in r.getMessage()]
     assert len(lines) == 1, lines
     assert "backend-1.example" in lines[0] and "502" in lines[0], lines[0]
-    assert output.stats()["warned_upstreams"] == 1
+    assert output.stats()["warned_hostnames"] == 1
+    output.publish(upstream("named", rig.backends[2]))  # addresses only: nothing to warn about
+    assert "warned_hostnames" not in output.stats()
     output.forget("named")
 
 

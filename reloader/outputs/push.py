@@ -187,8 +187,10 @@ class PushOutput(Output):
         self._refused: dict[str, _Refused] = {}
         self._reachable = True
         self.counters: Counter[str] = Counter()
-        # Warnings already given, per upstream: {name: {key}}.
+        # Warnings already given, per upstream: {name: {key}} (each logged once),
+        # and what the current state of each upstream has (for stats).
         self._warned: dict[str, set[str]] = {}
+        self._problems: dict[str, frozenset[str]] = {}
         # Per upstream, the digest of its live block at the last pass that found
         # it clean and the desired state it was compared with.
         self._clean: dict[str, tuple[bytes, Upstream]] = {}
@@ -362,6 +364,7 @@ class PushOutput(Output):
         self._clean.pop(name, None)
         self._refused.pop(name, None)
         self._warned.pop(name, None)
+        self._problems.pop(name, None)
         self._generation += 1
 
     def stats(self) -> dict[str, int]:
@@ -370,7 +373,11 @@ class PushOutput(Output):
                                "repairs", "reasserts"), 0)
         stats.update({key: int(value) for key, value in list(self.counters.items())})
         stats["refused"] = len(self._refused)
-        stats["warned_upstreams"] = len(self._warned)
+        # Upstreams whose current state the interface can only partly serve, by problem.
+        for keys in list(self._problems.values()):
+            for key in keys:
+                stat = "warned_" + key.replace(":", "_")
+                stats[stat] = stats.get(stat, 0) + 1
         stats["reachable"] = int(self._reachable)
         return stats
 
@@ -452,7 +459,9 @@ class PushOutput(Output):
     def _warn(self, upstream: Upstream) -> None:
         warnings = self.adapter.warnings(upstream)
         if not warnings:
+            self._problems.pop(upstream.name, None)
             return
+        self._problems[upstream.name] = frozenset(warnings)
         given = self._warned.setdefault(upstream.name, set())
         for key, message in warnings.items():
             if key not in given:
