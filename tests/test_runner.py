@@ -198,3 +198,38 @@ def test_any_interleaving_keeps_the_order_and_stop_delivers_everything(
     for _, (key, seq) in delivered:
         final[key] = seq
     assert final == newest
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops_strategy, stop_at=st.integers(0, 25), batched=st.booleans())
+def test_a_stop_anywhere_delivers_what_came_before_it_and_nothing_after(
+    ops: list[Op], stop_at: int, batched: bool
+) -> None:
+    """Stop in the middle of random work: everything offered before it is delivered, nothing after, close last."""
+    output = Recording()
+    runner = runner_for(output, batched)
+    runner.start()
+    newest: dict[str, int] = {}
+    calls_before: list[int] = []
+    stopped = False
+    for seq, (kind, arg) in enumerate(ops):
+        if seq == stop_at:
+            assert runner.stop(time.monotonic() + 10)
+            stopped = True
+        if kind == "offer":
+            runner.offer_many([(key, seq) for key in arg])
+            if not stopped:
+                newest.update({key: seq for key in arg})
+        elif kind == "call":
+            runner.submit(lambda seq=seq: output.call(seq))
+            if not stopped:
+                calls_before.append(seq)
+    if not stopped:
+        assert runner.stop(time.monotonic() + 10)
+    assert output.log[-1] == ("close", None)
+    assert [tag for kind, tag in output.log if kind == "call"] == calls_before
+    final: dict[str, int] = {}
+    for kind, item in output.log:
+        if kind == "item":
+            final[item[0]] = item[1]
+    assert final == newest
