@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -91,7 +90,7 @@ def test_a_rewire_submitted_before_a_batch_is_in_force_for_that_batch(tmp_path: 
 
     def rewire() -> None:
         files.set_listeners([new_events.extend])
-        files.set_render(lambda upstream: f"# new rendering\nupstream {upstream.name} {{\n    server 10.0.0.1:80;\n}}\n")
+        files.set_render(lambda u: f"# new rendering\nupstream {u.name} {{\n    server 10.0.0.1:80;\n}}\n")
 
     runner.submit(rewire)
     runner.offer_many(states)

@@ -41,6 +41,12 @@ from reloader.readback import ReadbackError, parse_server_statement
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "Answer", "AnswerTooLarge", "Dropped", "InterfaceDown", "KeepAliveClient", "LiveStateError",
+    "LiveStateReader", "NoAnswer", "TransportError", "fingerprint", "fingerprints", "parse_block",
+    "parse_detail", "parse_list_blocks", "split_blocks",
+]
+
 # nginx's defaults as /detail prints them; a parameter at its default is the
 # same as no parameter at all.
 _DEFAULT_PARAMS = {"max_conns": "0", "max_fails": "1", "fail_timeout": "10"}

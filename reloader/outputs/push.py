@@ -446,7 +446,8 @@ class PushOutput(Output):
             # Refused again after its back-off: wait longer, and say nothing new.
             known.backoff = min(known.backoff * 2, self._refused_retry_max)
             known.retry_at = now + known.backoff
-            self._log.debug("%s: upstream %s refused again (%s); next try in %g s", self.name, name, reason, known.backoff)
+            self._log.debug("%s: upstream %s refused again (%s); next try in %g s",
+                            self.name, name, reason, known.backoff)
             return
         backoff = self._refused_retry
         self._refused[name] = _Refused(upstream, float("inf") if forever else now + backoff, backoff)
