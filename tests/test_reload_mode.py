@@ -295,6 +295,29 @@ def test_failed_reload_is_retried_with_backoff(rig: Any, caplog: Any) -> None:
     assert output.reloads == 1, "nothing owed any more"
 
 
+def test_a_reload_owed_when_the_process_stops_is_made_at_the_next_start(rig: Any, tmp_path: Path) -> None:
+    """The reload failed (nginx not running), and so did close()'s: the next start still owes it."""
+    files, output, run, clock = rig
+    batch(files, output, upstream("app1", 8001))
+    assert output.reloads == 1
+    run.behaviour[RELOAD_CMD] = lambda: (1, "nginx: [error] invalid PID number")
+    clock.now += 10
+    batch(files, output, upstream("app1", 8002))
+    output.close()
+    assert output.reload_failures == 2 and output.reloads == 1
+    run.behaviour.pop(RELOAD_CMD)
+    # Next start: the adopted file is announced unchanged; the reload is owed all the same.
+    restarted = ReloadOutput(FileStore(tmp_path), ReloadConfig(TEST_CMD, RELOAD_CMD, 2.0), clock=clock, run=run)
+    text = files.read("app1")
+    restarted.file_written(FileWritten(upstream("app1", 8002), text, text))
+    restarted.end_batch()
+    assert restarted.reloads == 1
+    # And once made, a further start owes nothing.
+    again = ReloadOutput(FileStore(tmp_path), ReloadConfig(TEST_CMD, RELOAD_CMD, 2.0), clock=clock, run=run)
+    again.tick(clock.now + 100)
+    assert again.reloads == 0
+
+
 def test_refusal_after_a_failed_reload_restores_the_tested_file(rig: Any) -> None:
     """nginx was not running for the first change; the file it later started with must stay."""
     files, output, run, clock = rig
