@@ -9,7 +9,7 @@ Guarantees of :class:`KeepAliveClient`:
   the read timeout), :class:`Dropped` (the connection closed or broke before
   a whole answer), plus :class:`AnswerTooLarge`;
 * a body is always sent with Content-Length (dyups needs it); the Host header
-  is the URL's own ``host:port``; ``headers`` (an auth token, say) go with
+  is the URL's own ``host:port`` (the port always shown); ``headers`` (an auth token, say) go with
   every request;
 * an answer is never read beyond ``max_answer`` bytes: a process squatting
   the port while nginx is down cannot exhaust the daemon's memory. A longer
@@ -90,7 +90,10 @@ class KeepAliveClient:
         self._prefix = parts.path.rstrip("/")
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._headers = dict(headers or {})
+        # The interface's own host:port, always with the port: a local interface
+        # may refuse any other Host (browser and DNS-rebinding requests).
+        shown = f"[{self._host}]" if ":" in self._host else self._host
+        self._headers = {"Host": f"{shown}:{self._port}", **(headers or {})}
         self.max_answer = max_answer
         self._conn: http.client.HTTPConnection | None = None
 
