@@ -249,7 +249,10 @@ class PushOutput(Output):
             return
         due = [name for name, refused in self._refused.items() if refused.retry_at <= now]
         for name in due:
-            self._pending[name] = None  # its back-off is over: one more try
+            # Its back-off is over: one more try, then the pending schedule (a
+            # transient failure) or a longer back-off (refused again) decides.
+            self._refused[name].retry_at = float("inf")
+            self._pending[name] = None
         if self._pending and (due or now >= self._next_retry):
             self._next_retry = now + self._retry_interval
             self._push(list(self._pending))
