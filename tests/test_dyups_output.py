@@ -339,3 +339,29 @@ PushEngineMachine.TestCase.settings = settings(
     max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow],
 )
 test_push_engine_model = pytest.mark.timeout(300)(PushEngineMachine.TestCase)
+
+
+def test_a_refused_state_retried_after_its_back_off_then_failing_waits_for_the_retry_interval(
+    dyups: DyupsServer,
+) -> None:
+    clock = [1000.0]
+    output = make_output(dyups, retry_interval=0.5, refused_retry=5.0, backoff=0.0001, clock=lambda: clock[0])
+    try:
+        dyups.inject("500", count=1)
+        output.publish(upstream(1))
+        assert output.refused == ("app001",)
+        clock[0] += 5.0
+        dyups.inject("409", count=5)  # every attempt of the retry meets a busy lock: a transient failure
+        output.tick(clock[0])
+        posts = len([r for r in dyups.requests_log if r.method == "POST"])
+        assert posts == 1 + 5 and output.pending == ("app001",)
+        for _ in range(4):
+            clock[0] += 0.1
+            output.tick(clock[0])
+        assert len([r for r in dyups.requests_log if r.method == "POST"]) == posts, "not retried on every tick"
+        clock[0] += 0.2
+        output.tick(clock[0])
+        assert output.pending == () and output.refused == ()
+        assert dyups.upstreams()["app001"] == lines(upstream(1))
+    finally:
+        output.close()
