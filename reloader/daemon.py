@@ -481,7 +481,9 @@ class Daemon:
 
         self.files_runner.submit(rewire)
         # Every upstream goes through the files again: files whose rendering
-        # changed are rewritten, and the new followers get every state.
+        # changed are rewritten, and the new followers get every state. The
+        # runner runs a call before any item offered after it, so this batch
+        # is rendered and announced the new way.
         states = [upstream for worker in self.clusters for upstream in worker.pipeline.published_states()]
         self.files_runner.offer_many(states)
         log.info("config reload: outputs now %s", ", ".join(runner.name for runner in self.runners))
@@ -517,8 +519,10 @@ class Daemon:
             closer.join(max(deadline - time.monotonic(), 0.0))
         for worker in self.clusters:
             worker.join(deadline)
-        # Then the outputs, files first: a follower's close (the reload output
-        # applies what it still owes) must see every file written.
+        # Then the outputs, files first: each stop delivers what was queued
+        # before it, so a follower's close (the reload output applies what it
+        # still owes) sees every file written. What a stuck output leaves is
+        # recovered at the next start, from the files.
         deadline = time.monotonic() + OUTPUT_GRACE
         self.files_runner.stop(deadline)
         for runner in self.followers:

@@ -219,3 +219,48 @@ def test_reconcile_parses_only_the_blocks_that_changed(generation: str, monkeypa
                 f"app{n}" for n in range(1, 6)]
         finally:
             output.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_sighup_that_changes_the_outputs_hands_every_state_to_the_new_ones(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, tmp_path: Any
+) -> None:
+    """Files only -> dyups -> Lua by SIGHUP: each new output gets every state at once, and files are re-rendered.
+
+    Reconciliation and re-assert are off, so nothing but the hand-over itself
+    can give the new output its state.
+    """
+    import yaml
+
+    from reloader.config import load_config
+
+    path = register(zk_client, zk_root)
+    config_path = tmp_path / "upstream_zk_nodes.conf"
+    base = {
+        "files_output_path": str(tmp_path / "out"),
+        "reconcile_interval": 0,
+        "reassert_interval": 0,
+        "zk_session_timeout": 2,
+        "clusters": [{"zk_servers": zk.hosts, "zk_nodes": {"app1": path}}],
+    }
+    config_path.write_text(yaml.safe_dump(base))
+    file = tmp_path / "out" / "app1.upstream"
+    with DyupsServer() as dyups:
+        daemon = Daemon(load_config(config_path))
+        exit_codes: list[int] = []
+        thread = threading.Thread(target=lambda: exit_codes.append(daemon.run()), daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: file.exists() and "10.0.0.2:80 weight=3" in file.read_text(), 10, "the file")
+            config_path.write_text(yaml.safe_dump({**base, "dyups_url": dyups.url}))
+            daemon.request_reload()
+            wait_until(lambda: served(dyups) == WANTED, 5, "the new dyups output to get the state")
+
+            # Lua mode: the files carry the balancer hook (the interface itself may be down).
+            config_path.write_text(yaml.safe_dump({**base, "lua_url": "http://127.0.0.1:9"}))
+            daemon.request_reload()
+            wait_until(lambda: "balancer_by_lua" in file.read_text(), 5, "the file re-rendered with the Lua hook")
+        finally:
+            daemon.request_stop()
+            thread.join(10)
+        assert exit_codes == [0]

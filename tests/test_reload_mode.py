@@ -295,6 +295,29 @@ def test_failed_reload_is_retried_with_backoff(rig: Any, caplog: Any) -> None:
     assert output.reloads == 1, "nothing owed any more"
 
 
+def test_a_reload_owed_when_the_process_stops_is_made_at_the_next_start(rig: Any, tmp_path: Path) -> None:
+    """The reload failed (nginx not running), and so did close()'s: the next start still owes it."""
+    files, output, run, clock = rig
+    batch(files, output, upstream("app1", 8001))
+    assert output.reloads == 1
+    run.behaviour[RELOAD_CMD] = lambda: (1, "nginx: [error] invalid PID number")
+    clock.now += 10
+    batch(files, output, upstream("app1", 8002))
+    output.close()
+    assert output.reload_failures == 2 and output.reloads == 1
+    run.behaviour.pop(RELOAD_CMD)
+    # Next start: the adopted file is announced unchanged; the reload is owed all the same.
+    restarted = ReloadOutput(FileStore(tmp_path), ReloadConfig(TEST_CMD, RELOAD_CMD, 2.0), clock=clock, run=run)
+    text = files.read("app1")
+    restarted.file_written(FileWritten(upstream("app1", 8002), text, text))
+    restarted.end_batch()
+    assert restarted.reloads == 1
+    # And once made, a further start owes nothing.
+    again = ReloadOutput(FileStore(tmp_path), ReloadConfig(TEST_CMD, RELOAD_CMD, 2.0), clock=clock, run=run)
+    again.tick(clock.now + 100)
+    assert again.reloads == 0
+
+
 def test_refusal_after_a_failed_reload_restores_the_tested_file(rig: Any) -> None:
     """nginx was not running for the first change; the file it later started with must stay."""
     files, output, run, clock = rig
@@ -666,3 +689,71 @@ def test_a_burst_of_changes_is_coalesced_and_ends_exact(stack: Stack, zk_client:
     assert all(gap >= 2.0 - 0.1 for gap in gaps), f"reloads closer than min_interval: {gaps}"
     with capsys.disabled():
         print(f"\n[reload mode] burst: {len(sequence)} changes -> {reloads} reloads")
+
+
+# =============================================================================
+# Files first across a restart: a file ahead of nginx is reloaded at the next start
+# =============================================================================
+
+
+@pytest.mark.timeout(60)
+def test_a_file_written_but_never_reloaded_is_reloaded_at_the_next_start(tmp_path: Path, nginx_bin: str) -> None:
+    """The FileWritten queued while nginx -t ran was lost at SIGTERM: the next start still reloads.
+
+    Real nginx: the first run writes b-1's state and reloads; then the files
+    output writes b-2's state but the process stops before the reload output
+    takes the event. The next start adopts the file (unchanged, so no event
+    says "changed"), compares it with what nginx last loaded, and reloads.
+    """
+    files_dir = tmp_path / "upstreams"
+    files_dir.mkdir()
+    nginx = LocalNginx(nginx_bin, workdir=tmp_path / "nginx")
+    port = free_port()
+    nginx.write_config(f'include "{files_dir}/*.upstream";\n'
+                       + server_block(port, "location / {\n    proxy_pass http://app1;\n}\n"))
+    pool = BackendPool(2, prefix="b")
+    pool.start()
+    try:
+        store = FileStore(files_dir)
+        store.prepare()
+        config = ReloadConfig(tuple(nginx.test_argv()), tuple(nginx.reload_argv()), 0.0)
+
+        def reached() -> set[str]:
+            return {http_get(nginx.url(), timeout=3)[1].strip() for _ in range(6)}
+
+        # First run: nginx loads b-1 through the reload output.
+        first = ReloadOutput(store, config)
+        events: list[FileWritten] = []
+        files = FilesOutput(store, listeners=[events.extend])
+        files.publish(upstream("app1", pool[0].port))
+        files.end_batch()
+        nginx.start()
+        for event in events:
+            first.file_written(event)
+        first.end_batch()
+        assert first.reloads == 1
+        wait_for(lambda: reached() == {pool[0].name}, 10, "nginx to serve b-1")
+
+        # The files output writes b-2; the event never reaches the reload output (SIGTERM).
+        lost = FilesOutput(store, listeners=[lambda events: None])
+        lost.publish(upstream("app1", pool[1].port))
+        lost.end_batch()
+        assert reached() == {pool[0].name}, "nginx is behind the file"
+
+        # Next start: the adopted file is announced unchanged.
+        second = ReloadOutput(store, config)
+        text = store.read("app1")
+        second.file_written(FileWritten(upstream("app1", pool[1].port), text, text))
+        second.end_batch()
+        wait_for(lambda: reached() == {pool[1].name}, 10, "nginx to serve the file's b-2")
+        assert second.reloads == 1
+
+        # And a start with nothing owed does not reload.
+        third = ReloadOutput(store, config)
+        third.file_written(FileWritten(upstream("app1", pool[1].port), text, text))
+        third.end_batch()
+        third.tick(time.monotonic() + 100)
+        assert third.reloads == 0
+    finally:
+        nginx.close()
+        pool.stop()

@@ -7,13 +7,8 @@ Two API generations exist (see the project's dyups protocol notes):
 * the 2020 master build has no ``/detail`` (404) and its ``GET /list``
   returns whole ``upstream NAME { ... }`` blocks as they were posted.
 
-:class:`KeepAliveClient` is the one connection to the interface (plain
-``http.client``: a POST costs a few syscalls, not a trip through a generic
-HTTP stack). It never sends a request concurrently with another, says which
-way a request failed (:class:`InterfaceDown`: no connection could be made;
-:class:`NoAnswer`: connected, no answer in time; :class:`Dropped`: the
-connection closed before a whole answer), and always sends Content-Length
-with a body.
+:class:`~reloader.outputs.http.KeepAliveClient` (re-exported here) is the
+one connection to the interface; it caps what it reads of an answer.
 
 :class:`LiveStateReader` detects which API it talks to once per connection,
 fetches the raw table, and splits it into one text block per upstream
@@ -27,21 +22,30 @@ reconcile passes belongs to the caller.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import re
-import select
-import socket
-import ssl
-from dataclasses import dataclass
 from typing import Iterable
-from urllib.parse import urlsplit
 
 from reloader.durations import parse_duration
 from reloader.model import Server
+from reloader.outputs.http import (  # noqa: F401 - re-exported: the connection lives in outputs.http
+    Answer,
+    AnswerTooLarge,
+    Dropped,
+    InterfaceDown,
+    KeepAliveClient,
+    NoAnswer,
+    TransportError,
+)
 from reloader.readback import ReadbackError, parse_server_statement
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "Answer", "AnswerTooLarge", "Dropped", "InterfaceDown", "KeepAliveClient", "LiveStateError",
+    "LiveStateReader", "NoAnswer", "TransportError", "fingerprint", "fingerprints", "parse_block",
+    "parse_detail", "parse_list_blocks", "split_blocks",
+]
 
 # nginx's defaults as /detail prints them; a parameter at its default is the
 # same as no parameter at all.
@@ -138,132 +142,7 @@ def parse_list_blocks(text: str) -> dict[str, tuple[Server, ...]]:
     return {name: parse_block("list", block) for name, block in split_blocks("list", text).items()}
 
 
-# ---- the connection -------------------------------------------------------------
-
-
-class TransportError(Exception):
-    """A request got no complete answer; the subclass says how."""
-
-
-class InterfaceDown(TransportError):
-    """No connection could be made at all (refused, unreachable, connect timeout)."""
-
-
-class NoAnswer(TransportError):
-    """Connected and sent, but no answer came within the read timeout."""
-
-
-class Dropped(TransportError):
-    """The connection closed (or broke) before a whole answer came back."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-
-# Errors of a request on an established connection that mean it broke.
-_BROKEN = (http.client.HTTPException, ConnectionError, ssl.SSLError, OSError)
-
-
-class KeepAliveClient:
-    """One kept-alive HTTP/1.1 connection to ``base_url``; one request at a time, from one thread."""
-
-    def __init__(self, base_url: str, connect_timeout: float, read_timeout: float) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._https else 80)
-        self._prefix = parts.path.rstrip("/")
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        self._conn: http.client.HTTPConnection | None = None
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def request(self, method: str, path: str, body: bytes | None = None, retry_dropped: int = 0) -> Answer:
-        """Send one request and read its whole answer; raises a :class:`TransportError` subclass.
-
-        ``retry_dropped`` re-sends on a fresh connection that many times when
-        the connection drops (only for requests that may be repeated: reads).
-        """
-        for attempt in range(retry_dropped + 1):
-            try:
-                return self._exchange(method, path, body)
-            except Dropped:
-                if attempt == retry_dropped:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = self._conn
-        if conn is not None and conn.sock is not None and _readable(conn.sock):
-            # An idle kept-alive connection is readable only when the peer closed
-            # it (or sent stray bytes): never reuse it for a request.
-            self.close()
-            conn = None
-        if conn is None or conn.sock is None:
-            if self._https:
-                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._connect_timeout)
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
-            try:
-                conn.connect()
-            except ssl.SSLError as error:
-                conn.close()
-                raise Dropped(f"TLS handshake with {self._host}:{self._port} failed: {error}") from error
-            except OSError as error:  # refused, unreachable, name unknown, connect timeout
-                conn.close()
-                raise InterfaceDown(f"cannot connect to {self._host}:{self._port}: {_reason(error)}") from error
-            assert conn.sock is not None
-            conn.sock.settimeout(self._read_timeout)
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._conn = conn
-        return conn
-
-    def _exchange(self, method: str, path: str, body: bytes | None) -> Answer:
-        conn = self._connection()
-        target = f"{self._prefix}{path}"
-        try:
-            # http.client sends Content-Length for a bytes body, and dyups needs it.
-            conn.request(method, target, body=body)
-            response = conn.getresponse()
-            data = response.read()
-        except TimeoutError as error:
-            self.close()
-            raise NoAnswer(f"{method} {target}: no answer within {self._read_timeout:g} s") from error
-        except _BROKEN as error:
-            self.close()
-            raise Dropped(f"{method} {target}: connection dropped: {_reason(error)}") from error
-        if response.will_close:
-            self.close()
-        return Answer(response.status, data)
-
-
-def _readable(sock: socket.socket) -> bool:
-    try:
-        ready, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(ready)
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error) or type(error).__name__
-
+# ---- the connection (shared with the Lua interface: reloader.outputs.http) ------------
 
 class LiveStateReader:
     """Reads the live upstream table from a dyups interface."""

@@ -1,25 +1,26 @@
-"""The Lua output: POST each upstream to the project's Lua module in nginx (``lua_url``).
+"""The Lua adapter: POST each upstream as JSON to the project's Lua module in nginx (``lua_url``).
 
-Guarantees:
+The pending, retry, probe, reconcile, re-assert and refusal rules are the
+push engine's (:mod:`reloader.outputs.push`); this module is what is
+particular to the Lua interface:
 
-* ``publish`` makes one attempt, with short timeouts (connect 1 s, read
-  2 s), and never sleeps: an upstream whose POST failed stays
-  :attr:`LuaOutput.pending` and is retried from ``tick`` every
-  ``retry_interval``.
-* While the interface is unreachable it is probed (``GET /upstreams``) every
-  ``retry_interval``; the first answer flushes what is pending and repairs
-  drift at once, so healing after an nginx restart takes at most about
-  ``reconcile_interval`` + ``retry_interval``.
-* Every ``reconcile_interval`` the live state (``GET /upstreams``) is
-  compared with the desired state; a missing or different upstream is
-  re-POSTed, with one log line saying why. An answer byte-equal to that of
-  the last clean pass, with nothing published since, is skipped by its
-  digest without parsing.
-* Every ``reassert_interval`` every managed upstream is re-POSTed (the
-  module keeps its revision when nothing changed, so this costs the workers
-  nothing). Upstreams the config does not manage are never touched.
-* A 400 answer (the module refused the body) is logged with the module's
-  reason and not retried until the upstream changes.
+* every request goes to the ``lua_url`` host exactly (the Host header is the
+  interface's own ``host:port``), carries ``X-Reloader-Token`` when a token is
+  set, and every POST body is JSON sent as ``application/json``; one
+  kept-alive connection with short timeouts (connect 1 s, read 2 s), and an
+  answer is never read beyond :data:`~reloader.outputs.http.MAX_ANSWER`;
+* the interface's limits are known here (:data:`reloader.nginx.MAX_BODY`,
+  :data:`reloader.nginx.MAX_SERVERS`): a state over them is never sent, and
+  is reported once as refused; a 4xx answer (400: the module refused the
+  body, 413: too large) refuses the state too, with the module's reason;
+  other answers (507: shared dict full) are retried;
+* the live state is ``GET /upstreams``; a missing or different upstream is
+  re-POSTed, and names the config does not manage are removed (``DELETE
+  /upstream/NAME``): only the daemon, which holds the token, writes the
+  module's store;
+* the Lua balancer connects to addresses only: an upstream with servers
+  named by host is warned about once (all of them: every request fails with
+  502), and counted in the output's stats.
 
 Server parameters: ``weight``, ``down``, ``backup``, ``max_fails`` and
 ``fail_timeout`` are sent; ``max_conns`` is not supported by the Lua
@@ -29,18 +30,32 @@ servers, right after an nginx start) and is dropped with a warning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
-import requests
-
+from reloader.addresses import is_ip_literal
 from reloader.durations import parse_duration
 from reloader.model import Server, Upstream
-from reloader.outputs.base import Output
+from reloader.nginx import MAX_BODY, MAX_SERVERS
+from reloader.outputs.http import MAX_ANSWER, InterfaceDown, KeepAliveClient, NoAnswer, TransportError
+from reloader.outputs.push import (
+    OK,
+    REFUSED,
+    RETRY,
+    UNREACHABLE,
+    Adapter,
+    LiveError,
+    Outcome,
+    PushOutput,
+    Refusal,
+    Unreachable,
+    digest_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +65,10 @@ FORMAT_VERSION = 1
 _UNSUPPORTED_PARAMS = frozenset({"max_conns"})
 
 Document = dict[str, Any]
+
+#: The header that carries the interface's token (checked by the Lua module).
+TOKEN_HEADER = "X-Reloader-Token"
+_JSON = {"Content-Type": "application/json"}
 
 
 def server_document(server: Server) -> dict[str, Any]:
@@ -84,216 +103,157 @@ def _unsupported(upstream: Upstream) -> set[str]:
     return {name for server in upstream.servers for name, _ in server.params if name in _UNSUPPORTED_PARAMS}
 
 
-class LuaOutput(Output):
-    """Keeps the Lua module's interface at ``base_url`` serving the published upstreams."""
+class LuaAdapter(Adapter):
+    """The Lua interface at ``base_url``: JSON documents, ``GET /upstreams``, ``DELETE`` of unmanaged names."""
 
     name = "lua"
+    removes_unmanaged = True
 
     def __init__(
         self,
         base_url: str,
         *,
+        token: str | None = None,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 2.0,
+        max_body: int = MAX_BODY,
+        max_servers: int = MAX_SERVERS,
+        max_answer: int = MAX_ANSWER,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {TOKEN_HEADER: token} if token else {}
+        self._http = KeepAliveClient(self.base_url, connect_timeout, read_timeout, headers, max_answer)
+        self._max_body = max_body
+        self._max_servers = max_servers
+
+    def body(self, upstream: Upstream) -> bytes:
+        count = len(upstream.servers)
+        if count > self._max_servers:
+            raise Refusal(f"{count} servers, more than the Lua module's limit of {self._max_servers}")
+        data = json.dumps(upstream_document(upstream), separators=(",", ":")).encode()
+        if len(data) > self._max_body:
+            raise Refusal(f"a body of {len(data)} bytes, more than the Lua interface's limit of {self._max_body}")
+        return data
+
+    def send(self, items: list[tuple[str, bytes]]) -> list[Outcome]:
+        outcomes = []
+        for name, body in items:
+            outcome = self._post(name, body)
+            outcomes.append(outcome)
+            if outcome.kind == UNREACHABLE:
+                break
+        return outcomes
+
+    def _post(self, name: str, body: bytes) -> Outcome:
+        try:
+            answer = self._http.request("POST", _path(name), body, retry_dropped=1, headers=_JSON)
+        except (InterfaceDown, NoAnswer) as error:
+            return Outcome(UNREACHABLE, detail=str(error), counters=Counter(unreachable=1))
+        except TransportError as error:
+            return Outcome(RETRY, detail=str(error), counters=Counter(failed=1))
+        if answer.status == 200:
+            log.debug("lua: upstream %s posted: %s", name, answer.text.strip()[:200])
+            return Outcome(OK, 200)
+        reason = _error_text(answer.body)
+        if 400 <= answer.status < 500:
+            # Retrying the same body cannot help; the file still holds the state.
+            return Outcome(REFUSED, answer.status, reason, Counter({f"http_{answer.status}": 1}))
+        return Outcome(RETRY, answer.status, reason, Counter(failed=1))
+
+    def fetch(self) -> tuple[bytes, Any]:
+        try:
+            answer = self._http.request("GET", "/upstreams", retry_dropped=2)
+        except (InterfaceDown, NoAnswer) as error:
+            raise Unreachable(str(error)) from error
+        except TransportError as error:
+            raise LiveError(str(error)) from error
+        if answer.status != 200:
+            raise LiveError(f"GET {self.base_url}/upstreams answered {answer.status}: {_error_text(answer.body)}")
+        return digest_of(answer.body), answer.body
+
+    def blocks(self, answer: Any) -> dict[str, Any]:
+        try:
+            live = json.loads(answer)["upstreams"]
+            if not isinstance(live, dict):
+                raise TypeError("upstreams is not an object")
+        except (ValueError, KeyError, TypeError) as error:
+            raise LiveError(f"unreadable GET {self.base_url}/upstreams answer ({error})") from error
+        return live
+
+    def drift(self, upstream: Upstream, block: Any) -> str | None:
+        want = upstream_document(upstream)
+        return None if block == want else f"differs: {_difference(block, want)}"
+
+    def remove(self, name: str) -> Outcome:
+        try:
+            answer = self._http.request("DELETE", _path(name))
+        except (InterfaceDown, NoAnswer) as error:
+            return Outcome(UNREACHABLE, detail=str(error))
+        except TransportError as error:
+            return Outcome(RETRY, detail=str(error))
+        if answer.status in (200, 204, 404):
+            return Outcome(OK, answer.status)
+        log.warning("lua: DELETE %s answered %d (%s)", _path(name), answer.status, _error_text(answer.body))
+        return Outcome(RETRY, answer.status, _error_text(answer.body))
+
+    def warnings(self, upstream: Upstream) -> dict[str, str]:
+        warnings = {}
+        for param in sorted(_unsupported(upstream)):
+            warnings[f"param:{param}"] = (f"{param} is not supported by the Lua balancer; it applies only while "
+                                          "nginx serves the file's servers itself")
+        named = sorted({server.host for server in upstream.servers if not is_ip_literal(server.host)})
+        if named:
+            every = all(not is_ip_literal(server.host) for server in upstream.servers)
+            shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+            warnings["hostnames"] = (
+                f"servers named by host ({shown}) are skipped by the Lua balancer, which connects to "
+                "addresses only" + ("; every server is one, so every request to it fails (502)" if every else "")
+            )
+        return warnings
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class LuaOutput(PushOutput):
+    """Keeps the Lua module's interface at ``base_url`` serving the published upstreams."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
         reconcile_interval: float = 5.0,
         reassert_interval: float = 60.0,
         retry_interval: float = 1.0,
         connect_timeout: float = 1.0,
         read_timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        token: str | None = None,
+        max_body: int = MAX_BODY,
+        max_servers: int = MAX_SERVERS,
+        max_answer: int = MAX_ANSWER,
+        **engine: Any,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._reconcile_interval = reconcile_interval
-        self._reassert_interval = reassert_interval
-        self._retry_interval = retry_interval
-        self._timeout = (connect_timeout, read_timeout)
-        self._clock = clock
-        self._http = requests.Session()
-        # The interface is on loopback: never through a proxy from the environment.
-        self._http.trust_env = False
-        if token is not None:
-            # The interface's secret (reloader/nginx/secret.py), on every request.
-            self._http.headers["X-Reloader-Token"] = token
-        self._desired: dict[str, Document] = {}
-        self._pending: set[str] = set()
-        # Bodies the module refused (400), by name: not retried until they change.
-        self._refused: dict[str, Document] = {}
-        self._warned: set[tuple[str, str]] = set()
-        self._reachable = True
-        # For metrics and status: POST outcomes, repairs, re-asserts.
-        self._counts: dict[str, int] = dict.fromkeys(("ok", "refused", "failed", "unreachable", "repairs", "reasserts"), 0)
-        # Bumped on every change of the desired state; part of the clean-pass key.
-        self._generation = 0
-        self._clean: tuple[str, int] | None = None
-        now = clock()
-        self._next_retry = now + retry_interval
-        self._next_reconcile = now + reconcile_interval
-        self._next_reassert = now + reassert_interval
-
-    # -- the Output interface ----------------------------------------------
-
-    @property
-    def pending(self) -> frozenset[str]:
-        """Names whose desired state nginx is not known to serve yet."""
-        return frozenset(self._pending)
-
-    def forget(self, name: str) -> None:
-        """No longer managed: not re-POSTed or repaired; what the module holds is left alone."""
-        self._desired.pop(name, None)
-        self._pending.discard(name)
-        self._refused.pop(name, None)
-        self._generation += 1
-
-    def publish(self, upstream: Upstream) -> None:
-        for param in sorted(_unsupported(upstream)):
-            if (upstream.name, param) not in self._warned:
-                self._warned.add((upstream.name, param))
-                log.warning("upstream %s: %s is not supported by the Lua balancer; it applies only while "
-                            "nginx serves the file's servers itself", upstream.name, param)
-        document = upstream_document(upstream)
-        if self._desired.get(upstream.name) == document and upstream.name not in self._pending:
-            return
-        self._desired[upstream.name] = document
-        self._generation += 1
-        self._pending.add(upstream.name)
-        if self._reachable:
-            self._post(upstream.name, "published")
-
-    def seed(self, upstream: Upstream) -> None:
-        # Read back at start-up: nginx may or may not hold it, so compare soon.
-        self._desired[upstream.name] = upstream_document(upstream)
-        self._generation += 1
-        self._next_reconcile = min(self._next_reconcile, self._clock())
-
-    def tick(self, now: float) -> None:
-        if not self._reachable:
-            if now >= self._next_retry:
-                self._next_retry = now + self._retry_interval
-                self._reconcile(now, probing=True)
-            return
-        if self._pending and now >= self._next_retry:
-            self._next_retry = now + self._retry_interval
-            for name in sorted(self._pending):
-                if not self._post(name, "retry"):
-                    break
-        if self._reassert_interval > 0 and now >= self._next_reassert:
-            self.reassert("periodic re-assert")
-        if self._reconcile_interval > 0 and now >= self._next_reconcile:
-            self._reconcile(now)
-
-    def reassert(self, why: str) -> None:
-        """Re-POST every managed upstream now (``why`` goes to the log)."""
-        self._next_reassert = self._clock() + self._reassert_interval
-        names = sorted(name for name in self._desired if name not in self._refused)
-        if not names:
-            return
-        log.info("lua: re-POSTing %d upstreams: %s", len(names), why)
-        self._counts["reasserts"] += 1
-        self._pending.update(names)
-        for name in names:
-            if not self._reachable or not self._post(name, why):
-                break
-
-    def close(self) -> None:
-        self._http.close()
-
-    def stats(self) -> dict[str, int]:
-        return {**self._counts, "reachable": int(self._reachable)}
-
-    # -- HTTP ----------------------------------------------------------------
-
-    def _unreachable(self, what: str, error: Exception) -> None:
-        if self._reachable:
-            log.warning("lua: interface %s unreachable (%s: %s); probing every %.1f s",
-                        self.base_url, what, error, self._retry_interval)
-        self._reachable = False
-        self._clean = None
-        self._next_retry = self._clock() + self._retry_interval
-
-    def _post(self, name: str, why: str) -> bool:
-        """One POST of the desired state of ``name``; False when the interface is unreachable."""
-        document = self._desired[name]
-        if self._refused.get(name) == document:
-            self._pending.discard(name)
-            return True
-        try:
-            answer = self._http.post(
-                f"{self.base_url}/upstream/{name}",
-                data=json.dumps(document, separators=(",", ":")).encode(),
-                headers={"Content-Type": "application/json"},
-                timeout=self._timeout,
-            )
-        except requests.RequestException as error:
-            self._counts["unreachable"] += 1
-            self._unreachable(f"POST {name}", error)
-            return False
-        if answer.status_code == 200:
-            self._counts["ok"] += 1
-            self._pending.discard(name)
-            self._refused.pop(name, None)
-            log.debug("lua: upstream %s posted (%s): %s", name, why, answer.text.strip())
-            return True
-        reason = _error_text(answer)
-        if answer.status_code == 400:
-            # Retrying the same body cannot help; the file still holds the state.
-            self._refused[name] = document
-            self._pending.discard(name)
-            self._counts["refused"] += 1
-            log.error("lua: nginx refused upstream %s: %s", name, reason)
-        else:
-            self._counts["failed"] += 1
-            log.warning("lua: POST %s answered %d (%s); retrying in %.1f s",
-                        name, answer.status_code, reason, self._retry_interval)
-        return True
-
-    def _reconcile(self, now: float, probing: bool = False) -> None:
-        self._next_reconcile = now + self._reconcile_interval
-        try:
-            answer = self._http.get(f"{self.base_url}/upstreams", timeout=self._timeout)
-            answer.raise_for_status()
-        except requests.RequestException as error:
-            self._unreachable("GET /upstreams", error)
-            return
-        if probing:
-            log.info("lua: interface %s answers again", self.base_url)
-            self._reachable = True
-        digest = hashlib.sha256(answer.content).hexdigest()
-        if self._clean == (digest, self._generation) and not self._pending:
-            return
-        try:
-            live = answer.json()["upstreams"]
-            if not isinstance(live, dict):
-                raise TypeError("upstreams is not an object")
-        except (ValueError, KeyError, TypeError) as error:
-            log.error("lua: unreadable GET /upstreams answer (%s)", error)
-            return
-        repaired = False
-        for name in sorted(self._desired):
-            want = self._desired[name]
-            if self._refused.get(name) == want:
-                continue
-            have = live.get(name)
-            if have == want and name not in self._pending:
-                continue
-            if have is None:
-                why = "missing from nginx (restarted?)"
-            elif have != want:
-                why = f"drifted ({_difference(have, want)})"
-            else:
-                why = "pending"
-            log.info("lua: upstream %s %s; re-POSTing", name, why)
-            self._counts["repairs"] += 1
-            repaired = True
-            self._pending.add(name)
-            if not self._post(name, why):
-                return
-        self._clean = None if repaired or self._pending else (digest, self._generation)
+        adapter = LuaAdapter(
+            base_url, token=token, connect_timeout=connect_timeout, read_timeout=read_timeout,
+            max_body=max_body, max_servers=max_servers, max_answer=max_answer,
+        )
+        super().__init__(
+            adapter, retry_interval=retry_interval, reconcile_interval=reconcile_interval,
+            reassert_interval=reassert_interval, clock=clock, **engine,
+        )
 
 
-def _error_text(answer: requests.Response) -> str:
+def _path(name: str) -> str:
+    return f"/upstream/{quote(name, safe='')}"
+
+
+def _error_text(body: bytes) -> str:
+    """The module's reason (its JSON ``error``), or the start of the answer."""
     try:
-        return str(answer.json().get("error", answer.text.strip()))
+        return str(json.loads(body).get("error", ""))[:200] or body.decode("utf-8", "replace").strip()[:200]
     except (ValueError, AttributeError):
-        return answer.text.strip()[:200]
+        return body.decode("utf-8", "replace").strip()[:200]
 
 
 def _difference(have: Any, want: Document) -> str:

@@ -28,6 +28,16 @@ contents (A -> B -> A within one window) cause no reload at all. Pending
 changes are applied at shutdown too: the next start adopts the files as
 published, so it would never reload for them.
 
+What nginx last loaded is recorded beside the files (:data:`LOADED_RECORD`:
+a digest of every ``*.upstream`` file as it was just before the last
+successful ``reload_cmd``, written atomically after it). At start-up the
+files are compared with that record, and any difference (or no record while
+files exist) is a reload owed. So a file ahead of nginx is always recovered,
+whatever was lost in between: a ``FileWritten`` still queued at SIGTERM, a
+``close()`` whose test outlived the grace, a reload owed when the process
+died. The record is taken before the reload runs, so it may be behind what
+nginx loaded (one reload too many at the next start), never ahead.
+
 Commands are argv lists run without a shell and with a timeout; a timeout or
 a missing binary is a failure like any other, logged with the command.
 Everything here runs on the output's own thread; files are put back through
@@ -37,6 +47,8 @@ so a refusal never undoes a newer state the files output wrote meanwhile.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shlex
 import subprocess
@@ -46,7 +58,7 @@ from typing import Callable, Iterable
 from reloader.config import ReloadConfig
 from reloader.model import Upstream
 from reloader.outputs.base import FileWritten, Output
-from reloader.outputs.files import FileStore
+from reloader.outputs.files import FileStore, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +71,8 @@ REFUSED_RETRY_MIN = 30.0
 REFUSED_RETRY_MAX = 600.0
 #: How much of a command's output goes into a log line.
 _OUTPUT_LIMIT = 2000
+#: The file, beside the upstream files, that records what nginx last loaded.
+LOADED_RECORD = ".reloader-loaded.json"
 
 Clock = Callable[[], float]
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -104,6 +118,48 @@ class ReloadOutput(Output):
         self._refused_retry_at = float("inf")
         self._refused_backoff = REFUSED_RETRY_MIN
         self._retrying_refused = False
+        # Files that differ from what nginx last loaded: a reload is owed from the start.
+        behind = self._behind_nginx()
+        if behind:
+            log.warning("reload: %s differ from what nginx last loaded; reloading", behind)
+            self._reload_owed = True
+
+    # ---- what nginx last loaded ---------------------------------------------------
+
+    def _digests(self) -> dict[str, str]:
+        """A digest of every upstream file on disk now (a file that cannot be read counts as changed)."""
+        digests = {}
+        for name in self.store.names():
+            try:
+                text = self.store.read(name)
+            except (OSError, UnicodeDecodeError):
+                text = None
+            digests[name] = "unreadable" if text is None else hashlib.sha256(text.encode()).hexdigest()
+        return digests
+
+    def _behind_nginx(self) -> str | None:
+        """Which files are not what nginx last loaded (None: all are), from the record beside them."""
+        path = self.store.directory / LOADED_RECORD
+        digests = self._digests()
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))["files"]
+            if not isinstance(record, dict):
+                raise TypeError("files is not an object")
+        except FileNotFoundError:
+            return "the files (no record of an earlier reload)" if digests else None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("reload: cannot read %s (%s)", path, error)
+            return "the files (the record of the last reload is unreadable)" if digests else None
+        differ = sorted(name for name in set(digests) | set(record) if digests.get(name) != record.get(name))
+        return _names(differ) if differ else None
+
+    def _record_loaded(self, digests: dict[str, str]) -> None:
+        path = self.store.directory / LOADED_RECORD
+        try:
+            atomic_write(path, json.dumps({"files": digests}, sort_keys=True))
+        except OSError as error:
+            # The next start reloads once more: safe, only slower.
+            log.warning("reload: cannot record the reload in %s: %s", path, error.strerror or error)
 
     # ---- Output interface ---------------------------------------------------------
 
@@ -154,8 +210,8 @@ class ReloadOutput(Output):
     def close(self) -> None:
         """At shutdown, apply what is still waiting for its window.
 
-        Otherwise the files would hold a state nginx never loaded, and the
-        next start-up, adopting the files as published, would never reload.
+        Otherwise nginx would stay behind the files until the next start
+        finds them differing from the record of the last reload.
         """
         if self._pending or self._reload_owed:
             log.info("reload: applying pending changes before exit")
@@ -204,7 +260,9 @@ class ReloadOutput(Output):
                     return
         # From here on the files on disk passed the test: they are the state a
         # later refusal restores, whether or not the reload below succeeds.
-        what = _names(net) if net else "changes of an earlier failed reload"
+        what = _names(net) if net else "changes of an earlier failed or lost reload"
+        # Taken before the reload: a file written after this is not recorded as loaded.
+        loaded = self._digests()
         ok, output = self._command(self.config.reload_cmd, "reload_cmd")
         if not ok:
             self.reload_failures += 1
@@ -223,6 +281,7 @@ class ReloadOutput(Output):
         self._reload_owed = False
         self._retry_interval = 0.0
         self.reloads += 1
+        self._record_loaded(loaded)
         log.info("reload: nginx reloaded for %s", what)
 
     def _reject(
