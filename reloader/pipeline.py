@@ -235,7 +235,10 @@ class Pipeline:
                     if reason is None:
                         continue
                 else:
-                    reason = self._hosts.problem(result.host) if self._hosts is not None else None
+                    # The address policy first: a refused address is refused whether or not it resolves.
+                    reason = znode.networks.refusal(result.host)
+                    if reason is None and self._hosts is not None:
+                        reason = self._hosts.problem(result.host)
                     if reason is None:
                         servers.append(result)
                         continue
