@@ -375,8 +375,11 @@ def run_render(
     client_factory: ClientFactory | None = None,
 ) -> int:
     """The ``render`` command: read, decide, then print, diff and/or write. Returns the exit code."""
-    hosts = HostChecker()
-    report = decide(config, read_all(config, client_factory), hosts)
+    hosts = HostChecker(interval=config.resolve_interval)
+    try:
+        report = decide(config, read_all(config, client_factory), hosts)
+    finally:
+        hosts.close()
     for line in report.problems:
         print(line, file=err)
     code = report.exit_code

@@ -90,6 +90,7 @@ def test_a_team_cannot_point_nginx_at_the_host_or_at_another_team(
         f"0.0.0.0:{secret.port}",
         f"[::1]:{secret.port}",
         "169.254.169.254:80",
+        f"localhost:{secret.port}",  # a host name is judged by what it resolves to
     ]
     try:
         wait_until(lambda: all((files / f"{name}.upstream").exists() for name in ("teama", "teamb")), 15,
@@ -108,7 +109,7 @@ def test_a_team_cannot_point_nginx_at_the_host_or_at_another_team(
         wait_until(lambda: "weight=2" in (files / "teama.upstream").read_text(), 10, "team A's second change")
 
         text_a = (files / "teama.upstream").read_text()
-        for needle in ("127.0.0.1", "::1", "::ffff", "0.0.0.0", "169.254"):
+        for needle in ("127.0.0.1", "::1", "::ffff", "0.0.0.0", "169.254", "localhost"):
             assert needle not in text_a, text_a
         assert (files / "teamb.upstream").read_text() == f"upstream teamb {{\n    server {team_b.address};\n}}\n"
         assert answers(url_b, tries=12) == {"team-b"}
