@@ -33,7 +33,8 @@ drop hold ending), the pipeline schedules a re-check of the last desired
 state, so a held drop is released without waiting for another registry
 change.
 
-One pipeline serves one cluster and runs on that cluster's thread only.
+One pipeline serves one cluster and runs on that cluster's thread only
+(resolver threads only add to a locked set of answered names and ``post``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ from reloader.resolve import HostChecker, Resolution
 from reloader.snapshot import ChildData, Snapshot, Unreadable
 
 log = logging.getLogger(__name__)
+
+#: The longest time between two requests for the names in use (see Pipeline._schedule_refresh).
+REFRESH_AT_MOST = 5.0
 
 Publish = Callable[[Upstream], None]
 Schedule = Callable[[float, Callable[[], None]], None]
@@ -375,11 +379,16 @@ class Pipeline:
             self._decide(state)
 
     def _schedule_refresh(self) -> None:
-        """Look the names in use up again every ``interval`` (answers older than that are due)."""
+        """Ask for the names in use again and again: the resolver looks up those whose answer is due.
+
+        Asking every half interval (at most every 5 s, so that a failed
+        look-up is retried soon) keeps each name's age below 1.5 intervals
+        at the cost of one dictionary look-up per name.
+        """
         if self._schedule is None or self._hosts is None or self._refresh_due:
             return
         self._refresh_due = True
-        self._schedule(self._hosts.interval, self._refresh)
+        self._schedule(min(self._hosts.interval / 2, REFRESH_AT_MOST), self._refresh)
 
     def _refresh(self) -> None:
         self._refresh_due = False

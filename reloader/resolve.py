@@ -117,8 +117,9 @@ class HostChecker:
     ) -> None:
         #: How old an answer may get before the name is looked up again.
         self.interval = interval
-        #: The longest :meth:`wait` waits (the one-shot ``render`` waits; the daemon never does).
+        #: The longest :meth:`wait` waits, over all its calls (the one-shot ``render`` waits; the daemon never does).
         self.timeout = timeout
+        self._waited = 0.0
         self._lookup = lookup
         self._clock = clock
         self._lock = threading.Lock()
@@ -166,13 +167,22 @@ class HostChecker:
             if not entry.users and not entry.in_flight:
                 del self._entries[host]
 
-    def wait(self, hosts: Iterable[str], timeout: float | None = None) -> None:
-        """Wait until none of ``hosts`` is unknown with a look-up on its way, or ``timeout`` (default ``self.timeout``).
+    def wait(self, hosts: Iterable[str]) -> None:
+        """Wait until none of ``hosts`` is unknown with a look-up on its way, or the budget is spent.
 
         For the one-shot ``render`` only: a daemon thread never waits here.
+        All calls together wait at most ``timeout``, so a hung resolver costs
+        a render that long once, however many upstreams name hosts.
         """
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        began = time.monotonic()
+        deadline = began + max(self.timeout - self._waited, 0.0)
         names = [host for host in hosts if not is_ip_literal(host)]
+        try:
+            self._wait_until(names, deadline)
+        finally:
+            self._waited += time.monotonic() - began
+
+    def _wait_until(self, names: list[str], deadline: float) -> None:
         with self._lock:
             while True:
                 waiting = [
