@@ -381,3 +381,13 @@ def test_the_one_shot_render_waits_for_a_hung_resolver_once_in_all(caplog: pytes
     finally:
         dns.release.set()
         checker.close()
+
+
+def test_resolve_interval_is_a_setting() -> None:
+    from reloader.config import ConfigError, parse_config
+
+    base = {"zk_servers": "zk:2181", "zk_nodes": {"app": "/svc/app"}}
+    assert parse_config(base).resolve_interval == 30
+    assert parse_config({**base, "resolve_interval": "10s"}).resolve_interval == 10
+    with pytest.raises(ConfigError, match="resolve_interval: must be greater than zero"):
+        parse_config({**base, "resolve_interval": 0})
