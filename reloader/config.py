@@ -509,7 +509,9 @@ def _parse_reload(problems: _Collector, key_path: str, value: Any) -> ReloadConf
     return ReloadConfig(test_cmd=test_cmd, reload_cmd=reload_cmd, min_interval=min_interval)
 
 
-def _parse_networks(problems: _Collector, key_path: str, mapping: Mapping[Any, Any], base: NetworkPolicy) -> NetworkPolicy:
+def _parse_networks(
+    problems: _Collector, key_path: str, mapping: Mapping[Any, Any], base: NetworkPolicy
+) -> NetworkPolicy:
     """``base`` with the allowed_networks / denied_networks that ``mapping`` gives added."""
     extra = {
         key: problems.check(_join(key_path, key), parse_networks, mapping[key]) or ()

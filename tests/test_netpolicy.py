@@ -187,3 +187,21 @@ def test_check_warns_when_dyups_is_not_on_loopback(tmp_path: Path) -> None:
     for url in ("http://127.0.0.1:8081", "http://[::1]:8081", "http://localhost:8081"):
         local = check(url)
         assert local.returncode == 0 and "loopback" not in local.stderr, url
+
+
+def test_an_embedded_ipv4_address_is_judged_as_itself() -> None:
+    import ipaddress
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    policies = [DEFAULT, NetworkPolicy(allowed=parse_networks(["127.0.0.0/8"]), denied=parse_networks(["10.0.0.0/8"]))]
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.integers(min_value=0, max_value=2**32 - 1), st.sampled_from(policies))
+    def check(value: int, policy: NetworkPolicy) -> None:
+        v4 = str(ipaddress.IPv4Address(value))
+        for form in (f"::ffff:{v4}", f"::ffff:0:{v4}"):
+            assert (policy.refusal(v4) is None) == (policy.refusal(str(ipaddress.ip_address(form))) is None), form
+
+    check()

@@ -86,7 +86,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def znode(name: str, path: str | None = None, networks: NetworkPolicy = NetworkPolicy(), **kwargs: object) -> ZnodeConfig:
+def znode(
+    name: str, path: str | None = None, networks: NetworkPolicy = NetworkPolicy(), **kwargs: object
+) -> ZnodeConfig:
     return ZnodeConfig(upstream=name, path=path or f"/svc/{name}", key_path=f"zk_nodes.{name}",
                        guards=GUARDS_OFF, networks=networks, **kwargs)  # type: ignore[arg-type]
 
@@ -143,7 +145,9 @@ def test_a_look_up_never_blocks_the_caller_and_its_answer_is_announced() -> None
         checker.close()
 
 
-def test_last_known_addresses_are_kept_while_look_ups_fail_and_a_new_name_fails(caplog: pytest.LogCaptureFixture) -> None:
+def test_last_known_addresses_are_kept_while_look_ups_fail_and_a_new_name_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     dns = Dns({"svc.example": ["10.0.0.5"]})
     clock = Clock()
     checker = HostChecker(lookup=dns, clock=clock, interval=30)
