@@ -174,6 +174,9 @@ class Pipeline:
                 state.guard.settings = znode.guards
                 state.parsed = {}  # the format or its options may have changed
                 changed.append(name)
+        # Warnings remembered for a way of reading a znode that no upstream uses any more are dropped.
+        in_use = {_warn_key(state.config.path, state.config) for state in self._states.values()}
+        self._warned = {key: children for key, children in self._warned.items() if key in in_use}
         return added, removed, changed
 
     # ---- start-up --------------------------------------------------------------
@@ -271,7 +274,7 @@ class Pipeline:
         """The servers of the last snapshot, each address judged by the policy, names resolved; warns once."""
         znode = state.config
         origin = state.origin
-        key = (origin, znode.format, znode.format_options, znode.networks)
+        key = _warn_key(origin, znode)
         warned = self._warned.get(key, {})
         still_bad: dict[str, str] = dict(state.unreadable)
         servers: list[Server] = []
@@ -397,6 +400,11 @@ class Pipeline:
         for name in self._name_users:
             self._hosts.resolve(name, self._answered)
         self._schedule_refresh()
+
+
+def _warn_key(origin: str, znode: ZnodeConfig) -> Hashable:
+    """Upstreams that read a znode alike (format, its options, address policy) share their warnings."""
+    return (origin, znode.format, znode.format_options, znode.networks)
 
 
 def _short(text: str, limit: int = 120) -> str:

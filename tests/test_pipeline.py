@@ -231,3 +231,15 @@ def test_a_znode_read_in_two_formats_warns_once_per_format(caplog: pytest.LogCap
     warnings = [r.getMessage() for r in caplog.records if "'junk' skipped" in r.getMessage()]
     assert len(warnings) == 2, warnings
     assert any("no 'host'" in w for w in warnings) and any("not host:port" in w for w in warnings)
+
+
+def test_warnings_remembered_for_a_removed_upstream_are_dropped() -> None:
+    recorder = Recorder()
+    znodes = [ZnodeConfig(upstream=name, path=f"/services/{name}", key_path=f"zk_nodes.{name}", guards=GUARDS_OFF)
+              for name in ("a", "b")]
+    pipeline = Pipeline(znodes, recorder)
+    for znode in znodes:
+        pipeline.update(znode.upstream, {"10.0.0.1:80": b"", "a b:80": b""}, znode.path)
+    assert len(pipeline._warned) == 2
+    pipeline.reconfigure(znodes[:1])
+    assert len(pipeline._warned) == 1

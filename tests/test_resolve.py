@@ -291,6 +291,10 @@ def test_queueing_behind_hung_look_ups_never_turns_a_healthy_name_into_a_skip(
     children = {f"hung{i}.example:80": b"" for i in range(8)} | {"good.example:80": b"", "10.0.0.1:80": b""}
     try:
         with caplog.at_level(logging.WARNING):
+            # The hung names first, so that both resolver threads hang and the good name queues behind them.
+            hung = {child: data for child, data in children.items() if child.startswith("hung")}
+            pipeline.update("app", hung | {"10.0.0.1:80": b""}, "/svc/app")
+            wait_for(lambda: len(dns.calls) == 2)
             pipeline.update("app", children, "/svc/app")
             # Long after any timeout, names queued behind hung look-ups are still unknown, never a skip.
             clock.now += 3600
