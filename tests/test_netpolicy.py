@@ -205,3 +205,19 @@ def test_an_embedded_ipv4_address_is_judged_as_itself() -> None:
             assert (policy.refusal(v4) is None) == (policy.refusal(str(ipaddress.ip_address(form))) is None), form
 
     check()
+
+
+def test_a_config_reload_that_changes_the_policy_applies_to_the_next_snapshot() -> None:
+    from dataclasses import replace
+
+    pipeline, published = _pipeline()
+    children = {"127.0.0.1:9000": b"", "10.0.0.1:80": b""}
+    pipeline.update("app", children, "/svc/app")
+    assert [s.address for s in published[-1].servers] == ["10.0.0.1:80"]
+    allowing = replace(pipeline._states["app"].config, networks=NetworkPolicy(allowed=parse_networks(["127.0.0.1/32"])))
+    assert pipeline.reconfigure([allowing]) == ([], [], ["app"])
+    pipeline.update("app", children, "/svc/app")  # the source hands a changed upstream its snapshot again
+    assert [s.address for s in published[-1].servers] == ["10.0.0.1:80", "127.0.0.1:9000"]
+    pipeline.reconfigure([replace(allowing, networks=DEFAULT)])
+    pipeline.update("app", children, "/svc/app")
+    assert [s.address for s in published[-1].servers] == ["10.0.0.1:80"]
