@@ -5,6 +5,8 @@
   tab-separated upstream lines can skip them); secrets are never shown.
 * :func:`output_path_state`: whether ``files_output_path`` can be written,
   without creating or writing anything.
+* :func:`warnings`: settings that are valid but unsafe (a ``dyups_url``
+  beyond loopback: dyups has no authentication of its own);
 * :func:`connect_all`: one short ZooKeeper connection attempt per cluster
   (the only part that touches the network), in parallel, so the whole takes
   about one session timeout however many clusters there are.
@@ -12,10 +14,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from reloader.config import ClusterConfig, Config, GuardSettings, kazoo_arguments
 
@@ -81,6 +85,9 @@ def settings_lines(config: Config) -> list[str]:
          (f"[{config.listen[0]}]:{config.listen[1]}" if ":" in config.listen[0] else
           f"{config.listen[0]}:{config.listen[1]}")),
         ("prune_files", str(config.prune_files).lower()),
+        ("resolve_interval", _seconds(config.resolve_interval)),
+        ("allowed_networks", " ".join(map(str, config.networks.allowed)) or "none"),
+        ("denied_networks", " ".join(map(str, config.networks.denied)) or "none"),
         *_guards(config.guards),
     ]
     lines = [f"# {name} = {value}" for name, value in settings]
@@ -95,7 +102,35 @@ def settings_lines(config: Config) -> list[str]:
             + (f", upstream_directives {'; '.join(options.directives)}" if options.directives else "")
             + (f", backup_servers {' '.join(server.address for server in options.backup_servers)}"
                if options.backup_servers else "")
+            + (f", allowed_networks {' '.join(map(str, znode.networks.allowed))}"
+               if znode.networks.allowed != config.networks.allowed else "")
+            + (f", denied_networks {' '.join(map(str, znode.networks.denied))}"
+               if znode.networks.denied != config.networks.denied else "")
         )
+    return lines
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def warnings(config: Config) -> list[str]:
+    """Valid settings that are unsafe, one line each (``check`` prints them on stderr)."""
+    lines: list[str] = []
+    if config.dyups_url is not None:
+        host = urlsplit(config.dyups_url).hostname or ""
+        if not _is_loopback(host):
+            lines.append(
+                f"warning: dyups_url {config.dyups_url} is not on loopback: dyups has no authentication of its "
+                "own, so anyone who can reach it can rewrite every upstream; serve it on 127.0.0.1 or ::1 only"
+            )
     return lines
 
 

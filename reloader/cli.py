@@ -102,6 +102,8 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{znode.upstream}\t{cluster.zk_servers}\t{znode.path}")
     for line in check.settings_lines(config):
         print(line)
+    for line in check.warnings(config):
+        print(line, file=sys.stderr)
     if not args.connect:
         return 0
     states = check.connect_all(config)

@@ -63,6 +63,7 @@ class ClusterWorker:
         self._published: list[Upstream] = []
         self.pipeline = Pipeline(
             cluster.znodes, self._published.append, self.freeze, schedule=self.inbox.call_later, hosts=hosts,
+            post=self.inbox.put,
         )
         self.source = ZooKeeperSource(
             cluster, self.inbox, self.pipeline, self.freeze, session_timeout, client_factory,

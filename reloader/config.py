@@ -33,6 +33,7 @@ from reloader.config_yaml import YamlProblem, YamlSource, load_yaml
 from reloader.durations import parse_duration
 from reloader.formats import FORMAT_NAMES, PORT_FIELDS, FormatOptions
 from reloader.nginx.secret import check_value
+from reloader.netpolicy import NetworkPolicy, parse_networks
 
 # Used with fullmatch: a pattern ending in `$` would accept a trailing newline.
 UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -47,6 +48,8 @@ NOTIFY_KEYS: tuple[str, ...] = ("dyups_url", "lua_url", "nginx_reload")
 LUA_DIRECTIVES: tuple[str, ...] = ("keepalive", "keepalive_timeout", "keepalive_requests")
 
 _GUARD_KEYS = {"settle_after_reconnect", "max_drop", "drop_hold"}
+#: Global and per upstream: which addresses registry instances may name (reloader/netpolicy.py).
+_NETWORK_KEYS = {"allowed_networks", "denied_networks"}
 _SETTING_KEYS = {
     "files_output_path",
     "dyups_url",
@@ -61,7 +64,9 @@ _SETTING_KEYS = {
     "lua_secret",
     "lua_secret_file",
     "lua_secret_group",
+    "resolve_interval",
     *_GUARD_KEYS,
+    *_NETWORK_KEYS,
 }
 _CLUSTER_KEYS = {"zk_servers", "zk_nodes", "name", "auth", "sasl", "tls"}
 _ZNODE_KEYS = {
@@ -74,6 +79,7 @@ _ZNODE_KEYS = {
     "upstream_directives",
     "backup_servers",
     *_GUARD_KEYS,
+    *_NETWORK_KEYS,
 }
 _RELOAD_KEYS = {"test_cmd", "reload_cmd", "min_interval"}
 _AUTH_KEYS = {"scheme", "credential_file", "credential_env"}
@@ -144,6 +150,8 @@ class ZnodeConfig:
     format_options: FormatOptions = field(default_factory=FormatOptions)
     options: UpstreamOptions = field(default_factory=UpstreamOptions)
     guards: GuardSettings = field(default_factory=GuardSettings)
+    # Which addresses its registry instances may name: the global lists plus its own.
+    networks: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,10 @@ class Config:
     lua_secret: str | None = field(default=None, repr=False)
     lua_secret_file: Path | None = None
     lua_secret_group: str | None = None
+    # How often host names from the registry are looked up again (reloader/resolve.py).
+    resolve_interval: float = 30.0
+    # The global allowed_networks / denied_networks (each znode's networks include them).
+    networks: NetworkPolicy = field(default_factory=NetworkPolicy)
 
     @property
     def znodes(self) -> tuple[ZnodeConfig, ...]:
@@ -523,6 +535,19 @@ def _parse_reload(problems: _Collector, key_path: str, value: Any) -> ReloadConf
     return ReloadConfig(test_cmd=test_cmd, reload_cmd=reload_cmd, min_interval=min_interval)
 
 
+def _parse_networks(
+    problems: _Collector, key_path: str, mapping: Mapping[Any, Any], base: NetworkPolicy
+) -> NetworkPolicy:
+    """``base`` with the allowed_networks / denied_networks that ``mapping`` gives added."""
+    extra = {
+        key: problems.check(_join(key_path, key), parse_networks, mapping[key]) or ()
+        for key in ("allowed_networks", "denied_networks") if key in mapping
+    }
+    if not extra:
+        return base
+    return base.with_extra(extra.get("allowed_networks", ()), extra.get("denied_networks", ()))
+
+
 def _parse_guards(problems: _Collector, key_path: str, mapping: Mapping[Any, Any], base: GuardSettings) -> GuardSettings:
     """``base`` with the guard keys ``mapping`` gives replaced, key by key."""
     parsers: dict[str, Callable[[Any], float]] = {
@@ -674,6 +699,7 @@ class _Context:
     dyups_enabled: bool
     lua_enabled: bool
     guards: GuardSettings
+    networks: NetworkPolicy
     base_dir: Path | None
     environ: Mapping[str, str]
 
@@ -741,6 +767,7 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
         _join(key_path, "backup_servers"), upstream_options.parse_backup_servers, entry.get("backup_servers")
     )
     guards = _parse_guards(problems, key_path, entry, context.guards)
+    networks = _parse_networks(problems, key_path, entry, context.networks)
     if path is None or server_params is None or directives is None or backups is None:
         return None
     try:
@@ -756,6 +783,7 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
         format_options=format_options,
         options=UpstreamOptions(server_params=server_params, directives=directives, backup_servers=backups),
         guards=guards,
+        networks=networks,
     )
 
 
@@ -873,10 +901,12 @@ def parse_config(
     if conflict:
         problems.add("(top level)", conflict)
     guards = _parse_guards(problems, "", settings, GuardSettings())
+    networks = _parse_networks(problems, "", settings, NetworkPolicy())
     context = _Context(
         dyups_enabled=settings.get("dyups_url") is not None,
         lua_enabled=settings.get("lua_url") is not None,
         guards=guards,
+        networks=networks,
         base_dir=base_dir,
         environ=os.environ if environ is None else environ,
     )
@@ -924,6 +954,9 @@ def parse_config(
     )
     listen = problems.check("listen", _parse_listen, settings["listen"]) if settings.get("listen") is not None else None
     prune_files = problems.check("prune_files", _parse_flag, settings.get("prune_files", False))
+    resolve_interval = problems.check(
+        "resolve_interval", _parse_positive_duration, settings.get("resolve_interval", 30)
+    )
     reload_config = (
         _parse_reload(problems, "nginx_reload", settings["nginx_reload"]) if settings.get("nginx_reload") is not None else None
     )
@@ -940,6 +973,7 @@ def parse_config(
         raise ConfigError(source, problems.finish())
     assert files_output_path is not None and reconcile is not None and reassert is not None
     assert session_timeout is not None and retry is not None and prune_files is not None
+    assert resolve_interval is not None
     valid = tuple(cluster for cluster in clusters if cluster)
     return Config(
         source=source,
@@ -958,6 +992,8 @@ def parse_config(
         lua_secret=lua_secret,
         lua_secret_file=lua_secret_file,
         lua_secret_group=lua_secret_group,
+        resolve_interval=resolve_interval,
+        networks=networks,
     )
 
 

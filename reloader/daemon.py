@@ -148,7 +148,7 @@ class Daemon:
         self.followers = [_follower_runner(output) for output in self._make_followers(config)]
         for runner in self.followers:
             self.files.subscribe(runner.offer_many)
-        self.hosts = HostChecker()
+        self.hosts = HostChecker(interval=config.resolve_interval)
         self._client_factory = client_factory
         self.clusters = [self._make_worker(cluster) for cluster in sessions(config.clusters)]
         self._cluster_of = {name: worker for worker in self.clusters for name in worker.pipeline.upstream_names}
@@ -409,6 +409,7 @@ class Daemon:
             return
         old = self.config
         self.config = new
+        self.hosts.interval = new.resolve_interval
         if _outputs_of(new) != _outputs_of(old):
             self._replace_followers(new)
         self._reconfigure_clusters(old, new)

@@ -227,7 +227,10 @@ def run_demo(nginx_binary: str | None = None, interval: float = 3.0) -> int:
             else LocalNginx(nginx_binary or "nginx", workdir=workdir / "nginx")
         )
         port = free_port()
-        settings: dict[str, Any] = {"zk_nodes": {UPSTREAM: ZNODE}, "files_output_path": str(files_dir)}
+        # The demo's backends listen on loopback, which registry instances may
+        # not name unless the config allows it (reloader/netpolicy.py).
+        settings: dict[str, Any] = {"zk_nodes": {UPSTREAM: ZNODE}, "files_output_path": str(files_dir),
+                                    "allowed_networks": ["127.0.0.0/8"]}
         host_header: str | None = None
         if dyups:
             dyups_port = free_port()

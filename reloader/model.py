@@ -26,6 +26,9 @@ class Server:
     # Extra nginx server parameters from the config (max_fails, fail_timeout, ...),
     # already validated, as (name, value) pairs; a flag parameter has value "".
     params: tuple[tuple[str, str], ...] = field(default=())
+    # The registry's host name this address was resolved from ("" for an IP
+    # address): the files show it in a comment; no output ever gets a name.
+    name: str = ""
 
     @property
     def address(self) -> str:

@@ -12,7 +12,11 @@ Guarantees:
   ``zk_session_timeout``, and the reads (every child list first, then every
   child's data, all requests sent before any answer is awaited) share a
   second deadline of the same length;
-* nothing but ZooKeeper is read, and nothing is written anywhere unless
+* host names from the registry are looked up as the daemon looks them up
+  (reloader/resolve.py), waiting for answers at most ``HostChecker.timeout``
+  (5 s) over the whole run; a name still unanswered then is left out as the
+  daemon leaves it out until it answers;
+* nothing but ZooKeeper and DNS is read, and nothing is written anywhere unless
   ``write`` is asked for; then only files whose text changes are written,
   atomically, through :class:`~reloader.outputs.files.FileStore`, under the
   directory lock the daemon takes, so a running daemon is never raced;
@@ -375,8 +379,11 @@ def run_render(
     client_factory: ClientFactory | None = None,
 ) -> int:
     """The ``render`` command: read, decide, then print, diff and/or write. Returns the exit code."""
-    hosts = HostChecker()
-    report = decide(config, read_all(config, client_factory), hosts)
+    hosts = HostChecker(interval=config.resolve_interval)
+    try:
+        report = decide(config, read_all(config, client_factory), hosts)
+    finally:
+        hosts.close()
     for line in report.problems:
         print(line, file=err)
     code = report.exit_code

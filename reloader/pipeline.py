@@ -4,12 +4,21 @@ A source hands a complete snapshot of a znode's children to
 :meth:`Pipeline.update`. The pipeline
 
 1. **parses** each child with the configured format (a child that is
-   malformed, unreadable, or names a host that does not resolve is skipped
-   with one warning; its siblings are served). A child whose name and data
-   are the same as in the upstream's previous snapshot reuses that parse
-   (the host check still runs every time): a change to one child of a large
+   malformed or unreadable is skipped with one warning; its siblings are
+   served). A child whose name and data are the same as in the upstream's
+   previous snapshot reuses that parse: a change to one child of a large
    upstream costs one parse. What is kept is bounded by the current children
-   and dropped when the upstream's configuration changes;
+   and dropped when the upstream's configuration changes. Then, at this one
+   place, every child's address passes the **address policy**
+   (:mod:`reloader.netpolicy`: nothing may point nginx at the host) and a
+   host name becomes the **addresses** it resolves to (:mod:`reloader.resolve`):
+   no output ever gets a name, so no DNS record can break nginx's next start.
+   A name whose look-up has not answered yet keeps what is published for it;
+   one that never resolved, or that resolves to a refused address, is
+   skipped with one warning. Look-ups run on the resolver's own threads;
+   when an answer changes, the upstreams that use the name are decided again
+   on this pipeline's thread (through ``post``), and names in use are looked
+   up again every ``HostChecker.interval`` (through ``schedule``);
 2. **assembles** the desired live servers (one per endpoint, configured
    server parameters applied);
 3. asks the upstream's :class:`~reloader.publication.UpstreamGuard` which
@@ -24,28 +33,36 @@ drop hold ending), the pipeline schedules a re-check of the last desired
 state, so a held drop is released without waiting for another registry
 change.
 
-One pipeline serves one cluster and runs on that cluster's thread only.
+One pipeline serves one cluster and runs on that cluster's thread only
+(resolver threads only add to a locked set of answered names and ``post``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Hashable, Iterable
 
 from reloader.assemble import desired_live, finalize_upstream
+from reloader.addresses import is_ip_literal
 from reloader.config import ZnodeConfig
 from reloader.formats import ParseResult, Skip, parse_instance
 from reloader.model import Server, Upstream
 from reloader.publication import ClusterFreeze, UpstreamGuard
-from reloader.resolve import HostChecker
+from reloader.resolve import HostChecker, Resolution
 from reloader.snapshot import ChildData, Snapshot, Unreadable
 
 log = logging.getLogger(__name__)
 
+#: The longest time between two requests for the names in use (see Pipeline._schedule_refresh).
+REFRESH_AT_MOST = 5.0
+
 Publish = Callable[[Upstream], None]
 Schedule = Callable[[float, Callable[[], None]], None]
+#: Hands a task to the pipeline's own thread; callable from any thread, never blocks.
+Post = Callable[[Callable[[], None]], None]
 
 
 @dataclass
@@ -61,6 +78,10 @@ class _UpstreamState:
     published_at: float | None = None
     # Per child of the last snapshot, the data it had and what parsing it gave.
     parsed: dict[str, tuple[ChildData, ParseResult]] = field(default_factory=dict)
+    # Children of the last snapshot that could not be read, with why.
+    unreadable: dict[str, str] = field(default_factory=dict)
+    # The host names its children use (each resolved through the HostChecker).
+    names: frozenset[str] = frozenset()
 
 
 class Pipeline:
@@ -74,16 +95,25 @@ class Pipeline:
         schedule: Schedule | None = None,
         hosts: HostChecker | None = None,
         clock: Callable[[], float] = time.monotonic,
+        post: Post | None = None,
     ) -> None:
         self._publish = publish
         self._freeze = freeze
         self._schedule = schedule
         self._hosts = hosts
         self._clock = clock
-        # Per znode, the children already warned about with the reason, so a
-        # bad child is reported once when it appears (or changes), not on
-        # every event, and once for all the upstreams that share the znode.
-        self._warned: dict[str, dict[str, str]] = {}
+        self._post = post
+        # Per znode and way of reading it (format, options, address policy),
+        # the children already warned about with the reason, so a bad child
+        # is reported once when it appears (or changes), not on every event,
+        # and once for all the upstreams that read the znode alike.
+        self._warned: dict[Hashable, dict[str, str]] = {}
+        # Per host name in use, the upstreams whose children name it.
+        self._name_users: dict[str, set[str]] = {}
+        self._refresh_due = False
+        # Names whose answer changed, waiting for this pipeline's thread (filled from resolver threads).
+        self._answers: set[str] = set()
+        self._answers_lock = threading.Lock()
         self._states = {
             znode.upstream: _UpstreamState(
                 znode, UpstreamGuard(znode.upstream, znode.guards, freeze, clock)
@@ -131,6 +161,7 @@ class Pipeline:
         wanted = {znode.upstream: znode for znode in znodes}
         removed = [name for name in self._states if name not in wanted]
         for name in removed:
+            self._use_names(name, frozenset())
             del self._states[name]
         added, changed = [], []
         for name, znode in wanted.items():
@@ -143,6 +174,9 @@ class Pipeline:
                 state.guard.settings = znode.guards
                 state.parsed = {}  # the format or its options may have changed
                 changed.append(name)
+        # Warnings remembered for a way of reading a znode that no upstream uses any more are dropped.
+        in_use = {_warn_key(state.config.path, state.config) for state in self._states.values()}
+        self._warned = {key: children for key, children in self._warned.items() if key in in_use}
         return added, removed, changed
 
     # ---- start-up --------------------------------------------------------------
@@ -163,10 +197,10 @@ class Pipeline:
         state = self._states.get(upstream)
         if state is None:
             return
-        servers = self._parse(state, children, origin)
-        state.desired = tuple(desired_live(servers, state.config.options))
+        self._parse(state, children)
         state.origin = origin
         state.updated_at = self._clock()
+        state.desired = tuple(desired_live(self._servers(state), state.config.options))
         self._decide(state)
 
     def recheck(self, upstream: str) -> None:
@@ -213,41 +247,164 @@ class Pipeline:
         # A hair past the deadline, so that the re-check sees the window as over.
         self._schedule(max(at - self._clock(), 0.0) + 0.01, lambda: self.recheck(name))
 
-    def _parse(self, state: _UpstreamState, children: Snapshot, origin: str) -> list[Server]:
-        servers: list[Server] = []
-        still_bad: dict[str, str] = {}
-        warned = self._warned.get(origin, {})
+    def _parse(self, state: _UpstreamState, children: Snapshot) -> None:
+        """Parse the snapshot's children (reusing the parse of unchanged ones) into ``state``."""
         znode = state.config
         known = state.parsed
         parsed: dict[str, tuple[ChildData, ParseResult]] = {}
+        unreadable: dict[str, str] = {}
         for child, data in children.items():
             if isinstance(data, Unreadable):
-                reason: str | None = data.reason
+                unreadable[child] = data.reason
+                continue
+            seen = known.get(child)
+            if seen is not None and (seen[0] is data or seen[0] == data):
+                parsed[child] = seen
             else:
-                seen = known.get(child)
-                if seen is not None and (seen[0] is data or seen[0] == data):
-                    result = seen[1]
-                else:
-                    result = parse_instance(child, data, znode.format, znode.format_options)
-                parsed[child] = (data, result)
-                if isinstance(result, Skip):
-                    reason = None if result.quiet else result.reason
-                    if reason is None:
-                        continue
-                else:
-                    reason = self._hosts.problem(result.host) if self._hosts is not None else None
-                    if reason is None:
-                        servers.append(result)
-                        continue
-            still_bad[child] = reason
+                parsed[child] = (data, parse_instance(child, data, znode.format, znode.format_options))
+        state.parsed = parsed
+        state.unreadable = unreadable
+        names = frozenset(
+            result.host for _, result in parsed.values()
+            if not isinstance(result, Skip) and not is_ip_literal(result.host)
+        )
+        self._use_names(znode.upstream, names)
+
+    def _servers(self, state: _UpstreamState) -> list[Server]:
+        """The servers of the last snapshot, each address judged by the policy, names resolved; warns once."""
+        znode = state.config
+        origin = state.origin
+        key = _warn_key(origin, znode)
+        warned = self._warned.get(key, {})
+        still_bad: dict[str, str] = dict(state.unreadable)
+        servers: list[Server] = []
+        resolutions = self._resolutions(state.names)
+        for child, (_, result) in state.parsed.items():
+            if isinstance(result, Skip):
+                if not result.quiet:
+                    still_bad[child] = result.reason
+                continue
+            reason, resolved = self._addresses(state, result, resolutions)
+            if reason is not None:
+                still_bad[child] = reason
+            servers.extend(resolved)
+        for child, reason in still_bad.items():
             if warned.get(child) != reason:
                 log.warning("znode %s child %r skipped: %s", origin, _short(child), reason,
                             extra={"upstream": znode.upstream})
-        if still_bad:
-            warned.update(still_bad)
-        self._warned[origin] = {child: warned[child] for child in still_bad}
-        state.parsed = parsed
+        self._warned[key] = still_bad
         return servers
+
+    def _addresses(
+        self, state: _UpstreamState, server: Server, resolutions: dict[str, Resolution]
+    ) -> tuple[str | None, list[Server]]:
+        """(why the child is refused, or None; the servers it stands for) — see the module docstring."""
+        policy = state.config.networks
+        if is_ip_literal(server.host):
+            reason = policy.refusal(server.host)
+            return (reason, []) if reason is not None else (None, [server])
+        resolution = resolutions.get(server.host)
+        if resolution is None:
+            return f"host name {server.host!r}: host names need a resolver, and none is configured here", []
+        if resolution.failed:
+            return resolution.error, []
+        if resolution.unknown:
+            # No answer yet: keep what is published for this server (nothing, for a new name).
+            published = state.guard.last_published
+            kept = [
+                replace(server, host=old.host, name=server.host) for old in (published.servers if published else ())
+                if old.name == server.host and old.port == server.port
+            ]
+            return None, kept
+        for address in resolution.addresses:
+            refused = policy.refusal(address)
+            if refused is not None:
+                return f"host name {server.host!r} resolves to {refused}", []
+        return None, [replace(server, host=address, name=server.host) for address in resolution.addresses]
+
+    # ---- host names ------------------------------------------------------------------
+
+    def _resolutions(self, names: frozenset[str]) -> dict[str, Resolution]:
+        """What is known of each name now (never waits, except in the one-shot render, which has no ``post``)."""
+        if self._hosts is None or not names:
+            return {}
+        hosts = self._hosts
+        answers = {name: hosts.resolve(name, self._answered) for name in names}
+        if self._post is None and any(answer.unknown for answer in answers.values()):
+            # No thread to hand a later answer to (the one-shot render): wait for them, bounded.
+            hosts.wait(names)
+            answers = {name: hosts.resolve(name) for name in names}
+        self._schedule_refresh()
+        return answers
+
+    def _use_names(self, upstream: str, names: frozenset[str]) -> None:
+        """``upstream`` now uses ``names``; a name nobody here uses any more is released."""
+        state = self._states.get(upstream)
+        before = state.names if state is not None else frozenset()
+        if state is not None:
+            state.names = names
+        for name in names - before:
+            self._name_users.setdefault(name, set()).add(upstream)
+        for name in before - names:
+            users = self._name_users.get(name)
+            if users is None:
+                continue
+            users.discard(upstream)
+            if not users:
+                del self._name_users[name]
+                if self._hosts is not None:
+                    self._hosts.release(name, self._answered)
+
+    def _answered(self, name: str) -> None:
+        """The resolver's answer for ``name`` changed (any thread): decide its upstreams again, on ours.
+
+        Answers that arrive before the pipeline's thread gets to them are
+        handled in one pass, each upstream decided once: 5,000 names answering
+        at start-up cost one pass, not 5,000.
+        """
+        if self._post is None:
+            return
+        with self._answers_lock:
+            first = not self._answers
+            self._answers.add(name)
+        if first:
+            self._post(self._redecide)
+
+    def _redecide(self) -> None:
+        with self._answers_lock:
+            names, self._answers = self._answers, set()
+        upstreams = {upstream for name in names for upstream in self._name_users.get(name, ())}
+        for upstream in sorted(upstreams):
+            state = self._states.get(upstream)
+            if state is None or state.desired is None:
+                continue
+            state.desired = tuple(desired_live(self._servers(state), state.config.options))
+            self._decide(state)
+
+    def _schedule_refresh(self) -> None:
+        """Ask for the names in use again and again: the resolver looks up those whose answer is due.
+
+        Asking every half interval (at most every 5 s, so that a failed
+        look-up is retried soon) keeps each name's age below 1.5 intervals
+        at the cost of one dictionary look-up per name.
+        """
+        if self._schedule is None or self._hosts is None or self._refresh_due:
+            return
+        self._refresh_due = True
+        self._schedule(min(self._hosts.interval / 2, REFRESH_AT_MOST), self._refresh)
+
+    def _refresh(self) -> None:
+        self._refresh_due = False
+        if self._hosts is None or not self._name_users:
+            return
+        for name in self._name_users:
+            self._hosts.resolve(name, self._answered)
+        self._schedule_refresh()
+
+
+def _warn_key(origin: str, znode: ZnodeConfig) -> Hashable:
+    """Upstreams that read a znode alike (format, its options, address policy) share their warnings."""
+    return (origin, znode.format, znode.format_options, znode.networks)
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -9,12 +9,15 @@ hand-edited or corrupted file yields a clear error, never an unsafe server.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
-from reloader.addresses import InvalidAddress, split_hostport
+from reloader.addresses import InvalidAddress, is_ip_literal, normalize_host, split_hostport
 from reloader.model import Server, Upstream
 
 _BLOCK = re.compile(r"^\s*upstream\s+(?P<name>\S+)\s*\{(?P<body>[^{}]*)\}\s*$", re.DOTALL)
 _LUA_HOOK = re.compile(r"\s*balancer_by_lua_block\s*\{[^{}]*\}\s*")
+# A server line as render._file_line writes it for an address resolved from a host name.
+_NAMED_SERVER = re.compile(r"\s*server\s+(?P<address>\S+)[^#;]*;\s*#\s*(?P<name>[A-Za-z0-9.-]{1,253})\s*")
 _PARAM = re.compile(r"(?P<key>[a-z_]+)(?:=(?P<value>[A-Za-z0-9.]+))?")
 
 
@@ -78,9 +81,29 @@ def parse_upstream_block(text: str) -> Upstream:
             directives.append(statement)
     if not servers:
         raise ReadbackError("the upstream has no servers")
+    names = _names(text)
+    if names:
+        servers = [replace(server, name=names.get(server.endpoint, "")) for server in servers]
     return Upstream(
         name=match.group("name"),
         servers=tuple(sorted(servers)),
         directives=tuple(directives),
         live_count=sum(1 for server in servers if not server.backup),
     )
+
+
+def _names(text: str) -> dict[tuple[str, int], str]:
+    """Per endpoint, the host name its file line names in a comment (see render._file_line)."""
+    names: dict[tuple[str, int], str] = {}
+    for line in text.splitlines():
+        match = _NAMED_SERVER.fullmatch(line)
+        if not match:
+            continue
+        try:
+            endpoint = split_hostport(match.group("address"))
+            name = normalize_host(match.group("name"))
+        except InvalidAddress:
+            continue
+        if not is_ip_literal(name):
+            names[endpoint] = name
+    return names

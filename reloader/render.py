@@ -25,11 +25,18 @@ def server_line(server: Server) -> str:
     return " ".join(parts)
 
 
+def _file_line(server: Server) -> str:
+    """One ``server`` line of a file, with the host name it was resolved from in a comment."""
+    line = f"    {server_line(server)};"
+    # A name passed reloader.addresses' RFC 1123 check: it holds no newline or nginx syntax.
+    return f"{line}  # {server.name}" if server.name else line
+
+
 def render_file(upstream: Upstream) -> str:
     """The full ``upstream NAME { ... }`` block for ``<name>.upstream``."""
     lines = [f"upstream {upstream.name} {{"]
     lines.extend(f"    {directive};" for directive in upstream.directives)
-    lines.extend(f"    {server_line(server)};" for server in upstream.servers)
+    lines.extend(_file_line(server) for server in upstream.servers)
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -57,7 +64,7 @@ def render_file_lua(upstream: Upstream) -> str:
     balancer, as nginx needs keepalive to wrap the balancer it follows.
     """
     lines = [f"upstream {upstream.name} {{"]
-    lines.extend(f"    {server_line(server)};" for server in upstream.servers)
+    lines.extend(_file_line(server) for server in upstream.servers)
     lines.append(f'    balancer_by_lua_block {{ require("reloader_balancer").balance("{upstream.name}") }}')
     lines.extend(f"    {directive};" for directive in upstream.directives)
     lines.append("}")

@@ -95,11 +95,9 @@ def test_small_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
     )
     problems = problems_in(tmp_path, text)
     # Only the anchor's holder is unknown: the merged entries themselves load.
-    assert problems == ["defaults: unknown key 'defaults' (allowed here: auth, drop_hold, dyups_url, files_output_path,"
-                        " listen, lua_secret, lua_secret_file, lua_secret_group, lua_url, max_drop, name,"
-                        " nginx_reload, prune_files, reassert_interval, "
-                        "reconcile_interval, retry_interval, sasl, settle_after_reconnect, tls, zk_nodes, zk_servers, "
-                        "zk_session_timeout)"]
+    assert len(problems) == 1 and problems[0].startswith("defaults: unknown key 'defaults' (allowed here: ")
+    assert {"auth", "drop_hold", "dyups_url", "zk_nodes", "zk_servers", "allowed_networks"} <= set(
+        problems[0].split("(allowed here: ", 1)[1].rstrip(")").split(", "))
     path = tmp_path / "ok.conf"
     path.write_text("clusters:\n  - &c {zk_servers: a:1, zk_nodes: {app1: {path: /a, server_params: &p {max_fails: 3}}}}\n"
                     "  - {zk_servers: b:1, zk_nodes: {app2: {path: /b, server_params: *p}}}\n")

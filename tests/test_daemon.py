@@ -348,16 +348,16 @@ def test_children_added_and_removed_reach_file_and_dyups(
     assert posts(dyups, "app1")[-1].body == b"server 10.0.0.1:443;server 10.0.0.1:8080 weight=3;server 10.0.0.2:80;"
 
     zk_client.create(f"{path}/10.0.0.3:80")
-    zk_client.create(f"{path}/[::1]:9000", b"2")
+    zk_client.create(f"{path}/[2001:db8::1]:9000", b"2")
     daemon.wait_both(
         dyups, "app1",
         "server 10.0.0.1:443", "server 10.0.0.1:8080 weight=3", "server 10.0.0.2:80", "server 10.0.0.3:80",
-        "server [::1]:9000 weight=2",
+        "server [2001:db8::1]:9000 weight=2",
     )
 
     zk_client.delete(f"{path}/10.0.0.1:443")
     zk_client.delete(f"{path}/10.0.0.2:80")
-    daemon.wait_both(dyups, "app1", "server 10.0.0.1:8080 weight=3", "server 10.0.0.3:80", "server [::1]:9000 weight=2")
+    daemon.wait_both(dyups, "app1", "server 10.0.0.1:8080 weight=3", "server 10.0.0.3:80", "server [2001:db8::1]:9000 weight=2")
 
     nginx_check(files_dir)
     daemon.stop()
@@ -815,11 +815,11 @@ def test_restart_with_zookeeper_down_reposts_the_files(
     daemons: Callable[..., DaemonProcess], files_dir: Path, nginx_check: Callable[[Path], None],
 ) -> None:
     create_children(zk_client, f"{zk_root}/app1", {"10.0.0.1:80": b"", "10.0.0.2:80": b"2"})
-    create_children(zk_client, f"{zk_root}/app2", {"[::1]:8080": b""})
+    create_children(zk_client, f"{zk_root}/app2", {"[2001:db8::1]:8080": b""})
     nodes = {"app1": f"{zk_root}/app1", "app2": f"{zk_root}/app2"}
     first = daemons(cluster(zk.hosts, nodes), dyups_url=dyups.url)
     first.wait_both(dyups, "app1", "server 10.0.0.1:80", "server 10.0.0.2:80 weight=2")
-    first.wait_both(dyups, "app2", "server [::1]:8080")
+    first.wait_both(dyups, "app2", "server [2001:db8::1]:8080")
     first.stop()
     texts = {name: first.read(name) for name in nodes}
     stats = {name: first.path(name).stat() for name in nodes}
@@ -838,7 +838,7 @@ def test_restart_with_zookeeper_down_reposts_the_files(
             )
         assert fresh.upstreams() == {
             "app1": ("server 10.0.0.1:80", "server 10.0.0.2:80 weight=2"),
-            "app2": ("server [::1]:8080",),
+            "app2": ("server [2001:db8::1]:8080",),
         }
         for name in nodes:
             assert second.read(name) == texts[name]

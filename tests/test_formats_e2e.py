@@ -143,6 +143,7 @@ def test_every_format_and_a_mixed_fleet_serve_real_traffic(
         "zk_session_timeout": 2,
         "nginx_reload": {"test_cmd": nginx.test_argv(), "reload_cmd": nginx.reload_argv(), "min_interval": "200ms"},
         "clusters": [{"zk_servers": zk.hosts, "zk_nodes": zk_nodes}],
+        "allowed_networks": ["127.0.0.0/8"],  # the backends listen on loopback
     }))
     log_path = tmp_path / "daemon.log"
     with log_path.open("w") as log:

@@ -170,6 +170,7 @@ def test_daemon_end_to_end(tmp_path: Path, nginx_bin: str, zk: LocalZooKeeper, z
             "reconcile_interval": "1s",
             "retry_interval": "0.5s",
             "zk_nodes": {"app": znode},
+            "allowed_networks": ["127.0.0.0/8"],  # the backends listen on loopback
         }
         # nginx has loaded the rig's file (b1, b2); without it on disk the daemon
         # adopts no earlier state, so no drop guard holds b1 and b2 back.

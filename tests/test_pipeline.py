@@ -216,3 +216,30 @@ def test_only_children_that_changed_are_parsed_again(monkeypatch: pytest.MonkeyP
                                       options=UpstreamOptions(), guards=GUARDS_OFF, format="name")])
     pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
     assert calls == ["10.0.0.1:80"], "a changed format parses everything again"
+
+
+def test_a_znode_read_in_two_formats_warns_once_per_format(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder()
+    znodes = [ZnodeConfig(upstream=name, path="/services/shared", key_path=f"zk_nodes.{name}", format=fmt,
+                          guards=GUARDS_OFF) for name, fmt in (("by-json", "json"), ("by-text", "text"))]
+    pipeline = Pipeline(znodes, recorder)
+    with caplog.at_level(logging.WARNING):
+        for weight in (b"1", b"2", b"3"):
+            children = {"junk": b"{}", "10.0.0.1:80": b'{"host": "10.0.0.1", "port": 80}', "x": weight}
+            pipeline.update("by-json", children, "/services/shared")
+            pipeline.update("by-text", children, "/services/shared")
+    warnings = [r.getMessage() for r in caplog.records if "'junk' skipped" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    assert any("no 'host'" in w for w in warnings) and any("not host:port" in w for w in warnings)
+
+
+def test_warnings_remembered_for_a_removed_upstream_are_dropped() -> None:
+    recorder = Recorder()
+    znodes = [ZnodeConfig(upstream=name, path=f"/services/{name}", key_path=f"zk_nodes.{name}", guards=GUARDS_OFF)
+              for name in ("a", "b")]
+    pipeline = Pipeline(znodes, recorder)
+    for znode in znodes:
+        pipeline.update(znode.upstream, {"10.0.0.1:80": b"", "a b:80": b""}, znode.path)
+    assert len(pipeline._warned) == 2
+    pipeline.reconfigure(znodes[:1])
+    assert len(pipeline._warned) == 1

@@ -101,6 +101,7 @@ def test_real_dyups_nginx_follows_zookeeper_and_recovers(
             "reconcile_interval": RECONCILE,
             "zk_session_timeout": 2,
             "clusters": [{"zk_servers": zk.hosts, "zk_nodes": {"app1": znode}}],
+            "allowed_networks": ["127.0.0.0/8"],  # the backends listen on loopback
         }))
         log = (tmp_path / "daemon.log").open("w")
         daemon = subprocess.Popen(

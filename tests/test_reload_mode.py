@@ -485,6 +485,7 @@ class Stack:
         config = {
             "zk_servers": self.zk.hosts,
             "zk_nodes": {"app1": self.znode},
+            "allowed_networks": ["127.0.0.0/8"],  # the backends listen on loopback
             "files_output_path": str(self.files_dir),
             "zk_session_timeout": 2,
             "nginx_reload": {

@@ -67,10 +67,13 @@ class Backend:
 
     The port is chosen at construction, so :attr:`address` is known before
     :meth:`start` (useful for registering a backend that is still down).
+    ``host`` may be another loopback address (127.0.0.2), which lets a test
+    allow one backend's address without allowing 127.0.0.1.
     """
 
-    def __init__(self, name: str = "backend", port: int | None = None) -> None:
+    def __init__(self, name: str = "backend", port: int | None = None, host: str = "127.0.0.1") -> None:
         self.name = name
+        self.host = host
         self.port: int = port if port is not None else free_port()
         self.body: bytes = f"{name}\n".encode()
         self._requests = 0
@@ -81,7 +84,7 @@ class Backend:
     @property
     def address(self) -> str:
         """``"127.0.0.1:PORT"``, as it appears in an nginx ``server`` line."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -107,7 +110,7 @@ class Backend:
         """Bind the port and serve in a daemon thread. Does nothing if running."""
         if self._server is not None:
             return
-        self._server = _Server(("127.0.0.1", self.port), self)
+        self._server = _Server((self.host, self.port), self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
