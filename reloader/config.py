@@ -57,6 +57,7 @@ _SETTING_KEYS = {
     "nginx_reload",
     "listen",
     "prune_files",
+    "max_children",
     *_GUARD_KEYS,
 }
 _CLUSTER_KEYS = {"zk_servers", "zk_nodes", "name", "auth", "sasl", "tls"}
@@ -69,6 +70,7 @@ _ZNODE_KEYS = {
     "server_params",
     "upstream_directives",
     "backup_servers",
+    "max_children",
     *_GUARD_KEYS,
 }
 _RELOAD_KEYS = {"test_cmd", "reload_cmd", "min_interval"}
@@ -89,6 +91,12 @@ MAX_PROBLEMS = 200
 _MAX_TEXT = 4096
 
 T = TypeVar("T")
+
+#: Children read per znode unless ``max_children`` says otherwise: a registry
+#: is untrusted, and a znode with millions of children must not exhaust the daemon.
+DEFAULT_MAX_CHILDREN = 10_000
+#: The highest ``max_children`` accepted.
+MAX_MAX_CHILDREN = 1_000_000
 
 
 class ConfigError(Exception):
@@ -140,6 +148,8 @@ class ZnodeConfig:
     format_options: FormatOptions = field(default_factory=FormatOptions)
     options: UpstreamOptions = field(default_factory=UpstreamOptions)
     guards: GuardSettings = field(default_factory=GuardSettings)
+    # At most this many children of the znode are read and served (the first, in name order).
+    max_children: int = DEFAULT_MAX_CHILDREN
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,7 @@ class Config:
     retry_interval: float = 1.0
     listen: tuple[str, int] | None = None
     prune_files: bool = False
+    max_children: int = DEFAULT_MAX_CHILDREN
 
     @property
     def znodes(self) -> tuple[ZnodeConfig, ...]:
@@ -440,6 +451,12 @@ def _parse_max_drop(value: Any) -> float:
     return fraction
 
 
+def _parse_max_children(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MAX_CHILDREN:
+        raise ValueError(f"must be a whole number from 1 to {MAX_MAX_CHILDREN:,}, got {_shown(value)}")
+    return value
+
+
 def _parse_flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, got {_shown(value)}")
@@ -650,6 +667,7 @@ class _Context:
     guards: GuardSettings
     base_dir: Path | None
     environ: Mapping[str, str]
+    max_children: int = DEFAULT_MAX_CHILDREN
 
 
 def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, context: _Context) -> ZnodeConfig | None:
@@ -715,6 +733,8 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
         _join(key_path, "backup_servers"), upstream_options.parse_backup_servers, entry.get("backup_servers")
     )
     guards = _parse_guards(problems, key_path, entry, context.guards)
+    max_children = (problems.check(_join(key_path, "max_children"), _parse_max_children, entry["max_children"])
+                    if "max_children" in entry else context.max_children)
     if path is None or server_params is None or directives is None or backups is None:
         return None
     try:
@@ -730,6 +750,7 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
         format_options=format_options,
         options=UpstreamOptions(server_params=server_params, directives=directives, backup_servers=backups),
         guards=guards,
+        max_children=max_children or context.max_children,
     )
 
 
@@ -847,12 +868,14 @@ def parse_config(
     if conflict:
         problems.add("(top level)", conflict)
     guards = _parse_guards(problems, "", settings, GuardSettings())
+    max_children = problems.check("max_children", _parse_max_children, settings.get("max_children", DEFAULT_MAX_CHILDREN))
     context = _Context(
         dyups_enabled=settings.get("dyups_url") is not None,
         lua_enabled=settings.get("lua_url") is not None,
         guards=guards,
         base_dir=base_dir,
         environ=os.environ if environ is None else environ,
+        max_children=max_children or DEFAULT_MAX_CHILDREN,
     )
 
     parsed_znodes: list[ZnodeConfig] = []
@@ -921,6 +944,7 @@ def parse_config(
         retry_interval=retry,
         listen=listen,
         prune_files=prune_files,
+        max_children=max_children or DEFAULT_MAX_CHILDREN,
     )
 
 
