@@ -30,6 +30,7 @@ from reloader.model import Upstream
 from reloader.snapshot import MAX_KEPT_DATA, OVERSIZED, keepable
 from reloader.sources import zookeeper as zookeeper_source
 from reloader.sources.watches import Need, ZnodeState, ZnodeWatch
+from tests.test_daemon import DaemonProcess, daemons, files_dir, upstream_file  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -273,6 +274,43 @@ def test_large_child_data_is_not_kept_and_memory_goes_with_the_children(
     finally:
         tracemalloc.stop()
         zk_client.delete(path, recursive=True)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_daemon_process_stays_small_with_large_children_and_after_they_go(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, daemons: Callable[..., DaemonProcess],  # noqa: F811
+) -> None:
+    path = f"{zk_root}/big"
+    make_children(zk_client, path, {"10.0.6.1:80": b""})
+    daemon = daemons({"zk_servers": zk.hosts, "zk_nodes": {"big": path}, "max_drop": "100%",
+                      "settle_after_reconnect": 0})
+    daemon.wait_file("big", upstream_file("big", "server 10.0.6.1:80"))
+    idle = rss_mb(daemon.pid)
+    blob = bytes(1_000_000)
+    names = [f"10.0.7.{k}:80" for k in range(1, 31)]
+    try:
+        for name in names:
+            zk_client.create(f"{path}/{name}", blob)
+        wait_until(lambda: (daemon.read("big") or "").count("server ") == 31, 30, "31 servers in the file")
+        time.sleep(1)  # let the last reads' buffers go
+        loaded = rss_mb(daemon.pid)
+        for name in names:
+            zk_client.delete(f"{path}/{name}")
+        wait_until(lambda: (daemon.read("big") or "").count("server ") == 1, 30, "1 server in the file")
+        time.sleep(1)
+        after = rss_mb(daemon.pid)
+    finally:
+        zk_client.delete(path, recursive=True)
+    # Before: 30 MB more while the children were there, and still after they went.
+    assert loaded - idle < 12, f"RSS {idle:.0f} MB idle, {loaded:.0f} MB with 30 children of 1 MB"
+    assert after - idle < 12, f"RSS {idle:.0f} MB idle, {after:.0f} MB after the children went"
 
 
 def test_children_beyond_max_children_are_left_out_with_a_warning_naming_the_znode(

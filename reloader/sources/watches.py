@@ -111,14 +111,18 @@ class Need(enum.Enum):
 _LIST_NEEDED = (ZnodeState.UNKNOWN, ZnodeState.CHANGED)
 
 
-@dataclass
 class _Child:
-    data: ChildData = None
-    # The data version (mzxid) ``data`` was read at; None: read it again next time.
-    version: int | None = None
+    """What was read of one child: its data, and the data version (mzxid) it was read at."""
+
+    __slots__ = ("data", "version")
+
+    def __init__(self) -> None:
+        self.data: ChildData = None
+        # None: not worth remembering (unreadable, or gone): read it again next time.
+        self.version: int | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class ZnodeWatch:
     """The state machine of one watched znode (see the module docstring)."""
 
