@@ -52,12 +52,12 @@ event                  from                                         to
 =====================  ===========================================  ===============
 invalidate             any (session lost or back, created/deleted,  UNKNOWN
                        retry due, batch given up, new watch)
-watches_confirmed      UNKNOWN with a known list (a future          SYNCED (needs
-                       SetWatches that the server accepted)         only moved data)
+watches_confirmed      UNKNOWN with a known list (a future          SYNCED; reads
+                       SetWatches that the server accepted)         only data events
 children_changed       SYNCED, READING                              CHANGED
 listing_sent           UNKNOWN, CHANGED                             LISTING
 listed                 LISTING                                      READING/SYNCED
-list_missing           LISTING, UNKNOWN                             ABSENT
+list_missing           LISTING (and no creation since)              ABSENT
 list_failed            LISTING                                      FAILED
 retry_due              FAILED (same failure)                        UNKNOWN
 data_read / verified   READING, SYNCED (child marked)               SYNCED when no
@@ -76,14 +76,11 @@ reading, and the next pass that reaches its znode reads it.
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from reloader.config import DEFAULT_MAX_CHILDREN, ZnodeConfig
 from reloader.snapshot import ChildData, Snapshot, keepable
-
-log = logging.getLogger(__name__)
 
 # Back-off for a znode whose list failed for a reason of its own.
 RETRY_MIN = 1.0
@@ -109,6 +106,8 @@ class Need(enum.Enum):
 
 # States in which the next pass must read the znode's child list.
 _LIST_NEEDED = (ZnodeState.UNKNOWN, ZnodeState.CHANGED)
+# States that wait for an event, not for a pass.
+_AT_REST = (ZnodeState.SYNCED, ZnodeState.ABSENT, ZnodeState.FAILED)
 
 
 class _Child:
@@ -152,8 +151,13 @@ class ZnodeWatch:
 
     @property
     def needs_pass(self) -> bool:
-        """Whether the next pass has anything to read for this znode."""
-        return self.needs_list or (self.state is ZnodeState.SYNCED and bool(self.needs))
+        """Whether the next pass has anything to read for this znode.
+
+        LISTING and READING only last for a pass; a znode found in one of
+        them between passes was left there by a pass that failed, and the
+        pass that takes it starts with a recovery.
+        """
+        return self.state not in _AT_REST or (self.state is ZnodeState.SYNCED and bool(self.needs))
 
     def child_path(self, child: str) -> str:
         return f"{self.path.rstrip('/')}/{child}"

@@ -431,6 +431,8 @@ class ZooKeeperSource:
         deadline = self._patience()
         listings: dict[int, Any] = {}
         for watch in watches:
+            if watch.state in (ZnodeState.LISTING, ZnodeState.READING):
+                watch.invalidate()  # left half-read by a pass that failed
             if watch.needs_list:
                 listings[id(watch)] = self._client.get_children_async(watch.path, watch=self._on_children_event)
                 watch.listing_sent()
