@@ -412,3 +412,25 @@ def test_oversized_data_is_kept_as_one_shared_stand_in() -> None:
     assert keepable(bytes(MAX_KEPT_DATA + 10)) is OVERSIZED
     watch = synced({"a": (bytes(500_000), 10)})
     assert watch.view() == {"a": OVERSIZED}
+
+
+# ---- the max_children setting ------------------------------------------------------------
+
+
+def test_max_children_is_a_global_and_per_upstream_setting_validated_like_the_others() -> None:
+    from reloader.config import ConfigError
+
+    config = parse_config({"zk_servers": "h:1", "max_children": 500,
+                           "zk_nodes": {"a": "/a", "b": {"path": "/b", "max_children": 20}}}, source="test")
+    assert [znode.max_children for znode in config.znodes] == [500, 20]
+    assert parse_config({"zk_servers": "h:1", "zk_nodes": {"a": "/a"}}).znodes[0].max_children == 10_000
+    with pytest.raises(ConfigError) as error:
+        parse_config({"zk_servers": "h:1", "max_children": True,
+                      "zk_nodes": {"a": {"path": "/a", "max_children": 0}, "b": {"path": "/b", "max_children": "9"}}},
+                     source="test")
+    assert error.value.problems == [
+        "max_children: must be a whole number from 1 to 1,000,000, got True (YAML read it as a boolean; write it "
+        "in quotes to make it text)",
+        "zk_nodes.a.max_children: must be a whole number from 1 to 1,000,000, got 0",
+        "zk_nodes.b.max_children: must be a whole number from 1 to 1,000,000, got '9'",
+    ]
