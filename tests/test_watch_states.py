@@ -434,3 +434,29 @@ def test_max_children_is_a_global_and_per_upstream_setting_validated_like_the_ot
         "zk_nodes.a.max_children: must be a whole number from 1 to 1,000,000, got 0",
         "zk_nodes.b.max_children: must be a whole number from 1 to 1,000,000, got '9'",
     ]
+
+
+# ---- a reload that moves an upstream to another cluster ----------------------------------
+
+
+def test_a_cluster_publishes_nothing_more_for_an_upstream_a_reload_took_away() -> None:
+    """What the cluster's thread produced before it applied the reload is dropped at the hand-over."""
+    config = parse_config({"clusters": [
+        {"zk_servers": "127.0.0.1:1", "zk_nodes": {"x": "/a", "y": "/b"}},
+        {"zk_servers": "127.0.0.1:2", "zk_nodes": {"z": "/c"}},
+    ]}, source="test")
+    handed: list[str] = []
+    worker = ClusterWorker(config.clusters[0], lambda batch: handed.extend(u.name for u in batch), 5.0)
+    try:
+        worker._published.extend([Upstream("x", ()), Upstream("y", ())])  # produced, not handed over yet
+        # x moves to the other cluster; the reload is queued for this cluster's thread.
+        moved = parse_config({"zk_servers": "127.0.0.1:1", "zk_nodes": {"y": "/b"}}, source="test")
+        worker.reconfigure(moved.clusters[0], [])
+        worker._hand_over()
+        assert handed == ["y"]
+        worker._published.append(Upstream("y", ()))
+        worker.retire()
+        worker._hand_over()
+        assert handed == ["y"], "a retired cluster hands nothing over"
+    finally:
+        worker.close_session()
