@@ -328,6 +328,14 @@ class ZooKeeperSource:
                                 extra={"cluster": self.label})
                     self._schedule_resync()
                 return
+            except Exception:
+                # Not ZooKeeper's doing: still, a resync that stopped here
+                # would leave the cluster frozen for good.
+                self._given_up(step)
+                log.exception("cluster %s: resync failed; staying frozen, trying again", self.label,
+                              extra={"cluster": self.label})
+                self._schedule_resync()
+                return
             self._inbox.put(lambda: self._resync_step(epoch, done + len(step)))
             return
         if not self.freeze.open_if(epoch):
