@@ -9,7 +9,11 @@ Guarantees:
   the loop (a burst of events, a whole resync) is handed to the files
   runner's queue in one go, so the outputs see it as one batch;
 * the thread count is one per cluster (plus kazoo's own per client),
-  whatever the number of znodes.
+  whatever the number of znodes;
+* once a config reload (or retirement) takes an upstream away from this
+  cluster, nothing of this cluster reaches the outputs for it any more, even
+  what its thread had already produced: another cluster may serve that name
+  now.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ class ClusterWorker:
         self.freeze = ClusterFreeze()
         self._publish = publish
         self._published: list[Upstream] = []
+        # The upstream names this cluster may publish, set at once by the
+        # thread that reconfigures or retires it (under the lock, which the
+        # hand-over holds too), not later on this cluster's own thread.
+        self._owner_lock = threading.Lock()
+        self._owned = frozenset(znode.upstream for znode in cluster.znodes)
         self.pipeline = Pipeline(
             cluster.znodes, self._published.append, self.freeze, schedule=self.inbox.call_later, hosts=hosts,
             post=self.inbox.put,
@@ -171,17 +180,25 @@ class ClusterWorker:
             return
         batch = list(self._published)
         self._published.clear()
-        try:
-            self._publish(batch)
-        except Exception:  # noqa: BLE001 - a broken queue must not take the cluster down
-            log.exception("cluster %s: handing %d upstreams to the outputs failed", self.label, len(batch))
+        with self._owner_lock:  # offer_many never blocks
+            batch = [upstream for upstream in batch if upstream.name in self._owned]
+            if not batch:
+                return
+            try:
+                self._publish(batch)
+            except Exception:  # noqa: BLE001 - a broken queue must not take the cluster down
+                log.exception("cluster %s: handing %d upstreams to the outputs failed", self.label, len(batch))
 
     def reconfigure(self, cluster: ClusterConfig, adopted: list[Upstream]) -> None:
         """Take a reloaded config of this same session (any thread: it runs on the cluster's thread).
 
         ``adopted`` are the states read back from files for upstreams that are
-        new here.
+        new here. Upstreams the new config takes away from this cluster stop
+        being published at once, before the reload is applied on its thread.
         """
+        with self._owner_lock:
+            self._owned = frozenset(znode.upstream for znode in cluster.znodes)
+
         def apply() -> None:
             added, removed, changed = self.pipeline.reconfigure(cluster.znodes)
             for upstream in adopted:
@@ -196,6 +213,8 @@ class ClusterWorker:
 
     def retire(self) -> None:
         """Stop this cluster for good (a config reload removed it): the thread ends, the session closes."""
+        with self._owner_lock:
+            self._owned = frozenset()
         self._stopping.set()
         self.wake()
         threading.Thread(target=self.close_session, name=f"retire-{self.cluster.index}", daemon=True).start()

@@ -65,6 +65,7 @@ _SETTING_KEYS = {
     "lua_secret_file",
     "lua_secret_group",
     "resolve_interval",
+    "max_children",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
 }
@@ -78,6 +79,7 @@ _ZNODE_KEYS = {
     "server_params",
     "upstream_directives",
     "backup_servers",
+    "max_children",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
 }
@@ -99,6 +101,12 @@ MAX_PROBLEMS = 200
 _MAX_TEXT = 4096
 
 T = TypeVar("T")
+
+#: Children read per znode unless ``max_children`` says otherwise: a registry
+#: is untrusted, and a znode with millions of children must not exhaust the daemon.
+DEFAULT_MAX_CHILDREN = 10_000
+#: The highest ``max_children`` accepted.
+MAX_MAX_CHILDREN = 1_000_000
 
 
 class ConfigError(Exception):
@@ -152,6 +160,8 @@ class ZnodeConfig:
     guards: GuardSettings = field(default_factory=GuardSettings)
     # Which addresses its registry instances may name: the global lists plus its own.
     networks: NetworkPolicy = field(default_factory=NetworkPolicy)
+    # At most this many children of the znode are read and served (the first, in name order).
+    max_children: int = DEFAULT_MAX_CHILDREN
 
 
 @dataclass(frozen=True)
@@ -242,6 +252,7 @@ class Config:
     resolve_interval: float = 30.0
     # The global allowed_networks / denied_networks (each znode's networks include them).
     networks: NetworkPolicy = field(default_factory=NetworkPolicy)
+    max_children: int = DEFAULT_MAX_CHILDREN
 
     @property
     def znodes(self) -> tuple[ZnodeConfig, ...]:
@@ -478,6 +489,12 @@ def _parse_max_drop(value: Any) -> float:
     return fraction
 
 
+def _parse_max_children(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MAX_CHILDREN:
+        raise ValueError(f"must be a whole number from 1 to {MAX_MAX_CHILDREN:,}, got {_shown(value)}")
+    return value
+
+
 def _parse_flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, got {_shown(value)}")
@@ -702,6 +719,7 @@ class _Context:
     networks: NetworkPolicy
     base_dir: Path | None
     environ: Mapping[str, str]
+    max_children: int = DEFAULT_MAX_CHILDREN
 
 
 def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, context: _Context) -> ZnodeConfig | None:
@@ -768,6 +786,8 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
     )
     guards = _parse_guards(problems, key_path, entry, context.guards)
     networks = _parse_networks(problems, key_path, entry, context.networks)
+    max_children = (problems.check(_join(key_path, "max_children"), _parse_max_children, entry["max_children"])
+                    if "max_children" in entry else context.max_children)
     if path is None or server_params is None or directives is None or backups is None:
         return None
     try:
@@ -784,6 +804,7 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
         options=UpstreamOptions(server_params=server_params, directives=directives, backup_servers=backups),
         guards=guards,
         networks=networks,
+        max_children=max_children or context.max_children,
     )
 
 
@@ -902,6 +923,7 @@ def parse_config(
         problems.add("(top level)", conflict)
     guards = _parse_guards(problems, "", settings, GuardSettings())
     networks = _parse_networks(problems, "", settings, NetworkPolicy())
+    max_children = problems.check("max_children", _parse_max_children, settings.get("max_children", DEFAULT_MAX_CHILDREN))
     context = _Context(
         dyups_enabled=settings.get("dyups_url") is not None,
         lua_enabled=settings.get("lua_url") is not None,
@@ -909,6 +931,7 @@ def parse_config(
         networks=networks,
         base_dir=base_dir,
         environ=os.environ if environ is None else environ,
+        max_children=max_children or DEFAULT_MAX_CHILDREN,
     )
 
     parsed_znodes: list[ZnodeConfig] = []
@@ -994,6 +1017,7 @@ def parse_config(
         lua_secret_group=lua_secret_group,
         resolve_interval=resolve_interval,
         networks=networks,
+        max_children=max_children or DEFAULT_MAX_CHILDREN,
     )
 
 

@@ -19,44 +19,49 @@ a kazoo thread.
 
 Watches
 -------
-Only kazoo's raw one-shot watches are used, each set again by the read that
-answers it, and always with the same bound method per kind, so kazoo (which
-keeps one watcher per path and callable) never stacks them:
+Each watched znode is a state machine (:class:`~reloader.sources.watches.ZnodeWatch`,
+whose docstring has the states, events and guarantees). This module turns
+what kazoo says into its events, and runs *passes*: one pass takes every
+znode that has something to read, sends every child-list read at once (one
+round), then each znode's data reads and version checks as soon as its list
+is in (a second round), and hands complete views on. Only kazoo's raw
+one-shot watches are used, each set again by the read that answers it, and
+always with the same bound method per kind, so kazoo (which keeps one
+watcher per path and callable) never stacks them:
 
-* a children watch per znode, set by ``get_children_async``. When it fires
-  the znode's list is marked stale; after each batch of events every stale
-  list is read again in one pipelined round, then the data of the new
-  children in another;
-* a children watch also fires when its znode is deleted; a znode found
-  missing gets an ``exists`` watch instead, which fires when it is created;
-* a data watch per child, set by the ``get_async`` that reads its data
-  (a children watch does not fire when only data changes);
-* after a reconnect kazoo keeps none of them, so a resync sets every one
-  again. A child already read gets an ``exists`` with its data watch and is
-  read again only if its data version (mzxid) moved, so a resync of an
-  unchanged tree transfers no child data.
+* a children watch per znode, set by ``get_children_async``; it also fires
+  when the znode is deleted, and a znode found missing gets an ``exists``
+  watch instead, which fires when it is created;
+* a data watch per child, set by the ``get_async`` that reads its data, or
+  by the ``exists`` that checks its version (a children watch does not fire
+  when only data changes).
+
+Recovery has one path: a lost or new session, a znode deleted or created, a
+per-node failure whose back-off ended, a batch given up, a znode added by a
+config reload all *invalidate* the znode, and the next pass lists it,
+checks every known child's version and re-reads only what moved.
 
 A child whose data cannot be read for a reason other than the session
 (``NoAuthError``, …) becomes :class:`~reloader.snapshot.Unreadable`: it is
 skipped with one warning and its siblings are served. A znode whose child
 list cannot be read (an ACL on the znode itself) keeps its last good state
-and is armed again with back-off.
+and is tried again with back-off, through the same recovery.
 
 Sessions
 --------
 On SUSPENDED or LOST the cluster freezes at once. On CONNECTED every znode is
-re-armed and its children re-read or re-verified, in steps of RESYNC_STEP
-znodes (a stop request or a newer transition is noticed between steps); only
-if the session did not change meanwhile does the cluster thaw and hand the
-fresh snapshots on.
+invalidated and the resync recovers them in steps of RESYNC_STEP znodes (a
+stop request or a newer transition is noticed between steps); only if the
+session did not change meanwhile does the cluster thaw and hand the fresh
+views on.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import posixpath
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -80,25 +85,22 @@ from kazoo.protocol.states import EventType, KazooState, KeeperState, WatchedEve
 from reloader.config import ClusterConfig, kazoo_arguments
 from reloader.inbox import Inbox
 from reloader.publication import ClusterFreeze
-from reloader.snapshot import Snapshot, Unreadable
+from reloader.snapshot import MAX_KEPT_DATA, OVERSIZED, Snapshot, Unreadable, is_oversized
 from reloader.sources.kazoo_handler import PollingHandler
-from reloader.sources.watches import WatchBook, ZnodeWatch
+from reloader.sources.watches import WatchBook, ZnodeState, ZnodeWatch, capped, max_children_of
 
 log = logging.getLogger(__name__)
 
-# How many znodes one resync step re-arms and re-reads before the cluster
-# thread gets back to its loop, where a stop request or a newer session
-# transition is noticed.
+# How many znodes one resync step recovers before the cluster thread gets
+# back to its loop, where a stop request or a newer session transition is
+# noticed.
 RESYNC_STEP = 250
 # How often a wait for ZooKeeper answers looks up to check it is still wanted.
 _WAIT_SLICE = 0.25
-# Back-off for re-arming a watch that failed for a reason other than the session.
-REARM_MIN = 1.0
-REARM_MAX = 30.0
 # How long after an authentication failure the session is tried again.
 AUTH_RETRY = 30.0
-
-
+# How long after a failed resync it is tried again (while the session is up).
+RESYNC_RETRY = 1.0
 class ReadInterrupted(Exception):
     """A read was abandoned: the session changed, or the daemon is stopping."""
 
@@ -138,13 +140,12 @@ class _Patience:
     def answered(self) -> None:
         self.expires = time.monotonic() + self._timeout
 
-
 @dataclass
 class _DataRequests:
-    """Child data requests sent and not yet awaited: reads, and version checks after a reconnect."""
+    """Child data requests sent and not yet awaited: reads, and version checks."""
 
-    reads: list[tuple[ZnodeWatch, str, Any]] = field(default_factory=list)
-    checks: list[tuple[ZnodeWatch, str, Any]] = field(default_factory=list)
+    reads: deque[tuple[ZnodeWatch, str, Any]] = field(default_factory=deque)
+    checks: deque[tuple[ZnodeWatch, str, Any]] = field(default_factory=deque)
 
 
 class SnapshotSink(Protocol):
@@ -175,6 +176,7 @@ class ZooKeeperSource:
         self._sink = sink
         self._session_timeout = session_timeout
         self._watches = WatchBook(cluster.znodes)
+        self._caps = {znode.upstream: max_children_of(znode) for znode in cluster.znodes}
         self._last_state: str | None = None
         self._resync_pending = False
         self._client = client_factory(
@@ -200,6 +202,11 @@ class ZooKeeperSource:
         return self._client
 
     @property
+    def watches(self) -> WatchBook:
+        """The state machines of the watched znodes (cluster thread only; tests read it when quiet)."""
+        return self._watches
+
+    @property
     def state(self) -> str | None:
         """The last session state seen by the cluster thread (None before the first)."""
         return self._last_state
@@ -222,34 +229,16 @@ class ZooKeeperSource:
     def reconfigure(self, cluster: ClusterConfig, changed: Iterable[str]) -> None:
         """Watch the znodes of ``cluster`` from now on (same session); cluster thread only.
 
-        New znodes are armed and read at once when the cluster is thawed (a
-        frozen cluster's resync covers them); removed ones are forgotten:
-        their watches may still fire once, and find nobody to tell. The
-        upstreams named in ``changed`` (their options or format changed) get
-        their znode's snapshot again from what was read already, without a
+        New znodes start UNKNOWN: the next pass reads them (the resync, while
+        frozen). Removed ones are forgotten: their watches may still fire
+        once, and find nobody to tell. A name new to a znode already read,
+        and the names in ``changed`` (their options or format changed), are
+        owed that znode's current view, handed on after this task without a
         ZooKeeper read.
         """
         self.cluster = cluster
-        added, _removed = self._watches.reconfigure(cluster.znodes)
-        changed = set(changed)
-        for watch in self._watches:
-            if watch not in added and changed.intersection(watch.upstreams) and watch.children is not None:
-                watch.dirty = True
-        if added and self.freeze.is_open:
-            self._arm_new(added)
-        # While frozen, the resync under way (if any) arms them when it thaws:
-        # see _arm_new's call in _resync_step.
-
-    def _arm_new(self, watches: Iterable[ZnodeWatch]) -> None:
-        """Arm and mark for reading znodes that were never armed (added by a config reload)."""
-        watches = list(watches)
-        if not watches:
-            return
-        try:
-            self._arm(watches, self.freeze.epoch, self._patience())
-        except SESSION_ERRORS as error:
-            log.warning("cluster %s: could not arm the new znodes (%s); the resync after the session comes "
-                        "back does", self.label, describe_error(error), extra={"cluster": self.label})
+        self._watches.reconfigure(cluster.znodes, changed)
+        self._caps = {znode.upstream: max_children_of(znode) for znode in cluster.znodes}
 
     # ---- kazoo threads: enqueue only --------------------------------------------
 
@@ -291,6 +280,9 @@ class ZooKeeperSource:
                 log.warning("cluster %s: session CONNECTED; re-reading %d znodes before thawing",
                             self.label, count, extra=extra)
             self._last_state = state
+        # kazoo keeps no watch across a disconnection: lost or back, every
+        # znode's watches are unverified.
+        self._watches.invalidate_all()
         if state == KazooState.CONNECTED:
             self.resync()
         elif state == KazooState.LOST and auth_failed:
@@ -309,55 +301,48 @@ class ZooKeeperSource:
         self._client.start_async()
 
     def resync(self) -> None:
-        """Re-arm every watch and re-read the tree, then thaw the cluster if the session held.
+        """Recover every UNKNOWN znode, then thaw the cluster if the session held.
 
-        Runs in steps of RESYNC_STEP znodes, each a task of its own. If
-        ZooKeeper fails mid-way the cluster stays frozen and a retry is
-        scheduled; a newer session transition abandons an older resync at
-        its next step (the transition starts its own).
+        Runs in steps of RESYNC_STEP znodes, each a task of its own; each
+        step takes the znodes that are UNKNOWN *then*, so a znode a config
+        reload added, or one created or deleted meanwhile, is covered before
+        the thaw. If ZooKeeper fails mid-way the cluster stays frozen and a
+        retry is scheduled; a newer session transition abandons an older
+        resync at its next step (the transition starts its own).
         """
         if not self._client.connected:
             return
-        self._resync_step(self.freeze.epoch, list(self._watches), 0, [])
+        self._resync_step(self.freeze.epoch, 0)
 
-    def _resync_step(
-        self,
-        epoch: int,
-        watches: list[ZnodeWatch],
-        start: int,
-        snapshots: list[tuple[ZnodeWatch, Snapshot]],
-    ) -> None:
+    def _resync_step(self, epoch: int, done: int) -> None:
         if self._abandoned(epoch):
             return
-        step = watches[start:start + RESYNC_STEP]
-        try:
-            deadline = self._patience()
-            # kazoo keeps no watch across a reconnect, so every list and every
-            # child's data watch is set again. A child whose data version is
-            # the one already read is not read again.
-            requests = _DataRequests()
-            self._arm(step, epoch, deadline, verify_kept=True, then=requests)
-            snapshots.extend(self._collect(step, requests, deadline, epoch))
-        except SESSION_ERRORS as error:
-            if not self._stopping():
-                log.warning("cluster %s: resync failed (%s); staying frozen", self.label, describe_error(error),
-                            extra={"cluster": self.label})
+        step = [watch for watch in self._watches if watch.state is ZnodeState.UNKNOWN][:RESYNC_STEP]
+        if step:
+            try:
+                self._sync(step, epoch)
+            except SESSION_ERRORS as error:
+                self._given_up(step)
+                if not self._stopping():
+                    log.warning("cluster %s: resync failed (%s); staying frozen", self.label, describe_error(error),
+                                extra={"cluster": self.label})
+                    self._schedule_resync()
+                return
+            except Exception:
+                # Not ZooKeeper's doing: still, a resync that stopped here
+                # would leave the cluster frozen for good.
+                self._given_up(step)
+                log.exception("cluster %s: resync failed; staying frozen, trying again", self.label,
+                              extra={"cluster": self.label})
                 self._schedule_resync()
-            return
-        if start + RESYNC_STEP < len(watches):
-            self._inbox.put(lambda: self._resync_step(epoch, watches, start + RESYNC_STEP, snapshots))
+                return
+            self._inbox.put(lambda: self._resync_step(epoch, done + len(step)))
             return
         if not self.freeze.open_if(epoch):
             return  # the session changed while we read; its own transition resyncs
-        log.info("cluster %s: resynced %d znodes; thawed", self.label, len(watches), extra={"cluster": self.label})
-        for watch, children in snapshots:
-            self._hand_on(watch, children)
-        # A config reload during the resync may have added znodes that this
-        # resync's list did not have: arm them now that the cluster is open.
-        armed = {id(watch) for watch in watches}
-        self._arm_new(watch for watch in self._watches if id(watch) not in armed)
-        # Events that arrived during the resync left their znodes dirty; the
-        # next read_changed() publishes what changed since they were read.
+        log.info("cluster %s: resynced %d znodes; thawed", self.label, done, extra={"cluster": self.label})
+        # What arrived during the resync is read by the next read_changed().
+        self._deliver()
 
     def _schedule_resync(self) -> None:
         if self._resync_pending:
@@ -369,44 +354,110 @@ class ZooKeeperSource:
             if not self.freeze.is_open and self._client.state == KazooState.CONNECTED:
                 self.resync()
 
-        self._inbox.call_later(1.0, retry)
+        self._inbox.call_later(RESYNC_RETRY, retry)
 
-    # ---- arming watches ------------------------------------------------------------
+    # ---- events ----------------------------------------------------------------------
 
-    def _arm(self, watches: list[ZnodeWatch], epoch: int, deadline: _Patience, verify_kept: bool = False,
-             then: _DataRequests | None = None, stale_lists_only: bool = False) -> None:
-        """Read each znode's child list with a children watch; a missing znode gets a creation watch.
+    def _children_changed(self, path: str) -> None:
+        watch = self._watches.get(path)
+        if watch is not None:
+            watch.children_changed()  # read_changed() reads every changed list at once
 
-        With ``stale_lists_only``, only the lists a children watch marked
-        stale are read (the other znodes still get their data requests).
+    def _child_data_changed(self, event: WatchedEvent) -> None:
+        if event.type == EventType.NONE:
+            return  # the session was reset; the resync re-reads everything
+        znode_path, child = posixpath.split(event.path)
+        watch = self._watches.get(znode_path)
+        if watch is not None:
+            watch.child_data_changed(child)
 
-        Every request is sent before any answer is awaited, so arming N
-        znodes costs one round trip, not N. With ``verify_kept`` the children
-        that were known already are marked for a version check (their data
-        watches are gone after a reconnect). With ``then``, each znode's data
-        requests are sent as soon as its list is in, while the other lists
-        are still on their way. Session errors propagate (the caller stays
-        frozen or retries); any other failure to read a child list is logged
-        and re-armed with back-off.
+    def _znode_changed(self, event: WatchedEvent) -> None:
+        """A watched znode was deleted (its children watch says so) or created (its creation watch)."""
+        if event.type not in (EventType.CREATED, EventType.DELETED):
+            return  # NONE: the session was reset, the resync recovers everything; CHANGED: its own data
+        watch = self._watches.get(event.path)
+        if watch is not None:
+            # Even while frozen: a resync in progress takes every UNKNOWN znode before it thaws.
+            watch.invalidate()
+
+    def _retry_due(self, watch: ZnodeWatch, failures: int) -> None:
+        if self._watches.get(watch.path) is watch:
+            watch.retry_due(failures)  # the next pass (or the resync, while frozen) recovers it
+
+    # ---- passes ----------------------------------------------------------------------
+
+    def read_changed(self) -> None:
+        """Read what events and recoveries left to read, and hand complete views on.
+
+        The cluster thread calls this once after each batch of tasks, so a
+        burst of watch events costs one pipelined round of list reads, one of
+        data reads, and one publish per znode. A frozen cluster is skipped:
+        its resync reads everything anyway.
         """
-        listings = {id(watch): self._client.get_children_async(watch.path, watch=self._on_children_event)
-                    for watch in watches if watch.list_stale or not stale_lists_only}
+        if not self.freeze.is_open:
+            return
+        work = [watch for watch in self._watches if watch.needs_pass]
+        if work:
+            try:
+                self._sync(work, self.freeze.epoch)
+            except SESSION_ERRORS as error:
+                self._given_up(work)
+                log.warning("cluster %s: read failed (%s); waiting for the session", self.label,
+                            describe_error(error), extra={"cluster": self.label})
+                return
+        self._deliver()
+
+    def _given_up(self, watches: list[ZnodeWatch]) -> None:
+        """A pass was given up: whatever it had not finished is unverified again."""
+        for watch in watches:
+            if watch.state in (ZnodeState.LISTING, ZnodeState.READING) or (
+                    watch.state is ZnodeState.SYNCED and watch.needs):
+                watch.invalidate()
+
+    def _deliver(self) -> None:
+        """Hand every complete view on to the upstreams owed it (only those mapped to its path now)."""
+        if not self.freeze.is_open:
+            return
+        for watch in self._watches:
+            if not watch.owed:
+                continue
+            view = watch.view()
+            if view is None:
+                continue
+            for name in watch.take_owed():
+                self._sink.update(name, capped(view, self._caps.get(name, len(view))), watch.path)
+
+    def _sync(self, watches: list[ZnodeWatch], epoch: int) -> None:
+        """One pass over ``watches``: read the lists they need, then their children's data.
+
+        Every list request is sent before any answer is awaited, so N znodes
+        cost one round trip, not N; each znode's data requests go out as soon
+        as its list is in, while the other lists are still on their way, and
+        are awaited together at the end. Session errors propagate (the caller
+        gives the pass up); any other failure stays with its znode or child.
+        """
+        deadline = self._patience()
+        listings: dict[int, Any] = {}
+        for watch in watches:
+            if watch.state in (ZnodeState.LISTING, ZnodeState.READING):
+                watch.invalidate()  # left half-read by a pass that failed
+            if watch.needs_list:
+                listings[id(watch)] = self._client.get_children_async(watch.path, watch=self._on_children_event)
+                watch.listing_sent()
+        requests = _DataRequests()
         missing = []
         for watch in watches:
-            listing = listings.get(id(watch))
-            if listing is not None and not self._take_listing(watch, listing, deadline, epoch, verify_kept):
+            listing = listings.pop(id(watch), None)
+            if listing is not None and not self._take_listing(watch, listing, deadline, epoch):
                 missing.append(watch)
-            elif then is not None:
-                self._request_data(watch, then)
+            elif watch.state in (ZnodeState.READING, ZnodeState.SYNCED):
+                self._request_data(watch, requests)
         if missing:
             self._watch_for_creation(missing, deadline, epoch)
+        self._collect(requests, deadline, epoch)
 
-    def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: _Patience, epoch: int,
-                      verify_kept: bool = False) -> bool:
-        """Adopt the answer of a ``get_children_async`` sent for ``watch``; False if the znode does not exist.
-
-        Session errors propagate.
-        """
+    def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: _Patience, epoch: int) -> bool:
+        """Adopt the answer of a ``get_children_async`` sent for ``watch``; False if the znode does not exist."""
         try:
             children = self._await(listing, deadline, epoch)
         except NoNodeError:
@@ -414,19 +465,36 @@ class ZooKeeperSource:
         except SESSION_ERRORS:
             raise
         except ZOOKEEPER_ERRORS as error:
-            self._children_watch_failed(watch, error)
+            self._list_failed(watch, error)
             return True
-        watch.present = True
-        watch.absence_reported = False
-        watch.arm_failures = 0
-        watch.set_children(children, verify_kept=verify_kept)
+        was_over = watch.over_cap
+        dropped = watch.listed(children)
+        extra = {"upstream": watch.upstreams[0]} if watch.upstreams else {}
+        if dropped and not was_over:
+            log.warning(
+                "znode %s (upstream %s) has %d children, more than max_children (%d); only the first %d "
+                "(in name order) are read and served", watch.path, ", ".join(watch.upstreams),
+                len(watch.names) + dropped, watch.max_children, watch.max_children, extra=extra,
+            )
+        elif was_over and not dropped:
+            log.info("znode %s: %d children, within max_children again", watch.path, len(watch.names), extra=extra)
         return True
+
+    def _list_failed(self, watch: ZnodeWatch, error: BaseException) -> None:
+        failures, delay = watch.list_failed()
+        log.warning(
+            "znode %s (upstream %s): cannot watch its children (%s); keeping the last good state, "
+            "trying again in %.0f s",
+            watch.path, ", ".join(watch.upstreams), describe_error(error), delay,
+            extra={"upstream": watch.upstreams[0]} if watch.upstreams else {},
+        )
+        self._inbox.call_later(delay, lambda: self._retry_due(watch, failures))
 
     def _watch_for_creation(self, watches: list[ZnodeWatch], deadline: _Patience, epoch: int) -> None:
         """Set an ``exists`` watch on znodes found missing, so that their creation is seen.
 
-        A znode created between the missing list and the ``exists`` is armed
-        again at once, from the cluster's inbox.
+        A znode created between the missing list and the ``exists`` is
+        invalidated at once: the next pass lists it.
         """
         checks = [(watch, self._client.exists_async(watch.path, watch=self._on_znode_event)) for watch in watches]
         for watch, pending in checks:
@@ -435,127 +503,33 @@ class ZooKeeperSource:
             except SESSION_ERRORS:
                 raise
             except ZOOKEEPER_ERRORS as error:
-                self._children_watch_failed(watch, error)
+                self._list_failed(watch, error)
                 continue
-            self._znode_absent(watch)
             if stat is not None:
-                self._inbox.put(functools.partial(self._rearm, watch))
-
-    def _rearm(self, watch: ZnodeWatch) -> None:
-        """Arm one znode again (it was created or deleted); cluster thread, from the inbox."""
-        if self._watches.get(watch.path) is not watch:
-            return  # no longer watched (a config reload removed it)
-        try:
-            self._arm([watch], self.freeze.epoch, self._patience())
-        except SESSION_ERRORS as error:
-            log.warning("znode %s: could not re-arm its watch (%s); the resync after the session "
-                        "comes back re-arms it", watch.path, describe_error(error))
-
-    def _znode_absent(self, watch: ZnodeWatch) -> None:
-        if not watch.absence_reported:
-            log.warning(
-                "znode %s (upstream %s) does not exist; keeping the last good state and waiting for it",
-                watch.path, ", ".join(watch.upstreams), extra={"upstream": watch.upstreams[0]},
-            )
-            watch.absence_reported = True
-        watch.mark_absent()
-
-    def _children_watch_failed(self, watch: ZnodeWatch, error: BaseException) -> None:
-        watch.arm_failures += 1
-        delay = min(REARM_MIN * 2 ** (watch.arm_failures - 1), REARM_MAX)
-        log.warning(
-            "znode %s (upstream %s): cannot watch its children (%s); keeping the last good state, "
-            "trying again in %.0f s",
-            watch.path, ", ".join(watch.upstreams), describe_error(error), delay, extra={"upstream": watch.upstreams[0]},
-        )
-        watch.list_stale = False  # not before the re-arm: a re-read now would fail the same way
-        if watch.rearm_pending:
-            return
-        watch.rearm_pending = True
-
-        def rearm() -> None:
-            watch.rearm_pending = False
-            if self.freeze.epoch != epoch_at_failure or self._stopping() or self._watches.get(watch.path) is not watch:
-                return  # a resync since then re-armed everything, or the znode is no longer watched
-            try:
-                self._arm([watch], self.freeze.epoch, self._patience())
-            except SESSION_ERRORS:
-                pass  # the next CONNECTED resyncs
-
-        epoch_at_failure = self.freeze.epoch
-        self._inbox.call_later(delay, rearm)
-
-    # ---- events ----------------------------------------------------------------------
-
-    def _children_changed(self, path: str) -> None:
-        watch = self._watches.get(path)
-        if watch is not None:
-            watch.mark_list_stale()  # read_changed() reads every stale list at once
-
-    def _child_data_changed(self, event: WatchedEvent) -> None:
-        if event.type == EventType.NONE:
-            return  # the session was reset; the resync re-reads everything
-        znode_path, child = posixpath.split(event.path)
-        watch = self._watches.get(znode_path)
-        if watch is not None:
-            watch.mark_child_stale(child)
-
-    def _znode_changed(self, event: WatchedEvent) -> None:
-        """A watched znode was deleted (its children watch says so) or created (its creation watch)."""
-        if event.type not in (EventType.CREATED, EventType.DELETED):
-            return  # NONE: the session was reset, the resync re-arms everything; CHANGED: its own data
-        watch = self._watches.get(event.path)
-        if watch is not None:
-            # Handled even while the cluster is frozen: a resync in progress
-            # keeps it frozen while the session is fine, and a creation watch
-            # that fired and was not set again would never see the znode come back.
-            self._rearm(watch)
-
-    # ---- reads -----------------------------------------------------------------------
-
-    def read_changed(self) -> None:
-        """Read what watches marked stale since the last call, and hand complete snapshots on.
-
-        The cluster thread calls this once after each batch of tasks, so a
-        burst of watch events costs one pipelined round of list reads, one of
-        data reads, and one publish per znode. A frozen cluster is skipped:
-        its resync will read everything anyway.
-        """
-        dirty = self._watches.dirty()
-        if not dirty or not self.freeze.is_open:
-            return
-        epoch = self.freeze.epoch
-        try:
-            deadline = self._patience()
-            requests = _DataRequests()
-            self._arm(dirty, epoch, deadline, then=requests, stale_lists_only=True)
-            snapshots = self._collect(dirty, requests, deadline, epoch)
-        except SESSION_ERRORS as error:
-            log.warning("cluster %s: read failed (%s); waiting for the session", self.label, describe_error(error),
-                        extra={"cluster": self.label})
-            return
-        for watch, children in snapshots:
-            self._hand_on(watch, children)
-
-    def _hand_on(self, watch: ZnodeWatch, children: Snapshot) -> None:
-        for upstream in watch.upstreams:
-            self._sink.update(upstream, children, watch.path)
+                watch.invalidate()
+                self._inbox.put(lambda: None)  # a pass soon, not at the next idle tick
+            elif watch.list_missing():
+                log.warning(
+                    "znode %s (upstream %s) does not exist; keeping the last good state and waiting for it",
+                    watch.path, ", ".join(watch.upstreams),
+                    extra={"upstream": watch.upstreams[0]} if watch.upstreams else {},
+                )
 
     def _request_data(self, watch: ZnodeWatch, requests: _DataRequests) -> None:
-        """Send the data reads of ``watch``'s stale children and the version checks of its unverified ones.
+        """Send the data reads of ``watch``'s children marked for reading, and the version checks of the others.
 
-        Every read leaves a data watch. An unverified child (known before a
-        reconnect) gets an ``exists`` (its data watch and version, no data)
+        Every read leaves a data watch. A child known before (after a
+        recovery) gets an ``exists`` (its data watch and version, no data)
         and is read only if its version moved.
         """
-        requests.reads.extend((watch, child, self._client.get_async(path, watch=self._on_child_data))
-                              for child, path in watch.stale_paths())
-        requests.checks.extend((watch, child, self._client.exists_async(path, watch=self._on_child_data))
-                               for child, path in watch.unverified_paths())
+        get, exists = self._client.get_async, self._client.exists_async
+        requests.reads.extend((watch, child, get(watch.child_path(child), watch=self._on_child_data))
+                              for child in watch.reads())
+        requests.checks.extend((watch, child, exists(watch.child_path(child), watch=self._on_child_data))
+                               for child in watch.checks())
 
-    def _collect(self, watches: list[ZnodeWatch], requests: _DataRequests, deadline: _Patience,
-                 epoch: int) -> list[tuple[ZnodeWatch, Snapshot]]:
-        """Await every request sent, read what a version check found changed, and return full snapshots.
+    def _collect(self, requests: _DataRequests, deadline: _Patience, epoch: int) -> None:
+        """Await every request sent, and read what a version check found moved.
 
         All requests were sent before any answer is awaited, so reading
         20,000 children costs round trips in parallel, not in series. The
@@ -565,27 +539,25 @@ class ZooKeeperSource:
         them in turn could hold the thread for hours.
         """
         self._take_reads(requests.reads, deadline, epoch)
-        rereads = []
-        for watch, child, pending in requests.checks:
+        rereads: deque[tuple[ZnodeWatch, str, Any]] = deque()
+        while requests.checks:
+            watch, child, pending = requests.checks.popleft()
             try:
                 stat = self._await(pending, deadline, epoch)
             except SESSION_ERRORS:
                 raise
             except ZOOKEEPER_ERRORS:
                 stat = None  # read it; the read says what is wrong
-            if stat is None or not watch.verify(child, stat.mzxid):
-                rereads.append((watch, child, self._client.get_async(f"{watch.path.rstrip('/')}/{child}",
+            if not watch.verified(child, None if stat is None else stat.mzxid):
+                rereads.append((watch, child, self._client.get_async(watch.child_path(child),
                                                                      watch=self._on_child_data)))
         self._take_reads(rereads, deadline, epoch)
-        snapshots: list[tuple[ZnodeWatch, Snapshot]] = []
-        for watch in watches:
-            snapshot = watch.snapshot()
-            if snapshot is not None:
-                snapshots.append((watch, snapshot))
-        return snapshots
 
-    def _take_reads(self, reads: list[tuple[ZnodeWatch, str, Any]], deadline: _Patience, epoch: int) -> None:
-        for watch, child, pending in reads:
+    def _take_reads(self, reads: deque[tuple[ZnodeWatch, str, Any]], deadline: _Patience, epoch: int) -> None:
+        # Taken off the queue one by one, so that data read is dropped as soon
+        # as it is kept (or not): a batch of large children never piles up.
+        while reads:
+            watch, child, pending = reads.popleft()
             version: int | None = None
             try:
                 data, stat = self._await(pending, deadline, epoch)
@@ -596,7 +568,17 @@ class ZooKeeperSource:
                 raise
             except ZOOKEEPER_ERRORS as error:
                 data = Unreadable(f"ZooKeeper refused to read it: {describe_error(error)}")
-            watch.record(child, data, version)
+            del pending
+            if is_oversized(data):
+                record = watch.known.get(child)
+                if record is not None and record.data is not OVERSIZED:
+                    log.warning(
+                        "znode %s child %r: %d bytes of data, more than any format reads (%d); not kept",
+                        watch.path, child[:120], len(data), MAX_KEPT_DATA,
+                        extra={"upstream": watch.upstreams[0]} if watch.upstreams else {},
+                    )
+            watch.data_read(child, data, version)
+            data = None
 
     def _abandoned(self, epoch: int) -> bool:
         """True when work begun at session ``epoch`` is no longer wanted."""
