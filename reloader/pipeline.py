@@ -32,12 +32,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from reloader.assemble import desired_live, finalize_upstream
 from reloader.config import ZnodeConfig
 from reloader.formats import ParseResult, Skip, parse_instance
 from reloader.model import Server, Upstream
+from reloader.overrides import Endpoint, drained_view
 from reloader.publication import ClusterFreeze, UpstreamGuard
 from reloader.resolve import HostChecker
 from reloader.snapshot import ChildData, Snapshot, Unreadable
@@ -84,6 +85,10 @@ class Pipeline:
         # bad child is reported once when it appears (or changes), not on
         # every event, and once for all the upstreams that share the znode.
         self._warned: dict[str, dict[str, str]] = {}
+        # The operator's drains per upstream (kept across config reloads), and
+        # the upstreams whose drains would leave no server in traffic.
+        self._drains: dict[str, dict[Endpoint, float | None]] = {}
+        self._drain_refused: set[str] = set()
         self._states = {
             znode.upstream: _UpstreamState(
                 znode, UpstreamGuard(znode.upstream, znode.guards, freeze, clock)
@@ -118,7 +123,25 @@ class Pipeline:
             "held_servers": guard.holding,
             "holding_drop": guard.holding_drop,
             "settling": guard.settling,
+            "drained": drained_view(self._drains.get(upstream, {}), time.time()),
+            "drain_refused": upstream in self._drain_refused,
         }
+
+    def set_drains(self, upstream: str, drains: Mapping[Endpoint, float | None]) -> None:
+        """Take the operator's drains of ``upstream`` (see :mod:`reloader.overrides`) and re-decide it now.
+
+        Runs on the cluster's thread (handed over through its inbox). The guards
+        see nothing of it: the drains apply when the upstream is finalized.
+        """
+        if dict(self._drains.get(upstream, {})) == dict(drains):
+            return
+        if drains:
+            self._drains[upstream] = dict(drains)
+        else:
+            self._drains.pop(upstream, None)
+        state = self._states.get(upstream)
+        if state is not None and state.desired is not None:
+            self._decide(state)
 
     def reconfigure(self, znodes: Iterable[ZnodeConfig]) -> tuple[list[str], list[str], list[str]]:
         """Serve exactly ``znodes`` from now on; returns the (added, removed, changed) upstream names.
@@ -185,7 +208,7 @@ class Pipeline:
             self._schedule_recheck(state, decision.recheck_at)
         if decision.live is None:
             return
-        upstream = finalize_upstream(name, decision.live, state.config.options)
+        upstream = self._finalize(name, decision.live, state)
         if upstream.same_servers(state.guard.last_published):
             state.guard.published(upstream, decision.live)
             return
@@ -202,6 +225,25 @@ class Pipeline:
             self._publish(upstream)
         except Exception:  # noqa: BLE001 - a broken output must not take the cluster down
             log.exception("upstream %s: handing it to the outputs failed", name)
+
+    def _finalize(self, name: str, live: tuple[Server, ...], state: _UpstreamState) -> Upstream:
+        """The upstream to publish: static backups added, then the operator's drains applied."""
+        options = state.config.options
+        drained = self._drains.get(name)
+        if not drained:
+            self._drain_refused.discard(name)
+            return finalize_upstream(name, live, options)
+        upstream = finalize_upstream(name, live, options, drained=drained.keys())
+        if any(not server.down for server in upstream.servers):
+            self._drain_refused.discard(name)
+            return upstream
+        # Draining every server would take the upstream out of traffic: a
+        # publish may never collapse an upstream, whoever asks for it.
+        if name not in self._drain_refused:
+            log.warning("upstream %s: drains not applied: they would leave no server in traffic", name,
+                        extra={"upstream": name})
+            self._drain_refused.add(name)
+        return finalize_upstream(name, live, options)
 
     def _schedule_recheck(self, state: _UpstreamState, at: float) -> None:
         if self._schedule is None:
