@@ -18,7 +18,7 @@ for arg in "$@"; do
     case "$arg" in
         --dev) dev=1 ;;
         --services) services=1 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "install_venv.sh: unknown option $arg" >&2; exit 2 ;;
     esac
 done
