@@ -276,11 +276,14 @@ class SnapshotCollector(Collector):
 
     @staticmethod
     def _output_counters(families: _Families, label: list[str], counters: Mapping[str, Any]) -> None:
+        # Only an output that POSTs counts "ok" (from its start): for the
+        # reload output "refused" is its gauge of refused upstreams instead.
+        posts = "ok" in counters
         for key, raw in sorted(counters.items()):
             value = _number(raw)
             if value is None:
                 continue
-            if key in _POST_RESULTS or key.startswith("http_"):
+            if posts and (key in _POST_RESULTS or key.startswith("http_")):
                 families.counter(
                     "output_posts", "POSTs by outcome: ok, conflict (409, retried), dropped (retried), timeout, "
                     "http_NNN.", ["output", "result"]).add_metric([*label, key], value)
