@@ -372,6 +372,10 @@ def test_prometheus_scrapes_the_daemons_and_the_alerts_fire_and_resolve(
         wait_until(lambda: prometheus.seen("NginxUpstreamReloaderMetricsAbsent", "firing"), 20,
                    "the absent-metrics alert")
         assert set(NOT_FIRED).isdisjoint(prometheus.fired())
+        names = {_listen(a): "a", _listen(b): "b", _listen(c): "c"}
+        for (alert, instance, detail), states in sorted(prometheus.history.items()):
+            if "firing" in states:
+                print(f"fired: {alert} daemon {names.get(instance, '-')} {detail}")
     finally:
         if prometheus is not None:
             prometheus.close()
