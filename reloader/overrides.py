@@ -21,7 +21,10 @@ Guarantees:
 * **Never a drop.** A drain is applied after the guards have decided (see
   :func:`reloader.assemble.finalize_upstream`): the guards compare the
   registry's servers, and a drained server still counts as published and
-  live for them. Undraining publishes it back at once.
+  live for them. Undraining publishes it back at once. While the cluster is
+  frozen (or not read yet) a change of drains is applied to the servers last
+  published (or adopted from the file): it is the operator's, not the
+  registry's.
 * **Never the last server.** A drain that would leave an upstream with no
   server in traffic is not applied (with a warning), because a publish may
   never collapse an upstream, whatever asks for it.

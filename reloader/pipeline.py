@@ -15,7 +15,8 @@ A source hands a complete snapshot of a znode's children to
 3. asks the upstream's :class:`~reloader.publication.UpstreamGuard` which
    live servers may be published now (frozen cluster, zero instances, settle
    window, shrink guard: all in :mod:`reloader.publication`);
-4. **finalizes** the upstream (static backup servers) and, if it differs from
+4. **finalizes** the upstream (static backup servers, then the operator's
+   drains, see :mod:`reloader.overrides`) and, if it differs from
    what was last published, hands it to ``publish`` — in the daemon, the files
    runner's queue, which never blocks.
 
@@ -57,6 +58,9 @@ class _UpstreamState:
     desired: tuple[Server, ...] | None = None
     origin: str = ""
     recheck_at: float | None = None
+    # The live servers last handed on (or adopted), before drains: what a
+    # change of drains re-finalizes while the guards decide nothing.
+    last_live: tuple[Server, ...] | None = None
     # When the registry last said something about it, and when it was last published.
     updated_at: float | None = None
     published_at: float | None = None
@@ -140,8 +144,12 @@ class Pipeline:
         else:
             self._drains.pop(upstream, None)
         state = self._states.get(upstream)
-        if state is not None and state.desired is not None:
-            self._decide(state)
+        if state is None:
+            return
+        if state.desired is not None:
+            self._decide(state, redrain=True)
+        elif state.last_live is not None:
+            self._hand_on(state, state.last_live)  # adopted from its file, not read yet
 
     def reconfigure(self, znodes: Iterable[ZnodeConfig]) -> tuple[list[str], list[str], list[str]]:
         """Serve exactly ``znodes`` from now on; returns the (added, removed, changed) upstream names.
@@ -175,8 +183,9 @@ class Pipeline:
         state = self._states.get(upstream.name)
         if state is None:
             return False
-        static = (server.endpoint for server in state.config.options.backup_servers)
+        static = {server.endpoint for server in state.config.options.backup_servers}
         state.guard.adopt(upstream, static)
+        state.last_live = tuple(server for server in upstream.servers if server.endpoint not in static)
         return True
 
     # ---- the pipeline ------------------------------------------------------------
@@ -200,19 +209,28 @@ class Pipeline:
         state.recheck_at = None
         self._decide(state)
 
-    def _decide(self, state: _UpstreamState) -> None:
+    def _decide(self, state: _UpstreamState, redrain: bool = False) -> None:
         assert state.desired is not None
         name = state.config.upstream
         decision = state.guard.decide(state.desired, state.origin, bool(state.config.options.backup_servers))
         if decision.recheck_at is not None:
             self._schedule_recheck(state, decision.recheck_at)
         if decision.live is None:
+            if redrain and state.last_live is not None:
+                # Frozen, or no instances: the last live set stays, with the new drains.
+                self._hand_on(state, state.last_live)
             return
-        upstream = self._finalize(name, decision.live, state)
+        self._hand_on(state, decision.live)
+
+    def _hand_on(self, state: _UpstreamState, live: tuple[Server, ...]) -> None:
+        """Finalize ``live``, record it with the guard, and publish it if it changed."""
+        name = state.config.upstream
+        upstream = self._finalize(name, live, state)
+        state.last_live = live
         if upstream.same_servers(state.guard.last_published):
-            state.guard.published(upstream, decision.live)
+            state.guard.published(upstream, live)
             return
-        state.guard.published(upstream, decision.live)
+        state.guard.published(upstream, live)
         state.published_at = self._clock()
         held = state.guard.holding
         log.info(

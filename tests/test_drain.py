@@ -189,6 +189,28 @@ def test_a_drain_before_the_first_read_applies_to_the_first_publish() -> None:
     assert _down(published[-1]) == {2}
 
 
+def test_a_drain_applies_while_the_cluster_is_frozen_and_to_an_adopted_file() -> None:
+    from reloader.publication import ClusterFreeze
+
+    freeze = ClusterFreeze()
+    published: list[Upstream] = []
+    znode = ZnodeConfig(upstream="app", path="/app", key_path="zk_nodes.app")
+    pipeline = Pipeline([znode], published.append, freeze=freeze)
+    # Adopted from its file at start-up; the cluster has not been read (frozen).
+    pipeline.adopt(Upstream("app", (Server("10.0.0.1", 1), Server("10.0.0.1", 2)), live_count=2))
+    pipeline.set_drains("app", {("10.0.0.1", 2): None})
+    assert _down(published[-1]) == {2}
+    freeze.open_if(freeze.epoch)
+    pipeline.update("app", _children(1, 2, 3), "/app")
+    assert _down(published[-1]) == {2} and len(published[-1].servers) == 3
+    # The session is lost: the registry publishes nothing, an operator's drain still does.
+    freeze.close()
+    pipeline.set_drains("app", {("10.0.0.1", 2): None, ("10.0.0.1", 3): None})
+    assert _down(published[-1]) == {2, 3} and len(published[-1].servers) == 3
+    pipeline.set_drains("app", {})
+    assert _down(published[-1]) == set()
+
+
 def test_status_table_shows_the_drains() -> None:
     snapshot = {"upstreams": {"app": {"cluster": "c", "drained": [{"server": "10.0.0.1:80", "seconds_left": 59.6},
                                                                   {"server": "10.0.0.1:81", "seconds_left": None}]}}}
@@ -347,3 +369,66 @@ def test_drain_in_dyups_mode(tmp_path: Path, zk: LocalZooKeeper, zk_client: Kazo
             wait_until(lambda: table() == lines, 5, "dyups to have b-2 back", daemon.log_tail)
     finally:
         rig.close()
+
+
+# =============================================================================
+# Model: drains never change what the guards decide
+# =============================================================================
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PORTS = list(range(1, 7))
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("registry"), st.sets(st.sampled_from(PORTS), max_size=6)),
+        st.tuples(st.just("drains"), st.sets(st.sampled_from(PORTS), max_size=6)),
+        st.tuples(st.just("wait"), st.sampled_from([1.0, 30.0, 61.0])),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_operations)
+def test_model_drains_are_invisible_to_the_guards(operations: list[tuple[str, Any]]) -> None:
+    """Two pipelines get the same registry snapshots and clock; only one gets drains.
+
+    At every step both have the same guard state (held servers, held drop) and
+    publish the same servers but for ``down``; in the drained one, exactly the
+    drained servers are down, unless that would leave none in traffic.
+    """
+    clock = [1000.0]
+    plain: list[Upstream] = []
+    drained: list[Upstream] = []
+    guards = GuardSettings(max_drop=0.3, drop_hold=60.0, settle_after_reconnect=0.0)
+    znode = ZnodeConfig(upstream="app", path="/app", key_path="zk_nodes.app", guards=guards)
+    pipelines = (Pipeline([znode], plain.append, clock=lambda: clock[0]),
+                 Pipeline([znode], drained.append, clock=lambda: clock[0]))
+    drains: set[int] = set()
+    for kind, value in operations:
+        if kind == "registry":
+            for pipeline in pipelines:
+                pipeline.update("app", _children(*sorted(value)), "/app")
+        elif kind == "drains":
+            drains = set(value)
+            pipelines[1].set_drains("app", {("10.0.0.1", port): None for port in drains})
+        else:
+            clock[0] += value
+            for pipeline in pipelines:
+                pipeline.recheck("app")
+        first, second = (pipeline.status("app", clock[0]) for pipeline in pipelines)
+        for key in ("held_servers", "holding_drop", "live_published", "live_instances", "servers"):
+            assert first[key] == second[key], key
+        if not plain:
+            assert not drained
+            continue
+        assert drained, "a drain never holds back the first publish"
+        a, b = plain[-1], drained[-1]
+        assert [s.endpoint for s in a.servers] == [s.endpoint for s in b.servers]
+        assert _down(a) == set()
+        if second["drain_refused"]:
+            assert _down(b) == set() and {s.port for s in b.servers} <= drains
+        else:
+            assert _down(b) == drains & {s.port for s in b.servers}
+            assert any(not s.down for s in b.servers)
