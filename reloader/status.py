@@ -509,6 +509,8 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
         f"({snapshot.get('config_reload_failures', 0)} refused)"
     )
     lines = [summary, ""]
+    if snapshot.get("overrides_problem"):
+        lines[1:1] = [f"drains file: {snapshot['overrides_problem']}"]
     clusters = []
     for cluster in snapshot.get("clusters") or []:
         frozen = "no"

@@ -215,6 +215,7 @@ def test_status_table_shows_the_drains() -> None:
     snapshot = {"upstreams": {"app": {"cluster": "c", "drained": [{"server": "10.0.0.1:80", "seconds_left": 59.6},
                                                                   {"server": "10.0.0.1:81", "seconds_left": None}]}}}
     assert "10.0.0.1:80 (60s left), 10.0.0.1:81" in render_status(snapshot)
+    assert "drains file: not valid JSON" in render_status({**snapshot, "overrides_problem": "not valid JSON"})
 
 
 # =============================================================================
