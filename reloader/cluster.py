@@ -85,7 +85,8 @@ class ClusterWorker:
         self.confirmed_at: float | None = None
         self._started_at = time.monotonic()
         self.source = ZooKeeperSource(
-            cluster, self.inbox, _Confirming(self.pipeline, self._confirmed), self.freeze, session_timeout, client_factory,
+            cluster, self.inbox, _Confirming(self.pipeline, self._confirmed), self.freeze, session_timeout,
+            client_factory,
             stopping=self._stopping.is_set,
         )
         self._thread = threading.Thread(target=self._loop, name=f"cluster-{cluster.index}", daemon=True)
