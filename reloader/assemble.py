@@ -9,7 +9,7 @@ part of the pipeline to test exhaustively.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Collection, Iterable
 
 from reloader.model import Server, Upstream
 
@@ -69,13 +69,20 @@ def desired_live(live: Iterable[Server], options: UpstreamOptions = UpstreamOpti
     return [apply_server_params(server, options.server_params) for server in merge_duplicates(live)]
 
 
-def finalize_upstream(name: str, live: Iterable[Server], options: UpstreamOptions = UpstreamOptions()) -> Upstream:
+def finalize_upstream(
+    name: str, live: Iterable[Server], options: UpstreamOptions = UpstreamOptions(),
+    drained: Collection[tuple[str, int]] = (),
+) -> Upstream:
     """The upstream for ``name`` made of ``live`` (already from :func:`desired_live`) and static backups.
 
     Static backup servers are rendered with ``backup`` while live servers
     exist; with none live they are rendered as plain servers, because nginx and
     dyups both refuse an upstream whose every server is a backup. They never
     count towards ``live_count``.
+
+    Servers whose endpoint is in ``drained`` (operator overrides, see
+    :mod:`reloader.overrides`) are rendered ``down``; they still count as live,
+    since the guards have already decided on the registry's set.
     """
     merged = list(live)
     live_endpoints = {server.endpoint for server in merged}
@@ -84,6 +91,8 @@ def finalize_upstream(name: str, live: Iterable[Server], options: UpstreamOption
         if static.endpoint in live_endpoints:
             continue  # the live registration of the same endpoint wins
         servers.append(replace(static, backup=bool(merged)))
+    if drained:
+        servers = [replace(server, down=True) if server.endpoint in drained else server for server in servers]
     return Upstream(
         name=name,
         servers=tuple(sorted(servers)),

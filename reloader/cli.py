@@ -64,6 +64,18 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="the daemon's `listen:` address, PORT or HOST:PORT (default: 127.0.0.1:9345)")
     status.add_argument("--json", action="store_true", help="print the raw JSON of /status")
 
+    for name, text in (("drain", "take one server out of traffic (rendered down) without touching the registry"),
+                       ("undrain", "put a drained server back in traffic")):
+        override = commands.add_parser(name, help=text)
+        override.add_argument("upstream", metavar="UPSTREAM")
+        override.add_argument("server", metavar="HOST:PORT")
+        where = override.add_mutually_exclusive_group(required=True)
+        where.add_argument("--config", help="the daemon's config (its files_output_path holds the drains)")
+        where.add_argument("--files-output-path", metavar="DIR", help="the daemon's files directory")
+        if name == "drain":
+            override.add_argument("--for", dest="duration", metavar="DURATION",
+                                  help="undrain by itself after this long (e.g. 90s, 30m, 2h); default: until undrain")
+
     demo = commands.add_parser("demo", help="a self-contained local demo (ZooKeeper, nginx, three backends)")
     demo.add_argument("--nginx", metavar="PATH", help="a dyups-enabled nginx binary (default: stock nginx, reload mode)")
     demo.add_argument("--interval", type=float, default=3.0, help=argparse.SUPPRESS)
@@ -193,6 +205,49 @@ def _nginx_snippet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _override(args: argparse.Namespace) -> int:
+    """``drain`` and ``undrain``: change the overrides file the running daemon watches."""
+    from reloader.durations import parse_duration
+    from reloader.overrides import OverrideStore, format_endpoint, parse_endpoint
+
+    try:
+        server = parse_endpoint(args.server)
+        duration = None if getattr(args, "duration", None) is None else parse_duration(args.duration)
+    except ValueError as error:
+        print(f"{args.command}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    directory = args.files_output_path
+    if args.config is not None:
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        known = {znode.upstream for cluster in config.clusters for znode in cluster.znodes}
+        if args.upstream not in known:
+            print(f"{args.command}: {args.config} configures no upstream {args.upstream!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        directory = config.files_output_path
+    store = OverrideStore(directory)
+    shown = f"{args.upstream} {format_endpoint(server)}"
+    try:
+        if args.command == "drain":
+            drain = store.drain(args.upstream, server, duration)
+            until = "until undrained" if drain.until is None else f"for {duration:g} s"
+            print(f"drained {shown} {until}; the running daemon applies it within a second")
+            return 0
+        if not store.undrain(args.upstream, server):
+            print(f"{shown} was not drained")
+            return 0
+        print(f"undrained {shown}; the running daemon applies it within a second")
+        return 0
+    except OSError as error:
+        print(f"{args.command}: cannot change {store.path}: {error.strerror or error} "
+              "(only a user who may write the files directory may drain)", file=sys.stderr)
+        return 1
+    except ValueError as error:  # OverrideError too: a damaged file is not overwritten
+        print(f"{args.command}: {error}", file=sys.stderr)
+        return 1
+
+
 def _holder(held: LockHeld) -> str:
     return f"pid {held.pid}" if held.pid is not None else "another process"
 
@@ -216,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from reloader.status import DEFAULT_ADDRESS, status_command  # imported late: only `status` needs it
 
         return status_command(args.listen or DEFAULT_ADDRESS, as_json=args.json)
+    if args.command in ("drain", "undrain"):
+        return _override(args)
     if args.command == "demo":
         from reloader.demo import run_demo  # imported late: only the demo needs localenv
 

@@ -33,6 +33,7 @@ from reloader.model import Upstream
 from reloader.pipeline import Pipeline
 from reloader.publication import ClusterFreeze
 from reloader.resolve import HostChecker
+from reloader.snapshot import Snapshot
 from reloader.sources.zookeeper import ZooKeeperSource
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,21 @@ MAX_IDLE = 0.5
 UNREACHABLE_REMINDER = 30.0
 # How long the reachability probe behind those lines may wait per host.
 PROBE_TIMEOUT = 1.0
+# A connected cluster asks ZooKeeper to confirm it still answers once per
+# session timeout (kazoo pings three times as often): cheap, and a registry
+# that stops answering ages within one timeout.
+
+
+class _Confirming:
+    """The source's sink: every snapshot handed over confirms the registry, then goes to the pipeline."""
+
+    def __init__(self, pipeline: Pipeline, confirmed: Callable[[], None]) -> None:
+        self._pipeline = pipeline
+        self._confirmed = confirmed
+
+    def update(self, upstream: str, children: Snapshot, origin: str) -> None:
+        self._confirmed()
+        self._pipeline.update(upstream, children, origin)
 
 
 class ClusterWorker:
@@ -74,8 +90,13 @@ class ClusterWorker:
             cluster.znodes, self._published.append, self.freeze, schedule=self.inbox.call_later, hosts=hosts,
             post=self.inbox.put,
         )
+        # When the registry last confirmed what is served (monotonic): a
+        # snapshot handed over, or an answer to the periodic confirmation.
+        self.confirmed_at: float | None = None
+        self._started_at = time.monotonic()
         self.source = ZooKeeperSource(
-            cluster, self.inbox, self.pipeline, self.freeze, session_timeout, client_factory,
+            cluster, self.inbox, _Confirming(self.pipeline, self._confirmed), self.freeze, session_timeout,
+            client_factory,
             stopping=self._stopping.is_set,
         )
         self._thread = threading.Thread(target=self._loop, name=f"cluster-{cluster.index}", daemon=True)
@@ -94,8 +115,12 @@ class ClusterWorker:
         return self._thread.is_alive()
 
     def start(self) -> None:
+        # Counted from the start until the first confirmation: a cluster never
+        # read ages like one that went quiet.
+        self._started_at = time.monotonic()
         self.source.start()
         self.inbox.call_later(self._session_timeout, self._check_connected)
+        self.inbox.call_later(self._session_timeout, self._confirm)
         self._thread.start()
 
     # ---- saying what is wrong, and keeping on saying it ----------------------------
@@ -110,6 +135,37 @@ class ClusterWorker:
                 len(self.pipeline.upstream_names), extra={"cluster": self.label},
             )
         self.inbox.call_later(UNREACHABLE_REMINDER, self._remind)
+
+    # ---- staleness: when the registry last answered -------------------------------
+
+    def _confirmed(self) -> None:
+        self.confirmed_at = time.monotonic()
+
+    def _confirm(self) -> None:
+        """Every session timeout on a live session: an ``exists`` of a watched znode, never waited on.
+
+        Its answer (on kazoo's thread) only stores a time, so a quiet registry
+        whose session still answers stays confirmed, and one that stopped
+        answering ages in ``cluster_registry_age_seconds``.
+        """
+        if self._stopping.is_set():
+            return
+        self.inbox.call_later(self._session_timeout, self._confirm)
+        if self.source.state != "CONNECTED" or not self.freeze.is_open or not self.cluster.znodes:
+            return
+        try:
+            pending = self.source.client.exists_async(self.cluster.znodes[0].path)
+        except Exception:  # noqa: BLE001 - a closed client: the session state says why
+            log.debug("cluster %s: confirmation not sent", self.label, exc_info=True)
+            return
+        epoch = self.freeze.epoch
+
+        def answered(result: object) -> None:
+            # A session change since the request makes its answer say nothing of the new one.
+            if pending.successful() and self.freeze.epoch == epoch and self.freeze.is_open:
+                self._confirmed()
+
+        pending.rawlink(answered)
 
     def _remind(self) -> None:
         """While frozen, one line every UNREACHABLE_REMINDER seconds: for how long, and how many upstreams."""
@@ -232,6 +288,7 @@ class ClusterWorker:
             "read_in_full": freeze.ever_open,
             "thaws": freeze.thaws,
             "upstreams": list(self.pipeline.upstream_names),
+            "registry_age_seconds": round(now - (self.confirmed_at or self._started_at), 3),
         }
 
     def close_session(self) -> None:

@@ -32,6 +32,7 @@ from reloader.outputs.base import FileWritten, Output
 from reloader.outputs.dyups import DyupsOutput
 from reloader.outputs.files import FilesOutput, FileStore
 from reloader.outputs.reload import ReloadOutput
+from reloader.overrides import OverrideWatcher
 from reloader.readback import ReadbackError, parse_upstream_block
 from reloader.render import render_file, render_file_lua
 from reloader.resolve import HostChecker
@@ -157,6 +158,10 @@ class Daemon:
         self.config_reload_failures = 0
         self.status_server: object | None = None
         self._overrides = dict(overrides or {})
+        # Servers drained by hand (reloader/overrides.py): polled by the main
+        # thread, handed to each upstream's cluster thread when they change.
+        self.drains = OverrideWatcher(config.files_output_path)
+        self._drains_sent: dict[str, dict[tuple[str, int], float | None]] = {}
 
     def _make_followers(self, config: Config) -> list[Output]:
         followers: list[Output] = []
@@ -244,6 +249,7 @@ class Daemon:
             "outputs": outputs,
             "config_reloads": self.config_reloads,
             "config_reload_failures": self.config_reload_failures,
+            "overrides_problem": self.drains.problem,
         }
 
     def request_reassert(self) -> None:
@@ -263,6 +269,7 @@ class Daemon:
         for runner in self.runners:
             runner.start()
         self._adopt_files()
+        self._apply_drains()  # queued before the first read, so the first publish has them
         for worker in self.clusters:
             worker.start()
         if self.config.listen is not None:
@@ -294,6 +301,7 @@ class Daemon:
                 exit_code = 1  # a supervisor should know, and start a fresh process
                 break
             systemd.tick(self)
+            self._apply_drains()
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload_config()
@@ -302,6 +310,17 @@ class Daemon:
         self._shutdown()
         log.info("stopped")
         return exit_code
+
+    def _apply_drains(self) -> None:
+        """Hand each upstream whose drains changed (the file, or an expiry) to its cluster thread."""
+        self.drains.poll()
+        active = self.drains.active
+        for name, worker in self._cluster_of.items():
+            drains = active.get(name, {})
+            if self._drains_sent.get(name, {}) == drains:
+                continue
+            self._drains_sent[name] = drains
+            worker.inbox.put(lambda worker=worker, name=name, drains=drains: worker.pipeline.set_drains(name, drains))
 
     def _telling_nginx(self) -> str:
         config = self.config
@@ -457,6 +476,7 @@ class Daemon:
         self.clusters = [worker for _, worker in pairs]
         # Built from the new config: a kept worker takes it on its own thread.
         self._cluster_of = {znode.upstream: worker for cluster, worker in pairs for znode in cluster.znodes}
+        self._drains_sent = {}  # new workers, and upstreams that moved, take their drains on the next tick
         for worker in started:
             worker.start()
         removed = sorted(old_names - set(self._cluster_of))

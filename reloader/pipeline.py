@@ -24,7 +24,8 @@ A source hands a complete snapshot of a znode's children to
 3. asks the upstream's :class:`~reloader.publication.UpstreamGuard` which
    live servers may be published now (frozen cluster, zero instances, settle
    window, shrink guard: all in :mod:`reloader.publication`);
-4. **finalizes** the upstream (static backup servers) and, if it differs from
+4. **finalizes** the upstream (static backup servers, then the operator's
+   drains, see :mod:`reloader.overrides`) and, if it differs from
    what was last published, hands it to ``publish`` — in the daemon, the files
    runner's queue, which never blocks.
 
@@ -43,13 +44,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Hashable, Iterable
+from typing import Callable, Hashable, Iterable, Mapping
 
 from reloader.assemble import desired_live, finalize_upstream
 from reloader.addresses import is_ip_literal
 from reloader.config import ZnodeConfig
 from reloader.formats import ParseResult, Skip, parse_instance
 from reloader.model import Server, Upstream
+from reloader.overrides import Endpoint, drained_view
 from reloader.publication import ClusterFreeze, UpstreamGuard
 from reloader.resolve import HostChecker, Resolution
 from reloader.snapshot import ChildData, Snapshot, Unreadable
@@ -73,6 +75,9 @@ class _UpstreamState:
     desired: tuple[Server, ...] | None = None
     origin: str = ""
     recheck_at: float | None = None
+    # The live servers last handed on (or adopted), before drains: what a
+    # change of drains re-finalizes while the guards decide nothing.
+    last_live: tuple[Server, ...] | None = None
     # When the registry last said something about it, and when it was last published.
     updated_at: float | None = None
     published_at: float | None = None
@@ -114,6 +119,10 @@ class Pipeline:
         # Names whose answer changed, waiting for this pipeline's thread (filled from resolver threads).
         self._answers: set[str] = set()
         self._answers_lock = threading.Lock()
+        # The operator's drains per upstream (kept across config reloads), and
+        # the upstreams whose drains would leave no server in traffic.
+        self._drains: dict[str, dict[Endpoint, float | None]] = {}
+        self._drain_refused: set[str] = set()
         self._states = {
             znode.upstream: _UpstreamState(
                 znode, UpstreamGuard(znode.upstream, znode.guards, freeze, clock)
@@ -148,7 +157,29 @@ class Pipeline:
             "held_servers": guard.holding,
             "holding_drop": guard.holding_drop,
             "settling": guard.settling,
+            "drained": drained_view(self._drains.get(upstream, {}), time.time()),
+            "drain_refused": upstream in self._drain_refused,
         }
+
+    def set_drains(self, upstream: str, drains: Mapping[Endpoint, float | None]) -> None:
+        """Take the operator's drains of ``upstream`` (see :mod:`reloader.overrides`) and re-decide it now.
+
+        Runs on the cluster's thread (handed over through its inbox). The guards
+        see nothing of it: the drains apply when the upstream is finalized.
+        """
+        if dict(self._drains.get(upstream, {})) == dict(drains):
+            return
+        if drains:
+            self._drains[upstream] = dict(drains)
+        else:
+            self._drains.pop(upstream, None)
+        state = self._states.get(upstream)
+        if state is None:
+            return
+        if state.desired is not None:
+            self._decide(state, redrain=True)
+        elif state.last_live is not None:
+            self._hand_on(state, state.last_live)  # adopted from its file, not read yet
 
     def reconfigure(self, znodes: Iterable[ZnodeConfig]) -> tuple[list[str], list[str], list[str]]:
         """Serve exactly ``znodes`` from now on; returns the (added, removed, changed) upstream names.
@@ -186,8 +217,9 @@ class Pipeline:
         state = self._states.get(upstream.name)
         if state is None:
             return False
-        static = (server.endpoint for server in state.config.options.backup_servers)
+        static = {server.endpoint for server in state.config.options.backup_servers}
         state.guard.adopt(upstream, static)
+        state.last_live = tuple(server for server in upstream.servers if server.endpoint not in static)
         return True
 
     # ---- the pipeline ------------------------------------------------------------
@@ -211,19 +243,28 @@ class Pipeline:
         state.recheck_at = None
         self._decide(state)
 
-    def _decide(self, state: _UpstreamState) -> None:
+    def _decide(self, state: _UpstreamState, redrain: bool = False) -> None:
         assert state.desired is not None
         name = state.config.upstream
         decision = state.guard.decide(state.desired, state.origin, bool(state.config.options.backup_servers))
         if decision.recheck_at is not None:
             self._schedule_recheck(state, decision.recheck_at)
         if decision.live is None:
+            if redrain and state.last_live is not None:
+                # Frozen, or no instances: the last live set stays, with the new drains.
+                self._hand_on(state, state.last_live)
             return
-        upstream = finalize_upstream(name, decision.live, state.config.options)
+        self._hand_on(state, decision.live)
+
+    def _hand_on(self, state: _UpstreamState, live: tuple[Server, ...]) -> None:
+        """Finalize ``live``, record it with the guard, and publish it if it changed."""
+        name = state.config.upstream
+        upstream = self._finalize(name, live, state)
+        state.last_live = live
         if upstream.same_servers(state.guard.last_published):
-            state.guard.published(upstream, decision.live)
+            state.guard.published(upstream, live)
             return
-        state.guard.published(upstream, decision.live)
+        state.guard.published(upstream, live)
         state.published_at = self._clock()
         held = state.guard.holding
         log.info(
@@ -236,6 +277,25 @@ class Pipeline:
             self._publish(upstream)
         except Exception:  # noqa: BLE001 - a broken output must not take the cluster down
             log.exception("upstream %s: handing it to the outputs failed", name)
+
+    def _finalize(self, name: str, live: tuple[Server, ...], state: _UpstreamState) -> Upstream:
+        """The upstream to publish: static backups added, then the operator's drains applied."""
+        options = state.config.options
+        drained = self._drains.get(name)
+        if not drained:
+            self._drain_refused.discard(name)
+            return finalize_upstream(name, live, options)
+        upstream = finalize_upstream(name, live, options, drained=drained.keys())
+        if any(not server.down for server in upstream.servers):
+            self._drain_refused.discard(name)
+            return upstream
+        # Draining every server would take the upstream out of traffic: a
+        # publish may never collapse an upstream, whoever asks for it.
+        if name not in self._drain_refused:
+            log.warning("upstream %s: drains not applied: they would leave no server in traffic", name,
+                        extra={"upstream": name})
+            self._drain_refused.add(name)
+        return finalize_upstream(name, live, options)
 
     def _schedule_recheck(self, state: _UpstreamState, at: float) -> None:
         if self._schedule is None:

@@ -192,6 +192,10 @@ class SnapshotCollector(Collector):
         count = families.gauge("cluster_upstreams", "Upstreams watched in the cluster.", labels)
         last_change = families.gauge(
             "cluster_last_change_age_seconds", "Seconds since the newest registry change seen in the cluster.", labels)
+        registry_age = families.gauge(
+            "cluster_registry_age_seconds",
+            "Seconds since the registry last confirmed the cluster's state (a read, a watch event or an answer "
+            "to the periodic check on a live session).", labels)
         upstreams: Mapping[str, Mapping[str, Any]] = snapshot.get("upstreams") or {}
         for cluster in snapshot.get("clusters") or []:
             label = [str(cluster.get("label"))]
@@ -205,6 +209,9 @@ class SnapshotCollector(Collector):
             frozen_for.add_metric(label, _number(cluster.get("frozen_for_seconds")) or 0.0)
             read.add_metric(label, _flag(cluster.get("read_in_full")))
             thaws.add_metric(label, float(cluster.get("thaws") or 0))
+            age = _number(cluster.get("registry_age_seconds"))
+            if age is not None:
+                registry_age.add_metric(label, age)
             names = list(cluster.get("upstreams") or [])
             count.add_metric(label, float(len(names)))
             ages = [
@@ -234,6 +241,8 @@ class SnapshotCollector(Collector):
             "holding_drop": families.gauge("upstream_drop_held", "1 while the shrink guard holds back a drop.", labels),
             "settling": families.gauge("upstream_settling", "1 while the upstream settles after a thaw.", labels),
         }
+        drained = families.gauge("upstream_drained_servers",
+                                 "Servers drained by hand (nginx-upstream-reloader drain), rendered down.", labels)
         # Which output still owes which upstream is in /status, not here: a
         # series per upstream and output would triple the scrape of a fleet
         # for values that are almost always 0 (output_pending_upstreams alerts).
@@ -243,6 +252,7 @@ class SnapshotCollector(Collector):
                 value = _number(upstream.get(key))
                 if value is not None:
                     family.add_metric(label, value)
+            drained.add_metric(label, float(len(upstream.get("drained") or ())))
 
     @staticmethod
     def _outputs(families: _Families, snapshot: Mapping[str, Any]) -> None:
@@ -266,11 +276,14 @@ class SnapshotCollector(Collector):
 
     @staticmethod
     def _output_counters(families: _Families, label: list[str], counters: Mapping[str, Any]) -> None:
+        # Only an output that POSTs counts "ok" (from its start): for the
+        # reload output "refused" is its gauge of refused upstreams instead.
+        posts = "ok" in counters
         for key, raw in sorted(counters.items()):
             value = _number(raw)
             if value is None:
                 continue
-            if key in _POST_RESULTS or key.startswith("http_"):
+            if posts and (key in _POST_RESULTS or key.startswith("http_")):
                 families.counter(
                     "output_posts", "POSTs by outcome: ok, conflict (409, retried), dropped (retried), timeout, "
                     "http_NNN.", ["output", "result"]).add_metric([*label, key], value)
@@ -478,6 +491,16 @@ def _yes(value: object) -> str:
     return "yes" if value else "no"
 
 
+def _drained(upstream: Mapping[str, Any]) -> str:
+    """The drained servers, each with the time it has left ("-" when none)."""
+    shown = []
+    for entry in upstream.get("drained") or ():
+        left = _number(entry.get("seconds_left"))
+        shown.append(str(entry.get("server")) + ("" if left is None else f" ({max(left, 0):.0f}s left)"))
+    text = ", ".join(shown) or "-"
+    return text + " (not applied: no server would be left)" if upstream.get("drain_refused") else text
+
+
 def render_status(snapshot: Mapping[str, Any]) -> str:
     """The snapshot as readable tables: the daemon, its clusters, its upstreams, its outputs."""
     summary = (
@@ -486,6 +509,8 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
         f"({snapshot.get('config_reload_failures', 0)} refused)"
     )
     lines = [summary, ""]
+    if snapshot.get("overrides_problem"):
+        lines[1:1] = [f"drains file: {snapshot['overrides_problem']}"]
     clusters = []
     for cluster in snapshot.get("clusters") or []:
         frozen = "no"
@@ -494,9 +519,11 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
             frozen = "yes" if frozen_for is None else f"yes, {frozen_for:.1f}s"
         clusters.append([
             str(cluster.get("label")), str(cluster.get("state")), frozen, _yes(cluster.get("read_in_full")),
-            str(cluster.get("thaws", 0)), str(len(cluster.get("upstreams") or [])), str(cluster.get("hosts", "")),
+            str(cluster.get("thaws", 0)), str(len(cluster.get("upstreams") or [])),
+            _age(cluster.get("registry_age_seconds")), str(cluster.get("hosts", "")),
         ])
-    lines += _table(["CLUSTER", "STATE", "FROZEN", "READ IN FULL", "THAWS", "UPSTREAMS", "HOSTS"], clusters)
+    lines += _table(["CLUSTER", "STATE", "FROZEN", "READ IN FULL", "THAWS", "UPSTREAMS", "CONFIRMED", "HOSTS"],
+                    clusters)
     lines.append("")
     upstreams = []
     for name, upstream in sorted((snapshot.get("upstreams") or {}).items()):
@@ -512,10 +539,10 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
             str(name), str(upstream.get("cluster", "")), str(upstream.get("servers", 0)),
             "-" if live is None else str(live), _age(upstream.get("last_change_seconds_ago")),
             _age(upstream.get("last_publish_seconds_ago")), ", ".join(guards) or "-",
-            ", ".join(upstream.get("pending_in") or ()) or "-",
+            ", ".join(upstream.get("pending_in") or ()) or "-", _drained(upstream),
         ])
-    lines += _table(["UPSTREAM", "CLUSTER", "SERVERS", "LIVE", "LAST CHANGE", "LAST PUBLISH", "GUARDS", "PENDING IN"],
-                    upstreams)
+    lines += _table(["UPSTREAM", "CLUSTER", "SERVERS", "LIVE", "LAST CHANGE", "LAST PUBLISH", "GUARDS", "PENDING IN",
+                     "DRAINED"], upstreams)
     lines.append("")
     outputs = []
     for name, output in (snapshot.get("outputs") or {}).items():
