@@ -4,7 +4,7 @@
 #   ./install_venv.sh              the daemon and its dependencies
 #   ./install_venv.sh --dev        plus the test dependencies
 #   ./install_venv.sh --services   also install ZooKeeper, nginx with its Lua
-#                                  module, Java, Prometheus (promtool) and
+#                                  and stream modules, Java, Prometheus (promtool) and
 #                                  systemd-analyze with apt-get when missing
 #                                  (root only; otherwise prints the command)
 #
@@ -72,6 +72,10 @@ if [ "$services" -eq 1 ]; then
     [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing+=(libnginx-mod-http-lua)
     [ -f /usr/share/lua/5.1/resty/core.lua ] || missing+=(lua-resty-core)
     compgen -G '/usr/lib/*/lua/5.1/cjson.so' >/dev/null || missing+=(lua-cjson)
+    # TCP upstreams (stream: true): Debian builds nginx's stream module as a module of its own.
+    if ! nginx -V 2>&1 | grep -q -- '--with-stream ' && [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+        missing+=(libnginx-mod-stream)
+    fi
     # The rule tests run promtool and a real Prometheus (Debian's prometheus
     # ships both); the unit file tests run systemd-analyze verify.
     command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)

@@ -54,9 +54,13 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="print a unified diff against the files on disk instead (differences keep exit 0)")
     render.add_argument("--write", action="store_true", help="write the changed files atomically, one line each")
 
-    snippet = commands.add_parser("nginx-snippet", help="print the nginx configuration to add for Lua mode")
-    snippet.add_argument("--lua", action="store_true", required=True,
-                         help="the Lua module set-up (lua_package_path, shared dict, interface, include)")
+    snippet = commands.add_parser("nginx-snippet",
+                                  help="print the nginx configuration to add for Lua mode or TCP upstreams")
+    kind = snippet.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--lua", action="store_true",
+                      help="the Lua module set-up (lua_package_path, shared dict, interface, include)")
+    kind.add_argument("--stream", action="store_true",
+                      help="the stream { } block that includes the TCP upstreams' <name>.stream files")
     snippet.add_argument("--config", help="take lua_url, files_output_path and lua_secret_file from this config")
 
     status = commands.add_parser("status", help="print a running daemon's clusters, upstreams and outputs")
@@ -194,14 +198,14 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _nginx_snippet(args: argparse.Namespace) -> int:
-    from reloader.nginx.snippet import snippet_for_config  # imported late: only this command needs it
+    from reloader.nginx.snippet import snippet_for_config, stream_snippet_for_config  # only this command needs them
 
     config = None
     if args.config is not None:
         config = _load(args.config)
         if config is None:
             return EXIT_CONFIG
-    print(snippet_for_config(config), end="")
+    print(stream_snippet_for_config(config) if args.stream else snippet_for_config(config), end="")
     return 0
 
 

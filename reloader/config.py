@@ -46,6 +46,9 @@ DEFAULT_LISTEN_HOST = "127.0.0.1"
 NOTIFY_KEYS: tuple[str, ...] = ("dyups_url", "lua_url", "nginx_reload")
 #: The only upstream directives the Lua balancer leaves to nginx.
 LUA_DIRECTIVES: tuple[str, ...] = ("keepalive", "keepalive_timeout", "keepalive_requests")
+#: The upstream directives the stream module's ``upstream`` block takes (TCP upstreams, ``stream: true``);
+#: ip_hash and the keepalive family are http only.
+STREAM_DIRECTIVES: tuple[str, ...] = ("hash", "least_conn", "random", "zone")
 
 _GUARD_KEYS = {"settle_after_reconnect", "max_drop", "drop_hold"}
 #: Global and per upstream: which addresses registry instances may name (reloader/netpolicy.py).
@@ -66,6 +69,7 @@ _SETTING_KEYS = {
     "lua_secret_group",
     "resolve_interval",
     "max_children",
+    "stream",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
 }
@@ -80,6 +84,7 @@ _ZNODE_KEYS = {
     "upstream_directives",
     "backup_servers",
     "max_children",
+    "stream",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
 }
@@ -162,6 +167,8 @@ class ZnodeConfig:
     networks: NetworkPolicy = field(default_factory=NetworkPolicy)
     # At most this many children of the znode are read and served (the first, in name order).
     max_children: int = DEFAULT_MAX_CHILDREN
+    # A TCP upstream: its file is <name>.stream, for an include inside stream { }.
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,11 @@ class Config:
     def znodes(self) -> tuple[ZnodeConfig, ...]:
         """Every configured znode, across clusters, in file order."""
         return tuple(znode for cluster in self.clusters for znode in cluster.znodes)
+
+    @property
+    def stream_upstreams(self) -> frozenset[str]:
+        """The names of the TCP upstreams (``stream: true``), whose files are ``<name>.stream``."""
+        return frozenset(znode.upstream for znode in self.znodes if znode.stream)
 
 
 def _shown(value: object, limit: int = 60) -> str:
@@ -720,6 +732,7 @@ class _Context:
     base_dir: Path | None
     environ: Mapping[str, str]
     max_children: int = DEFAULT_MAX_CHILDREN
+    stream: bool = False  # the global default of ``stream``
 
 
 def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, context: _Context) -> ZnodeConfig | None:
@@ -784,11 +797,22 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
     backups = problems.check(
         _join(key_path, "backup_servers"), upstream_options.parse_backup_servers, entry.get("backup_servers")
     )
+    stream = _parse_stream(problems, key_path, entry, context)
+    if stream and directives:
+        refused = [d.split(" ", 1)[0] for d in directives if d.split(" ", 1)[0] not in STREAM_DIRECTIVES]
+        if refused:
+            problems.add(
+                _join(key_path, "upstream_directives"),
+                f"{', '.join(refused)} cannot be used in a TCP upstream (stream: true"
+                f"{'' if 'stream' in entry else ', the global default'}): the stream module's upstream block "
+                f"has no {', '.join(refused)}; only {', '.join(STREAM_DIRECTIVES)} are allowed",
+            )
+            directives = None
     guards = _parse_guards(problems, key_path, entry, context.guards)
     networks = _parse_networks(problems, key_path, entry, context.networks)
     max_children = (problems.check(_join(key_path, "max_children"), _parse_max_children, entry["max_children"])
                     if "max_children" in entry else context.max_children)
-    if path is None or server_params is None or directives is None or backups is None:
+    if path is None or server_params is None or directives is None or backups is None or stream is None:
         return None
     try:
         upstream_options.check_combination(server_params, directives, backups)
@@ -805,7 +829,37 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
         guards=guards,
         networks=networks,
         max_children=max_children or context.max_children,
+        stream=bool(stream),
     )
+
+
+def _stream_refusal(context: _Context) -> str | None:
+    """Why TCP upstreams cannot work with the configured way of telling nginx (None: they can)."""
+    if context.lua_enabled:
+        return ("cannot be used with lua_url: a Lua balancer for TCP upstreams would need OpenResty's stream Lua "
+                "module (ngx_stream_lua_module), which Debian does not package; use nginx_reload (or the files "
+                "alone) for TCP upstreams")
+    if context.dyups_enabled:
+        return ("cannot be used with dyups_url: the dyups module changes http upstreams only and has no stream "
+                "support; use nginx_reload (or the files alone) for TCP upstreams")
+    return None
+
+
+def _parse_stream(problems: _Collector, key_path: str, entry: Mapping[Any, Any], context: _Context) -> bool | None:
+    """The upstream's ``stream`` flag (the global default when it has none); None when invalid.
+
+    An inherited ``stream: true`` that cannot work is reported once, at the
+    global key, not at every upstream.
+    """
+    if "stream" not in entry:
+        return context.stream
+    where = _join(key_path, "stream")
+    stream = problems.check(where, _parse_flag, entry["stream"])
+    refusal = _stream_refusal(context) if stream else None
+    if refusal:
+        problems.add(where, f"stream: true {refusal}")
+        return None
+    return stream
 
 
 def _parse_cluster(
@@ -924,6 +978,7 @@ def parse_config(
     guards = _parse_guards(problems, "", settings, GuardSettings())
     networks = _parse_networks(problems, "", settings, NetworkPolicy())
     max_children = problems.check("max_children", _parse_max_children, settings.get("max_children", DEFAULT_MAX_CHILDREN))
+    stream_default = problems.check("stream", _parse_flag, settings.get("stream", False))
     context = _Context(
         dyups_enabled=settings.get("dyups_url") is not None,
         lua_enabled=settings.get("lua_url") is not None,
@@ -932,7 +987,11 @@ def parse_config(
         base_dir=base_dir,
         environ=os.environ if environ is None else environ,
         max_children=max_children or DEFAULT_MAX_CHILDREN,
+        stream=bool(stream_default),
     )
+    stream_refusal = _stream_refusal(context) if stream_default else None
+    if stream_refusal:
+        problems.add("stream", f"stream: true {stream_refusal}")
 
     parsed_znodes: list[ZnodeConfig] = []
     clusters = [

@@ -30,7 +30,7 @@ from reloader.config import ClusterConfig, Config, ConfigError, ZnodeConfig, loa
 from reloader.model import Upstream
 from reloader.outputs.base import FileWritten, Output
 from reloader.outputs.dyups import DyupsOutput
-from reloader.outputs.files import FilesOutput, FileStore
+from reloader.outputs.files import FilesOutput, FileStore, StoredFile
 from reloader.outputs.reload import ReloadOutput
 from reloader.overrides import OverrideWatcher
 from reloader.readback import ReadbackError, parse_upstream_block
@@ -138,7 +138,7 @@ class Daemon:
         # would deadlock the main thread.
         self._stop_requested = False
         self._reload_requested = False
-        self.store = FileStore(config.files_output_path)
+        self.store = FileStore(config.files_output_path, stream=config.stream_upstreams)
         # In Lua mode the files carry the balancer hook, so that nginx serves
         # the file's servers until the Lua module has been told the live set.
         self.files = FilesOutput(self.store, render=render_file_lua if config.lua_url else render_file)
@@ -346,7 +346,7 @@ class Daemon:
                 worker.pipeline.adopt(upstream)
                 adopted.append(upstream)
         self.files_runner.offer_many(adopted)
-        self._unconfigured_files(self.store.names())
+        self._unconfigured_files()
 
     def _read_back_all(self, znodes: Iterable[ZnodeConfig]) -> list[Upstream]:
         states = []
@@ -357,28 +357,32 @@ class Daemon:
                 states.append(replace(upstream, directives=znode.options.directives))
         return states
 
-    def _unconfigured_files(self, names: Iterable[str]) -> None:
-        """Files of upstreams the config does not name: kept with a warning, or removed with prune_files."""
-        for name in names:
-            if name in self._cluster_of:
+    def _configured(self, stored: StoredFile) -> bool:
+        """True when ``stored`` is the file of a configured upstream (an http file of a TCP upstream is not)."""
+        return stored.name in self._cluster_of and stored.stream == self.store.is_stream(stored.name)
+
+    def _unconfigured_files(self, names: Iterable[str] | None = None) -> None:
+        """Files (of ``names``, default all) of no configured upstream: kept with a warning, or removed with prune_files."""
+        wanted = None if names is None else set(names)
+        for stored in self.store.files():
+            if (wanted is not None and stored.name not in wanted) or self._configured(stored):
                 continue
-            path = self.store.path_for(name)
             if self.config.prune_files:
-                self.files_runner.submit(lambda name=name, path=path: self._prune(name, path))
+                self.files_runner.submit(lambda stored=stored: self._prune(stored))
             else:
                 log.warning("%s belongs to no configured upstream; left in place (nginx may still include it; "
-                            "prune_files: true removes such files)", path, extra={"upstream": name})
+                            "prune_files: true removes such files)", stored.path, extra={"upstream": stored.name})
 
-    def _prune(self, name: str, path: object) -> None:
+    def _prune(self, stored: StoredFile) -> None:
         """On the files runner's thread, after every write queued before it."""
-        if name in self._cluster_of:
+        if self._configured(stored):
             return  # configured again meanwhile
         try:
-            if self.store.remove(name):
-                log.warning("%s belongs to no configured upstream; removed (prune_files)", path,
-                            extra={"upstream": name})
+            if self.store.remove_file(stored.path):
+                log.warning("%s belongs to no configured upstream; removed (prune_files)", stored.path,
+                            extra={"upstream": stored.name})
         except OSError as error:
-            log.error("cannot remove %s: %s", path, error.strerror or error)
+            log.error("cannot remove %s: %s", stored.path, error.strerror or error)
 
     def _read_back(self, name: str) -> Upstream | None:
         path = self.store.path_for(name)
@@ -428,6 +432,8 @@ class Daemon:
             return
         old = self.config
         self.config = new
+        # Before any cluster takes the new config: a new TCP upstream's first file is <name>.stream.
+        self.store.set_stream(new.stream_upstreams)
         self.hosts.interval = new.resolve_interval
         if _outputs_of(new) != _outputs_of(old):
             self._replace_followers(new)
@@ -445,6 +451,13 @@ class Daemon:
         if new.files_output_path != self.config.files_output_path:
             return (f"files_output_path cannot change while running ({self.config.files_output_path} -> "
                     f"{new.files_output_path}); restart the daemon for that")
+        kinds = {znode.upstream: znode.stream for znode in self.config.znodes}
+        switched = sorted(z.upstream for z in new.znodes if kinds.get(z.upstream, z.stream) != z.stream)
+        if switched:
+            # Its file would move between <name>.upstream and <name>.stream (and between http { } and
+            # stream { }) under a running nginx; a restart adopts the new kind cleanly.
+            return (f"stream cannot change while running for upstream {', '.join(switched)}; "
+                    "restart the daemon for that")
         return None
 
     def _reconfigure_clusters(self, old: Config, new: Config) -> None:

@@ -207,7 +207,7 @@ def _read_back(store: FileStore, znode: ZnodeConfig) -> tuple[str | None, Upstre
 
 def decide(config: Config, reads: list[ClusterRead], hosts: HostChecker | None = None) -> Report:
     """Run every snapshot through a daemon pipeline seeded from the files on disk."""
-    store = FileStore(config.files_output_path)
+    store = FileStore(config.files_output_path, stream=config.stream_upstreams)
     render = render_file_lua if config.lua_url else render_file
     outcomes: list[Outcome] = []
     for read in reads:
@@ -340,7 +340,7 @@ def write_report(report: Report, config: Config) -> tuple[list[Path], list[str]]
     changed = [outcome for outcome in report.outcomes if outcome.state == CHANGED]
     if not changed:
         return [], []
-    store = FileStore(config.files_output_path)
+    store = FileStore(config.files_output_path, stream=config.stream_upstreams)
     written: list[Path] = []
     failures: list[str] = []
     try:

@@ -1,6 +1,7 @@
 """Read nginx upstream text back into the model.
 
-Used at start-up, where existing ``.upstream`` files are the last known good
+Used at start-up, where existing upstream files (``<name>.upstream``, and
+``<name>.stream`` for a TCP upstream: one syntax) are the last known good
 state, and by reconciliation, where the live state comes from the dyups
 interface. Everything read is validated exactly like registry data: a
 hand-edited or corrupted file yields a clear error, never an unsafe server.

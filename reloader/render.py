@@ -1,7 +1,11 @@
 """Turn an :class:`~reloader.model.Upstream` into the text nginx reads.
 
-Two renderings of one value: the ``.upstream`` file that nginx includes, and
-the body that the dyups interface takes. Both are deterministic: servers are
+Two renderings of one value: the file that nginx includes, and the body that
+the dyups interface takes. A TCP upstream's file (``<name>.stream``, included
+inside ``stream { }``) is rendered by :func:`render_file` too: the stream
+module's ``upstream`` block has the same syntax, and the config refuses the
+directives it lacks (reloader/config.py); its name comes from
+:func:`reloader.outputs.files.file_name`. Both are deterministic: servers are
 already sorted by the model, so equal upstreams give byte-equal output and an
 unchanged file is never rewritten.
 """
@@ -33,7 +37,7 @@ def _file_line(server: Server) -> str:
 
 
 def render_file(upstream: Upstream) -> str:
-    """The full ``upstream NAME { ... }`` block for ``<name>.upstream``."""
+    """The full ``upstream NAME { ... }`` block for ``<name>.upstream`` (or ``<name>.stream``)."""
     lines = [f"upstream {upstream.name} {{"]
     lines.extend(f"    {directive};" for directive in upstream.directives)
     lines.extend(_file_line(server) for server in upstream.servers)

@@ -7,6 +7,7 @@ directory and cleans up after itself:
 * :mod:`.nginx` -- stock nginx run in a private prefix, plus a fast
   ``nginx -t`` check for generated upstream files.
 * :mod:`.backends` -- tiny HTTP servers that answer with their own name.
+* :mod:`.tcpecho` -- tiny TCP servers that answer each line with their own name.
 * :mod:`.ports` -- picking free TCP ports.
 
 Nothing here is used by the daemon itself.

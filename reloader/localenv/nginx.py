@@ -35,6 +35,8 @@ from .ports import port_accepts
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "apt-get install -y nginx"
+#: Debian builds the stream module (TCP upstreams) as a module of its own.
+STREAM_INSTALL_HINT = "apt-get install -y libnginx-mod-stream"
 
 # nginx -t takes milliseconds; this only guards against a wedged binary.
 _COMMAND_TIMEOUT = 30.0
@@ -78,6 +80,44 @@ def nginx_missing(binary: str = "nginx") -> str | None:
         f"nginx is not available ({binary!r} not in PATH or /usr/sbin); "
         f"install it with: {INSTALL_HINT}"
     )
+
+
+def _build_options(binary: str) -> list[str]:
+    """The ``configure arguments`` that ``nginx -V`` prints."""
+    nginx = find_nginx(binary)
+    if nginx is None:
+        raise NginxError(nginx_missing(binary) or f"{binary} not found")
+    result = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=_COMMAND_TIMEOUT,
+                            stdin=subprocess.DEVNULL)
+    return (result.stdout + result.stderr).split()
+
+
+def stream_module_lines(binary: str = "nginx") -> str:
+    """Main-context lines that give ``binary`` the stream module: "" when it is built in.
+
+    Debian builds it as a dynamic module (``--with-stream=dynamic``), loaded
+    from its modules directory; raises NginxError naming the package when
+    nginx has no stream module at all.
+    """
+    options = _build_options(binary)
+    if "--with-stream" in options:
+        return ""
+    if "--with-stream=dynamic" not in options:
+        raise NginxError(f"{binary} was built without the stream module (TCP upstreams)")
+    modules = next((o.split("=", 1)[1] for o in options if o.startswith("--modules-path=")), "/usr/lib/nginx/modules")
+    module = Path(modules) / "ngx_stream_module.so"
+    if not module.is_file():
+        raise NginxError(f"{module} is missing: install the stream module with: {STREAM_INSTALL_HINT}")
+    return f"load_module {_quote(module)};\n"
+
+
+def stream_missing(binary: str = "nginx") -> str | None:
+    """None when ``binary`` can run a ``stream { }`` block, else why not (with the install command)."""
+    try:
+        stream_module_lines(binary)
+    except (NginxError, OSError, subprocess.SubprocessError) as error:
+        return str(error)
+    return None
 
 
 def _quote(value: str | Path) -> str:
@@ -137,11 +177,13 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def check_upstream_files(directory: Path, binary: str = "nginx") -> None:
-    """Check every ``*.upstream`` file in ``directory`` with ``nginx -t``.
+    """Check every ``*.upstream`` and ``*.stream`` file in ``directory`` with ``nginx -t``.
 
-    The files are included into the http block of a minimal throwaway config.
-    Raises NginxConfigError, carrying nginx's own message, when nginx rejects
-    them. An empty directory passes. Takes a few milliseconds.
+    The ``*.upstream`` files are included into the http block of a minimal
+    throwaway config, the ``*.stream`` files (TCP upstreams) into its stream
+    block, as a user's nginx.conf includes them. Raises NginxConfigError,
+    carrying nginx's own message, when nginx rejects them. An empty
+    directory passes. Takes a few milliseconds.
     """
     nginx = find_nginx(binary)
     if nginx is None:
@@ -159,12 +201,17 @@ def check_upstream_files(directory: Path, binary: str = "nginx") -> None:
         link = prefix / "upstreams"
         link.symlink_to(directory, target_is_directory=True)
         conf = prefix / "nginx.conf"
+        stream = ""
+        if any(directory.glob("*.stream")):
+            stream = "stream {\n" + _indent(f"include {_quote(str(link) + '/*.stream')};\n") + "}\n"
         conf.write_text(
-            main_context(prefix)
+            (stream_module_lines(nginx) if stream else "")
+            + main_context(prefix)
             + "events {}\n"
             + "http {\n"
             + _indent(http_paths(prefix) + f"include {_quote(str(link) + '/*.upstream')};\n")
             + "}\n"
+            + stream
         )
         result = subprocess.run(
             [*_prefix_argv(nginx, prefix, conf), "-t", "-q"],
@@ -259,10 +306,18 @@ class LocalNginx:
 
     # -- configuration ----------------------------------------------------
 
-    def render_config(self, http_block_body: str) -> str:
-        """Return a complete nginx.conf with ``http_block_body`` inside ``http { }``."""
+    def render_config(self, http_block_body: str, stream_block_body: str | None = None) -> str:
+        """Return a complete nginx.conf with ``http_block_body`` inside ``http { }``.
+
+        ``stream_block_body`` (TCP proxying) goes inside ``stream { }``, with
+        the stream module loaded first when nginx has it as a dynamic module.
+        """
+        stream = ""
+        if stream_block_body is not None:
+            stream = "stream {\n" + _indent(stream_block_body.rstrip("\n") + "\n") + "}\n"
         return (
             "# Written by reloader.localenv.nginx; every path is under the prefix.\n"
+            + (stream_module_lines(self.binary) if stream else "")
             + main_context(self.prefix)
             + f"worker_processes {self.worker_processes};\n"
             # Foreground master: it is our child, so start/stop are direct.
@@ -272,9 +327,10 @@ class LocalNginx:
             + _indent(http_paths(self.prefix))
             + _indent(http_block_body.rstrip("\n") + "\n")
             + "}\n"
+            + stream
         )
 
-    def write_config(self, http_block_body: str) -> Path:
+    def write_config(self, http_block_body: str, stream_block_body: str | None = None) -> Path:
         """Write nginx.conf around ``http_block_body`` and return its path.
 
         The ports of the ``listen`` lines in the body become
@@ -283,9 +339,9 @@ class LocalNginx:
         """
         for sub in ("conf", "logs", "temp"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(self.render_config(http_block_body))
+        self.conf_path.write_text(self.render_config(http_block_body, stream_block_body))
         self.listen_ports = sorted(
-            {int(m.group(1)) for m in _LISTEN.finditer(http_block_body + "\n")}
+            {int(m.group(1)) for m in _LISTEN.finditer(http_block_body + "\n" + (stream_block_body or "") + "\n")}
         )
         return self.conf_path
 

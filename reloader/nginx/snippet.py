@@ -7,7 +7,9 @@ files, the ``lua_shared_dict``, the loopback interface server and the
 interface where its secret is and which ``Host`` is its own -- and :func:`load_module_lines` the
 main-context lines for an nginx that does not load the module already
 (Debian's package enables it through ``modules-enabled``; OpenResty has it
-built in). Nothing here reads or writes nginx's files.
+built in). :func:`stream_snippet` is the ``stream { }`` block that includes
+the TCP upstreams' files (``<name>.stream``, see
+reloader/outputs/files.py). Nothing here reads or writes nginx's files.
 """
 
 from __future__ import annotations
@@ -140,3 +142,40 @@ def snippet_for_config(config: Config | None) -> str:
         + "\n"
         + lua_snippet(listen=listen, include_dir=Path(include_dir), secret_file=secret_file)
     )
+
+
+def stream_snippet(include_dir: Path = DEFAULT_INCLUDE_DIR, upstreams: tuple[str, ...] = ()) -> str:
+    """What ``nginx-upstream-reloader nginx-snippet --stream [--config FILE]`` prints.
+
+    A main-context ``stream { }`` block (beside ``http { }``, never inside it)
+    that includes every TCP upstream's file, and one commented-out proxying
+    server per upstream in ``upstreams`` to start from.
+    """
+    lines = [
+        "# nginx-upstream-reloader: TCP upstreams (stream: true). Goes in the main context of",
+        "# nginx.conf, beside http { }. Debian: apt-get install libnginx-mod-stream (its",
+        "# modules-enabled file loads the module), or in the main context:",
+        f"# load_module {_DEBIAN_MODULES / 'ngx_stream_module.so'};",
+        "stream {",
+        "    # One upstream NAME { ... } block per TCP upstream, written by the daemon. The http",
+        "    # block's include DIR/*.upstream never picks these files up.",
+        f"    include {_quote(str(include_dir) + '/*.stream')};",
+    ]
+    for name in upstreams or ("NAME",):
+        lines += [
+            "",
+            "    # server {",
+            "    #     listen PORT;",
+            f"    #     proxy_pass {name};",
+            "    # }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def stream_snippet_for_config(config: Config | None) -> str:
+    """:func:`stream_snippet` for a config's ``files_output_path`` and TCP upstreams (defaults without one)."""
+    if config is None:
+        return stream_snippet()
+    names = tuple(znode.upstream for znode in config.znodes if znode.stream)
+    return stream_snippet(Path(config.files_output_path), names)

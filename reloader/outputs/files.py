@@ -1,4 +1,10 @@
-"""The files output: one ``<name>.upstream`` file per upstream, written atomically and durably.
+"""The files output: one file per upstream, written atomically and durably.
+
+An http upstream's file is ``<name>.upstream`` (``include DIR/*.upstream;``
+inside ``http { }``); a TCP upstream's (``stream: true``) is ``<name>.stream``
+(``include DIR/*.stream;`` inside ``stream { }``). Neither glob matches the
+other's files; :func:`file_name` and :func:`parse_file_name` are the one
+place that names them.
 
 nginx ``include``s these files, so they are what survives a reload or a
 restart. A file is replaced, never edited in place: write a temporary file in
@@ -13,7 +19,7 @@ Guarantees:
 * a rename that succeeded is a write that succeeded, even if the directory
   fsync after it fails (that is logged): the file holds the new state;
 * a new file keeps the mode of the file it replaces;
-* temporary files never match ``*.upstream``, and leftovers of an earlier
+* temporary files never match ``*.upstream`` or ``*.stream``, and leftovers of an earlier
   crash are removed at start-up;
 * every file written (or found already holding the state) is announced to the
   followers as a :class:`~reloader.outputs.base.FileWritten` event, all the
@@ -32,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from reloader.model import Upstream
@@ -41,7 +48,11 @@ from reloader.threads import DaemonPool
 
 log = logging.getLogger(__name__)
 
+#: The file of an http upstream: ``<name>.upstream``.
 SUFFIX = ".upstream"
+#: The file of a TCP upstream (``stream: true``): ``<name>.stream``, which
+#: ``include DIR/*.upstream;`` in ``http { }`` never picks up.
+STREAM_SUFFIX = ".stream"
 DEFAULT_MODE = 0o644
 # Threads that fsync a batch's temporary files side by side (file systems
 # commit concurrent fsyncs together); a batch of one is fsynced inline.
@@ -52,7 +63,34 @@ STAGE_AT_ONCE = 128
 # Back-off between retries of a failed write (a full disk must not flood the log).
 RETRY_MIN = 1.0
 RETRY_MAX = 10.0
-_LEFTOVER = re.compile(r"\..+\.upstream\..+\.tmp")
+_LEFTOVER = re.compile(r"\..+\.(?:upstream|stream)\..+\.tmp")
+
+
+def file_name(upstream: str, stream: bool = False) -> str:
+    """The name of ``upstream``'s file: ``<name>.upstream``, or ``<name>.stream`` for a TCP upstream."""
+    return f"{upstream}{STREAM_SUFFIX if stream else SUFFIX}"
+
+
+def parse_file_name(entry: str) -> tuple[str, bool] | None:
+    """(upstream name, is a TCP upstream) of a file named by :func:`file_name`; None for any other entry.
+
+    Hidden files (temporary files, the daemon's own records) are never upstream files.
+    """
+    if entry.startswith("."):
+        return None
+    for suffix, stream in ((SUFFIX, False), (STREAM_SUFFIX, True)):
+        if entry.endswith(suffix) and len(entry) > len(suffix):
+            return entry[: -len(suffix)], stream
+    return None
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One upstream file found in the directory."""
+
+    name: str
+    stream: bool
+    path: Path
 
 
 def fsync_directory(directory: Path) -> None:
@@ -140,23 +178,36 @@ def _fsync_handle(handle: int) -> OSError | None:
 
 
 class FileStore:
-    """The directory of ``<name>.upstream`` files, shared by the outputs that write there.
+    """The directory of upstream files, shared by the outputs that write there.
 
     Every write goes through one lock, so that a compare-and-replace (the
     reload output putting back a file that nginx refused) can never undo a
     newer state that the files output wrote meanwhile.
+
+    ``stream`` names the TCP upstreams (``stream: true``): their files are
+    ``<name>.stream``, every other upstream's ``<name>.upstream``. Every
+    method that takes a name uses that name's file of its configured kind.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, stream: Iterable[str] = ()) -> None:
         self.directory = Path(directory)
+        # Replaced whole (never changed in place): other threads read it without the lock.
+        self._stream: frozenset[str] = frozenset(stream)
         self._lock = threading.Lock()
         # Temporary names of a batch: this process's pid and a serial number,
         # so no random name has to be made and tried (O_EXCL still guards).
         self._temporary_prefix = f".%s{SUFFIX}.{os.getpid()}-"
         self._serial = itertools.count()
 
+    def set_stream(self, names: Iterable[str]) -> None:
+        """The TCP upstreams from now on (a config reload; an upstream's kind itself never changes while running)."""
+        self._stream = frozenset(names)
+
+    def is_stream(self, name: str) -> bool:
+        return name in self._stream
+
     def path_for(self, name: str) -> Path:
-        return self.directory / f"{name}{SUFFIX}"
+        return self.directory / file_name(name, name in self._stream)
 
     def prepare(self) -> None:
         """Create the directory if needed and remove leftover temporary files; OSError names it otherwise."""
@@ -169,13 +220,22 @@ class FileStore:
                 except OSError as error:
                     log.warning("files: cannot remove leftover %s: %s", entry.path, error.strerror or error)
 
-    def names(self) -> list[str]:
-        """The upstream names that have a file in the directory."""
+    def files(self) -> list[StoredFile]:
+        """Every upstream file in the directory, of either kind, whatever the configuration says."""
         try:
             entries = os.listdir(self.directory)
         except OSError:
             return []
-        return sorted(entry[: -len(SUFFIX)] for entry in entries if entry.endswith(SUFFIX) and not entry.startswith("."))
+        found = []
+        for entry in sorted(entries):
+            parsed = parse_file_name(entry)
+            if parsed is not None:
+                found.append(StoredFile(parsed[0], parsed[1], self.directory / entry))
+        return found
+
+    def names(self) -> list[str]:
+        """The upstream names whose file (of the kind :meth:`path_for` names) is in the directory."""
+        return sorted(stored.name for stored in self.files() if stored.stream == self.is_stream(stored.name))
 
     def read(self, name: str) -> str | None:
         """The current text of ``name``'s file, or None if there is none."""
@@ -259,8 +319,8 @@ class FileStore:
     def _stage(self, name: str, text: str, mode: int) -> tuple[str, int]:
         """A new temporary file beside ``name``'s holding ``text`` with ``mode`` (not fsynced): path, open handle.
 
-        The temporary name does not end in ".upstream", so an
-        ``include DIR/*.upstream;`` can never pick up a half-written file.
+        The temporary name ends in ".tmp", so neither ``include DIR/*.upstream;``
+        nor ``include DIR/*.stream;`` can ever pick up a half-written file.
         """
         temporary = str(self.directory / f"{self._temporary_prefix % name}{next(self._serial)}.tmp")
         handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -297,9 +357,13 @@ class FileStore:
 
     def remove(self, name: str) -> bool:
         """Delete ``name``'s file; True if there was one."""
+        return self.remove_file(self.path_for(name))
+
+    def remove_file(self, path: Path) -> bool:
+        """Delete one file of :meth:`files` (of whichever kind); True if there was one."""
         with self._lock:
             try:
-                self.path_for(name).unlink()
+                path.unlink()
                 return True
             except FileNotFoundError:
                 return False
