@@ -339,7 +339,10 @@ class LocalNginx:
         """
         for sub in ("conf", "logs", "temp"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(self.render_config(http_block_body, stream_block_body))
+        # Subclasses that override render_config(http_block_body) keep working without a stream block.
+        text = (self.render_config(http_block_body) if stream_block_body is None
+                else self.render_config(http_block_body, stream_block_body))
+        self.conf_path.write_text(text)
         self.listen_ports = sorted(
             {int(m.group(1)) for m in _LISTEN.finditer(http_block_body + "\n" + (stream_block_body or "") + "\n")}
         )
