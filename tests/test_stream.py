@@ -515,6 +515,22 @@ def test_start_up_adopts_stream_files_and_prunes_the_wrong_kind(
         wait_for(lambda: "127.0.0.1:3307" in (files / "db.stream").read_text(), "db.stream to be written",
                  WAIT, daemon.tail)
         assert not (files / "db.upstream").exists()
+
+        # The other path to the same states: a live config reload (SIGHUP). A switch of kind is refused ...
+        config = yaml.safe_load(daemon.config_path.read_text())
+        config["zk_nodes"]["web"] = {"path": f"{zk_root}/web", "stream": True}
+        daemon.config_path.write_text(yaml.safe_dump(config))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log("stream cannot change while running for upstream web; restart the daemon for that")
+        # ... a new TCP upstream gets its <name>.stream, and a removed one's file is pruned by its own name.
+        zk_client.create(f"{zk_root}/cache/127.0.0.1:6379", makepath=True)
+        config["zk_nodes"] = {"web": f"{zk_root}/web", "cache": {"path": f"{zk_root}/cache", "stream": True}}
+        daemon.config_path.write_text(yaml.safe_dump(config))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log("config reloaded")
+        wait_for(lambda: sorted(p.name for p in files.iterdir() if not p.name.startswith(".")) ==
+                 ["cache.stream", "web.upstream"], "cache.stream written and db.stream pruned", WAIT, daemon.tail)
+        assert "server 127.0.0.1:6379;" in (files / "cache.stream").read_text()
     finally:
         daemon.stop()
 
