@@ -293,6 +293,8 @@ class UpstreamGuard:
         self._notice_thaw()
         wanted = {server.endpoint: server for server in desired}
         if not usable_count(wanted.values()):
+            if self._settle_until is not None and now >= self._settle_until:
+                self._settle_until, self._settle_baseline = None, {}
             if static_servers and self.last_published is None:
                 return Decision(())
             self._warn_empty(origin, len(wanted))
