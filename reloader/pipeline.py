@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from reloader.assemble import desired_live, finalize_upstream
+from reloader.assemble import desired_live, finalize_upstream, overweight
 from reloader.config import ZnodeConfig
 from reloader.formats import ParseResult, Skip, parse_instance
 from reloader.model import Server, Upstream
@@ -61,6 +61,8 @@ class _UpstreamState:
     published_at: float | None = None
     # Per child of the last snapshot, the data it had and what parsing it gave.
     parsed: dict[str, tuple[ChildData, ParseResult]] = field(default_factory=dict)
+    # The (endpoint, weight) pairs already warned about as above max_weight: warned once each.
+    overweight: frozenset[tuple[tuple[str, int], int]] = frozenset()
 
 
 class Pipeline:
@@ -164,10 +166,21 @@ class Pipeline:
         if state is None:
             return
         servers = self._parse(state, children, origin)
-        state.desired = tuple(desired_live(servers, state.config.options))
+        self._warn_overweight(state, servers, origin)
+        state.desired = tuple(desired_live(servers, state.config.options, state.config.guards.max_weight))
         state.origin = origin
         state.updated_at = self._clock()
         self._decide(state)
+
+    def _warn_overweight(self, state: _UpstreamState, servers: list[Server], origin: str) -> None:
+        max_weight = state.config.guards.max_weight
+        over = {(s.endpoint, s.weight): s for s in overweight(servers, state.config.options, max_weight)}
+        for key, server in over.items():
+            if key not in state.overweight:
+                log.warning("znode %s instance %s: weight %d is above max_weight %d under a consistent hash; "
+                            "served with weight %d", origin, server.address, server.weight, max_weight, max_weight,
+                            extra={"upstream": state.config.upstream})
+        state.overweight = frozenset(over)
 
     def recheck(self, upstream: str) -> None:
         """Decide again with the last desired state (a guard's window may have ended)."""
