@@ -9,6 +9,7 @@ so the rules can be read (and tested) together:
   published state. The source closes the freeze from kazoo's thread the
   moment the session is in doubt and opens it only after a complete resync
   that no newer session transition has overtaken.
+
 The guards protect *capacity*: they count **usable** servers
 (:attr:`reloader.model.Server.usable`: a live registry server nginx would
 send primary traffic to, so not ``down``, weight above 0, not ``backup``),
@@ -34,7 +35,8 @@ instance replaced by another is a change of endpoint and no loss at all.
   exactly as they were, as many as it takes to bring the upstream back to the
   reference, never more. Because the reference is what was served recently,
   not the last publish, a drop cannot be walked around in small steps
-  (10 -> 8 -> 6 -> 4 -> 2 within ``drop_hold`` is held at 4); because it
+  (10 -> 8 -> 6 -> 4 -> 2 two seconds apart: 8 and 6 go out, the step to 4
+  is held and 6 stay published); because it
   counts usable servers, a replacement (the same number of usable servers on
   other endpoints, even all of them) is no drop and goes out at once. A held
   drop goes out when it has been held for ``drop_hold`` seconds; the
@@ -158,8 +160,8 @@ class ServedHistory:
 
     Each publish replaces the state being served; a replaced state counts until
     ``window`` seconds after it was replaced, the current one for as long as it
-    is served. Kept as a monotonic queue (counts strictly falling, end times
-    rising), so the memory is bounded by the upstream's size whatever the
+    is served. Times never go back (the guard's monotonic clock). Kept as a
+    monotonic queue (counts strictly falling, end times rising), so the memory is bounded by the upstream's size whatever the
     number of publishes, and each publish costs amortised O(1).
     """
 
@@ -259,10 +261,6 @@ class UpstreamGuard:
     def holding_drop(self) -> bool:
         """True while the shrink guard holds a drop back."""
         return self._hold_since is not None
-
-    def reference(self) -> int:
-        """The shrink guard's reference now: the most usable servers served within the last ``drop_hold``."""
-        return self._served.reference(self._clock(), self.settings.drop_hold)
 
     def adopt(self, upstream: Upstream, static_endpoints: Iterable[Endpoint] = ()) -> None:
         """Take ``upstream`` (read back from its file) as what is published."""

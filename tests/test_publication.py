@@ -12,7 +12,7 @@ import pytest
 
 from reloader.config import GuardSettings
 from reloader.model import Server
-from reloader.publication import ClusterFreeze, UpstreamGuard
+from reloader.publication import ClusterFreeze, ServedHistory, UpstreamGuard
 
 
 class Clock:
@@ -296,3 +296,22 @@ def test_the_settle_window_counts_usable_servers() -> None:
     assert decision.live is not None and sorted(decision.live) == sorted(servers(*range(1, 21))), (
         "ten of the twenty came back down: every pre-outage server stays usable during the window"
     )
+
+
+def test_the_served_history_is_a_sliding_maximum_bounded_by_the_upstream_size() -> None:
+    history = ServedHistory(10)
+    now = 0.0
+    for step in range(10_000):
+        now += 0.5
+        history.record(now, (step * 7) % 11)
+    assert len(history) <= 12, "at most one entry per distinct count, whatever the number of publishes"
+    history = ServedHistory(10)
+    history.record(1.0, 6)  # 10 served until t=1
+    history.record(40.0, 4)  # 6 served until t=40
+    assert history.reference(31.0, 30) == 10, "10 was served 30 s before t=31"
+    assert history.reference(40.0, 30) == 6
+    history = ServedHistory(10)
+    history.record(1.0, 6)
+    assert history.reference(31.5, 30) == 6
+    history.reset(2)
+    assert history.reference(31.5, 30) == 2
