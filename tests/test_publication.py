@@ -315,3 +315,40 @@ def test_the_served_history_is_a_sliding_maximum_bounded_by_the_upstream_size() 
     assert history.reference(31.5, 30) == 6
     history.reset(2)
     assert history.reference(31.5, 30) == 2
+
+
+# ---- the same promises through the pipeline, with the default settings -----------------------
+
+
+def pipeline(clock: Clock) -> tuple[object, list]:
+    from reloader.config import ZnodeConfig
+    from reloader.pipeline import Pipeline
+
+    published: list = []
+    znode = ZnodeConfig(upstream="app", path="/svc/app", key_path="zk_nodes.app")  # default guards
+    return Pipeline([znode], published.append, clock=clock), published
+
+
+def children(*last_octets: int, weight: int = 1) -> dict[str, bytes]:
+    return {f"10.0.0.{octet}:80": str(weight).encode() for octet in last_octets}
+
+
+def test_through_the_pipeline_a_replaced_single_instance_is_published_at_once() -> None:
+    clock = Clock()
+    pipe, published = pipeline(clock)
+    pipe.update("app", children(1), "/svc/app")  # type: ignore[attr-defined]
+    clock.now += 1
+    pipe.update("app", children(2), "/svc/app")  # type: ignore[attr-defined]
+    assert [s.address for s in published[-1].servers] == ["10.0.0.2:80"]
+
+
+def test_through_the_pipeline_a_walk_down_and_instances_turning_weight_0_are_held() -> None:
+    clock = Clock()
+    pipe, published = pipeline(clock)
+    pipe.update("app", children(*range(1, 11)), "/svc/app")  # type: ignore[attr-defined]
+    for count in (8, 6, 4, 2):
+        clock.now += 2
+        pipe.update("app", children(*range(1, count + 1)), "/svc/app")  # type: ignore[attr-defined]
+    assert sum(s.usable for s in published[-1].servers) == 6
+    pipe.update("app", {**children(1, 2), **children(*range(3, 11), weight=0)}, "/svc/app")  # type: ignore[attr-defined]
+    assert sum(s.usable for s in published[-1].servers) == 6, "weight 0 is no capacity: still held"
