@@ -96,7 +96,7 @@ def test_small_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
     problems = problems_in(tmp_path, text)
     # Only the anchor's holder is unknown: the merged entries themselves load.
     assert problems == ["defaults: unknown key 'defaults' (allowed here: auth, drop_hold, dyups_url, files_output_path,"
-                        " listen, lua_url, max_drop, name, nginx_reload, prune_files, reassert_interval, "
+                        " listen, lua_url, max_drop, max_weight, name, nginx_reload, prune_files, reassert_interval, "
                         "reconcile_interval, retry_interval, sasl, settle_after_reconnect, tls, zk_nodes, zk_servers, "
                         "zk_session_timeout)"]
     path = tmp_path / "ok.conf"

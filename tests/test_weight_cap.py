@@ -24,10 +24,10 @@ from reloader.render import render_file
 HEAVY = 198_958
 
 
-def pipeline_for(directives: tuple[str, ...], guards: GuardSettings = GuardSettings()) -> tuple[Pipeline, list[Upstream]]:
+def pipeline_for(directives: tuple[str, ...], guards: GuardSettings | None = None) -> tuple[Pipeline, list[Upstream]]:
     published: list[Upstream] = []
     znode = ZnodeConfig(upstream="app", path="/services/app", key_path="zk_nodes.app",
-                        options=UpstreamOptions(directives=directives), guards=guards)
+                        options=UpstreamOptions(directives=directives), guards=guards or GuardSettings())
     return Pipeline([znode], published.append), published
 
 
