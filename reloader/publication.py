@@ -345,7 +345,13 @@ class UpstreamGuard:
             self._settle_until = None
             self._settle_baseline = {}
             return
-        _keep(target, self._settle_baseline.values())
+        # Each pre-outage server stays as it was last published (its weight may have changed
+        # since the thaw), not as it was at the thaw.
+        published = self._published_live
+        _keep(target, (
+            published[endpoint] if endpoint in published and published[endpoint].usable else server
+            for endpoint, server in self._settle_baseline.items()
+        ))
         recheck.append(self._settle_until)
 
     def _apply_shrink_guard(self, target: dict[Endpoint, Server], now: float, recheck: list[float]) -> None:

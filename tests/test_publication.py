@@ -352,3 +352,14 @@ def test_through_the_pipeline_a_walk_down_and_instances_turning_weight_0_are_hel
     assert sum(s.usable for s in published[-1].servers) == 6
     pipe.update("app", {**children(1, 2), **children(*range(3, 11), weight=0)}, "/svc/app")  # type: ignore[attr-defined]
     assert sum(s.usable for s in published[-1].servers) == 6, "weight 0 is no capacity: still held"
+
+
+def test_during_the_settle_window_a_kept_server_stays_as_last_published_not_as_at_the_thaw() -> None:
+    guard, _clock, _freeze = thawed(GuardSettings(settle_after_reconnect=30, max_drop=1.0, drop_hold=0))
+    heavier = [Server(f"10.0.0.{octet}", 80, weight=5) for octet in range(1, 11)]
+    publish(guard, heavier)  # half back, with a new weight: the other half kept
+    decision = guard.decide(heavier[:5], "/svc/app")
+    assert decision.live is not None
+    weights = {int(s.host.rsplit(".", 1)[1]): s.weight for s in decision.live}
+    assert all(weights[octet] == 5 for octet in range(1, 11)), weights
+    assert all(weights[octet] == 1 for octet in range(11, 21)), weights

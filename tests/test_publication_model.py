@@ -71,8 +71,12 @@ class PublicationMachine(RuleBasedStateMachine):
         drop_hold=st.sampled_from([0.0, 5.0, 10.0, 10.0]),
         settle=st.sampled_from([0.0, 4.0, 8.0]),
         first=st.lists(entries, min_size=1, max_size=POOL),
+        adopted=st.none() | st.lists(entries, min_size=1, max_size=POOL),
     )
-    def start(self, max_drop: float, drop_hold: float, settle: float, first: list[tuple[int, int, bool]]) -> None:
+    def start(
+        self, max_drop: float, drop_hold: float, settle: float, first: list[tuple[int, int, bool]],
+        adopted: list[tuple[int, int, bool]] | None,
+    ) -> None:
         self.settings = GuardSettings(settle_after_reconnect=settle, max_drop=max_drop, drop_hold=drop_hold)
         self.clock = Clock()
         self.freeze = ClusterFreeze(self.clock)
@@ -86,6 +90,12 @@ class PublicationMachine(RuleBasedStateMachine):
         self.seen_thaws = 0
         self.settle_until: float | None = None
         self.baseline: dict[tuple[str, int], Server] = {}
+        if adopted is not None:
+            # A restart: the file on disk is taken as published before the first full read.
+            servers = registry_set(adopted)
+            self.guard.adopt(finalize_upstream("app", servers))
+            self.published = {server.endpoint: server for server in servers}
+            self.served = [[self.clock.now, None, usable(servers)]]
         assert self.freeze.open_if(self.freeze.epoch)
         self.decide()
 
