@@ -47,9 +47,9 @@ NOTIFY_KEYS: tuple[str, ...] = ("dyups_url", "lua_url", "nginx_reload")
 #: The only upstream directives the Lua balancer leaves to nginx.
 LUA_DIRECTIVES: tuple[str, ...] = ("keepalive", "keepalive_timeout", "keepalive_requests")
 
-_GUARD_KEYS = {"settle_after_reconnect", "max_drop", "drop_hold"}
 #: Global and per upstream: which addresses registry instances may name (reloader/netpolicy.py).
 _NETWORK_KEYS = {"allowed_networks", "denied_networks"}
+_GUARD_KEYS = {"settle_after_reconnect", "max_drop", "drop_hold", "max_weight"}
 _SETTING_KEYS = {
     "files_output_path",
     "dyups_url",
@@ -125,6 +125,9 @@ class GuardSettings:
     settle_after_reconnect: float = 30.0  # seconds; 0 turns the settle window off
     max_drop: float = 0.5  # fraction 0..1 of live servers; 1.0 turns the shrink guard off
     drop_hold: float = 30.0  # seconds; 0 turns the shrink guard off
+    # Highest registry weight served under ``hash ... consistent``: nginx builds 160 ring
+    # points per unit of weight, so one weight of 200,000 costs every nginx -t and start 7 s.
+    max_weight: int = 100
 
 
 @dataclass(frozen=True)
@@ -563,6 +566,11 @@ def _parse_networks(
     if not extra:
         return base
     return base.with_extra(extra.get("allowed_networks", ()), extra.get("denied_networks", ()))
+def _parse_max_weight(value: Any) -> int:
+    """A whole number from 1 to the registry weight limit."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upstream_options.MAX_WEIGHT:
+        raise ValueError(f"{_shown(value)} is not a weight: write a whole number from 1 to {upstream_options.MAX_WEIGHT}")
+    return value
 
 
 def _parse_guards(problems: _Collector, key_path: str, mapping: Mapping[Any, Any], base: GuardSettings) -> GuardSettings:
@@ -571,6 +579,7 @@ def _parse_guards(problems: _Collector, key_path: str, mapping: Mapping[Any, Any
         "settle_after_reconnect": _parse_interval,
         "max_drop": _parse_max_drop,
         "drop_hold": _parse_interval,
+        "max_weight": _parse_max_weight,
     }
     values: dict[str, float] = {}
     for key, parse in parsers.items():
