@@ -504,14 +504,15 @@ class Daemon:
             worker.wake()
         if self.status_server is not None:
             self.status_server.stop()  # type: ignore[attr-defined]
-        # Sessions first, in parallel and bounded: no more publishes after this,
-        # and closing a session fails any read a cluster thread still waits on.
+        # Sessions first, in parallel and bounded: closing a session fails any
+        # read a cluster thread still waits on. Once the cluster threads have
+        # ended nothing more is published, so the outputs' grace runs while
+        # the closes finish: a black-holed ensemble and a hung output cost
+        # the larger of the two graces, not their sum.
         closers = [threading.Thread(target=worker.close_session, daemon=True) for worker in self.clusters]
         for closer in closers:
             closer.start()
         deadline = time.monotonic() + SHUTDOWN_GRACE
-        for closer in closers:
-            closer.join(max(deadline - time.monotonic(), 0.0))
         for worker in self.clusters:
             worker.join(deadline)
         # Then the outputs, files first: a follower's close (the reload output
@@ -523,4 +524,6 @@ class Daemon:
         stuck = [runner.name for runner in self.runners if runner.alive]
         if stuck:
             log.warning("output %s still busy at exit (a peer that does not answer); leaving it", ", ".join(stuck))
+        for closer in closers:
+            closer.join(max(deadline - time.monotonic(), 0.0))
         self.hosts.close()

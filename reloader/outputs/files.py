@@ -32,12 +32,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from reloader.model import Upstream
 from reloader.outputs.base import FileWritten, Output
 from reloader.render import render_file
+from reloader.threads import DaemonPool
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class FileStore:
             return previous
 
     def write_many(
-        self, items: list[tuple[str, str]], pool: ThreadPoolExecutor | None = None
+        self, items: list[tuple[str, str]], pool: DaemonPool | None = None
     ) -> dict[str, str | None | OSError]:
         """Make each ``name``'s file hold its ``text``; per name, the previous text or the OSError.
 
@@ -219,7 +219,7 @@ class FileStore:
                 self._write_chunk(items[start:start + STAGE_AT_ONCE], pool, results)
         return results
 
-    def _write_chunk(self, items: list[tuple[str, str]], pool: ThreadPoolExecutor | None,
+    def _write_chunk(self, items: list[tuple[str, str]], pool: DaemonPool | None,
                      results: dict[str, str | None | OSError]) -> None:
         """Stage, fsync and rename one chunk of a batch (its temporary files are open meanwhile)."""
         staged: list[tuple[str, Path, str, int]] = []  # name, path, temporary, open handle
@@ -238,7 +238,7 @@ class FileStore:
                 staged.append((name, path, temporary, handle))
             handles = [handle for _, _, _, handle in staged]
             if pool is not None and len(staged) > 1:
-                synced = list(pool.map(_fsync_handle, handles))
+                synced = [future.result() for future in [pool.submit(_fsync_handle, handle) for handle in handles]]
             else:
                 synced = [_fsync_handle(handle) for handle in handles]
         finally:
@@ -329,7 +329,7 @@ class FilesOutput(Output):
         # A rename was done since the last directory fsync: end_batch owes one.
         self._unsynced = False
         # Made at the first batch of more than one file (see FSYNC_THREADS).
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: DaemonPool | None = None
         self._retry_interval = RETRY_MIN
         self._next_retry = 0.0
         self._clock = clock
@@ -381,7 +381,8 @@ class FilesOutput(Output):
         """
         rendered = [(upstream, self._render(upstream)) for upstream in upstreams]
         if len(rendered) > 1 and self._pool is None:
-            self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="files-fsync")
+            # Daemon threads: a hung fsync must not hold up the exit (see reloader.threads).
+            self._pool = DaemonPool(FSYNC_THREADS, name="files-fsync")
         results = self.store.write_many([(upstream.name, text) for upstream, text in rendered], self._pool)
         for upstream, text in rendered:
             path = self.store.path_for(upstream.name)
@@ -405,7 +406,7 @@ class FilesOutput(Output):
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            self._pool.shutdown()
             self._pool = None
 
     def end_batch(self) -> None:
