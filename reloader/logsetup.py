@@ -10,6 +10,8 @@ Guarantees:
 * a log file is reopened by the next record once logrotate has moved or
   removed it (``WatchedFileHandler``), and at once on request (SIGUSR1),
   for a ``copytruncate``-less rotation that keeps the inode;
+* a log file is opened without following a symbolic link, only when it is
+  a regular file owned by the running user, and created with mode 0640;
 * ``configure_logging`` replaces whatever handlers the root logger had, so
   calling it twice never doubles lines.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -26,6 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from reloader.ownedfile import open_owned
+
+#: Mode of a log file the daemon creates (minus the umask): not world-readable.
+LOG_FILE_MODE = 0o640
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_FORMATS = ("text", "json")
 # Record attributes that become JSON fields when present (the core code sets
@@ -71,6 +78,12 @@ class ReopenableFileHandler(logging.handlers.WatchedFileHandler):
     def __init__(self, filename: str | Path, encoding: str = "utf-8") -> None:
         super().__init__(filename, encoding=encoding, delay=False)
         self._reopen = threading.Event()
+
+    def _open(self) -> TextIO:  # noqa: D401 - logging's hook for every (re)open
+        # Never through a link planted in the log directory, only our own
+        # regular file, created 0640: the log may hold host names and paths.
+        fd = open_owned(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def request_reopen(self) -> None:
         self._reopen.set()
