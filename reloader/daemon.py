@@ -18,6 +18,7 @@ No thread is made per znode, per child or per reconnect.
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from kazoo.client import KazooClient
 
+from reloader.childenv import without_secrets
 from reloader.cluster import ClusterWorker
 from reloader.config import ClusterConfig, Config, ConfigError, ZnodeConfig, load_config
 from reloader.model import Upstream
@@ -171,7 +173,9 @@ class Daemon:
 
             followers.append(LuaOutput(config.lua_url, **timing))
         if config.nginx_reload:
-            followers.append(ReloadOutput(self.store, config.nginx_reload))
+            # nginx -t and nginx -s reload never see the ZooKeeper credentials (reloader.childenv).
+            followers.append(ReloadOutput(self.store, config.nginx_reload,
+                                          run=without_secrets(subprocess.run, lambda: self.config)))
         return followers
 
     def _make_worker(self, cluster: ClusterConfig) -> ClusterWorker:

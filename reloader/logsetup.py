@@ -12,6 +12,8 @@ Guarantees:
   for a ``copytruncate``-less rotation that keeps the inode;
 * a log file is opened without following a symbolic link, only when it is
   a regular file owned by the running user, and created with mode 0640;
+* no credential kazoo prints at DEBUG (digest ``auth=``, the session's
+  ``passwd=``, SASL ``challenge=``) reaches the handler (:class:`RedactingFilter`);
 * ``configure_logging`` replaces whatever handlers the root logger had, so
   calling it twice never doubles lines.
 """
@@ -22,6 +24,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -65,6 +68,29 @@ class JsonFormatter(logging.Formatter):
             entry["stack"] = self.formatStack(record.stack_info)
         # default=str: an odd object in ``extra`` must not lose the line.
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+# kazoo's DEBUG lines print its requests whole: ``Auth(..., auth='user:password')``,
+# the session password of ``Connect(..., passwd=b'...')`` and the SASL
+# exchange of ``SASL(challenge=b'...')``. The quoted value is what goes.
+_SECRET_FIELDS = re.compile(r"""\b(auth|passwd|challenge)=(b?)(['"])(?:\\.|(?!\3).)*\3""")
+REDACTED = "<redacted>"
+
+
+class RedactingFilter(logging.Filter):
+    """Removes credentials from kazoo's records before any handler formats them.
+
+    Installed on the handler, so it sees the records of every logger; only
+    kazoo's are rewritten (their message is formatted once, then redacted).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "kazoo" or record.name.startswith("kazoo."):
+            message = record.getMessage()
+            redacted = _SECRET_FIELDS.sub(lambda match: f"{match.group(1)}={match.group(2)}'{REDACTED}'", message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
 
 
 class ReopenableFileHandler(logging.handlers.WatchedFileHandler):
@@ -141,6 +167,7 @@ def configure_logging(level: str, log_file: str | Path | None = None, log_format
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(make_formatter(log_format))
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
