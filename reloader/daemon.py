@@ -211,18 +211,30 @@ class Daemon:
         return all(worker.alive for worker in self.clusters) and all(runner.alive for runner in self.runners)
 
     def status_snapshot(self) -> dict[str, object]:
-        """Everything status and metrics show, as plain values (any thread; read without locks)."""
+        """Everything status and metrics show, as plain values (any thread; read without locks).
+
+        A config reload may remove an upstream between listing it and reading
+        it: it is then left out (it is gone), never an error. Each output's
+        pending names are read once, so a scrape costs upstreams + pending.
+        """
         now = time.monotonic()
+        runners = self.runners
+        pending = {runner.name: runner.output.pending_names() for runner in runners}
+        pending_in: dict[str, list[str]] = {}
+        for runner_name, names in pending.items():
+            for name in names:
+                pending_in.setdefault(name, []).append(runner_name)
         upstreams: dict[str, dict[str, object]] = {}
         clusters = []
-        for worker in self.clusters:
+        for worker in list(self.clusters):
             clusters.append(worker.status(now))
             for name in worker.pipeline.upstream_names:
-                upstream = worker.pipeline.status(name, now)
+                try:
+                    upstream = worker.pipeline.status(name, now)
+                except KeyError:
+                    continue  # removed by a config reload meanwhile
                 upstream["cluster"] = worker.label
-                upstream["pending_in"] = [
-                    runner.name for runner in self.runners if name in runner.output.pending_names()
-                ]
+                upstream["pending_in"] = pending_in.get(name, [])
                 upstreams[name] = upstream
         outputs = {
             runner.name: {
@@ -231,10 +243,10 @@ class Daemon:
                 "delivered": runner.delivered,
                 "errors": runner.errors,
                 "busy_for_seconds": round(runner.busy_for, 3),
-                "pending": list(runner.output.pending_names()),
+                "pending": list(pending[runner.name]),
                 "counters": runner.output.stats(),
             }
-            for runner in self.runners
+            for runner in runners
         }
         return {
             "ready": self.ready,

@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper
+from tests.hangingserver import HangingServer
 from tests.test_daemon import (  # noqa: F401 - daemons, files_dir and zk2_root are fixtures
     ROOT,
     DaemonProcess,
@@ -303,3 +305,78 @@ def test_a_taken_listen_port_fails_the_start(
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# Enough upstreams that a snapshot takes several of the interpreter's switch intervals.
+UPSTREAMS_RELOADED = 400
+RELOADS = 12
+
+
+def test_status_never_fails_while_config_reloads_add_and_remove_upstreams(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, daemons: Callable[..., DaemonProcess],
+) -> None:
+    """/status and /metrics read the daemon without locks; a reload changing the upstreams must not break them."""
+    import signal
+    import threading
+
+    import yaml
+
+    names = [f"app{index}" for index in range(UPSTREAMS_RELOADED)]
+    for start in range(0, len(names), 100):
+        transaction = zk_client.transaction()
+        for index in range(start, min(start + 100, len(names))):
+            transaction.create(f"{zk_root}/{names[index]}")
+            transaction.create(f"{zk_root}/{names[index]}/10.1.{index // 200}.{index % 200 + 1}:80")
+        transaction.commit()
+    port = free_port()
+    every = cluster(zk.hosts, {name: f"{zk_root}/{name}" for name in names}, listen=port)
+    half = cluster(zk.hosts, {name: f"{zk_root}/{name}" for name in names[::2]}, listen=port)
+    # A dyups that never answers: every upstream stays pending in it, the
+    # case where naming each upstream's pending outputs used to cost
+    # upstreams x pending per scrape.
+    hung = HangingServer().start()
+    request_stop = hung.close
+    daemon = daemons(every, dyups_url=hung.url)
+    wait_until(lambda: answers(port, "/readyz") == 200, "ready", details=daemon.log_tail)
+    wait_until(lambda: len(status_of(port)["outputs"]["dyups"]["pending"]) >= len(names) - 1,
+               "every upstream pending in the hung dyups", details=daemon.log_tail)
+    began = time.monotonic()
+    status_of(port)
+    took = time.monotonic() - began
+    print(f"/status of {len(names)} upstreams, all pending in dyups: {took * 1000:.0f} ms")
+    assert took < 0.5, f"/status took {took:.2f} s"
+    failures: list[tuple[str, int, bytes]] = []
+    scrapes = [0]
+    stop = threading.Event()
+
+    def scraper() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        while not stop.is_set():
+            for path in ("/status", "/metrics"):
+                connection.request("GET", path)
+                response = connection.getresponse()
+                body = response.read()
+                scrapes[0] += 1
+                if response.status != 200:
+                    failures.append((path, response.status, body[:200]))
+        connection.close()
+
+    threads = [threading.Thread(target=scraper, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for reload in range(1, RELOADS + 1):
+            daemon.config_path.write_text(yaml.safe_dump(half if reload % 2 else every))
+            daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            daemon.wait_log(r"config reloaded from", count=reload)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        request_stop()
+    assert not failures, (failures[:3], daemon.log_lines(r"status: .* failed")[:3])
+    assert not daemon.log_lines(r"Traceback"), daemon.log_tail()
+    print(f"{RELOADS} config reloads of {UPSTREAMS_RELOADED // 2} upstreams each under {scrapes[0]} scrapes: no failure")
+    document = status_of(port)
+    assert sorted(document["upstreams"]) == sorted(names)
+    daemon.stop()
