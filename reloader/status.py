@@ -6,9 +6,12 @@ Guarantees:
   :attr:`Daemon.ready` and :attr:`Daemon.healthy` only: plain values read
   without locks, so a scrape never waits on ZooKeeper, an output or a
   cluster thread, and never makes one wait;
-* the server runs on daemon threads of its own (one listener, one thread
-  per connection, each with a socket timeout), and :meth:`StatusServer.stop`
-  returns within :data:`STOP_GRACE` seconds whatever the clients do;
+* the server runs on daemon threads of its own (one listener and a fixed
+  pool of :data:`WORKERS`, each connection with a socket timeout); at most
+  ``WORKERS + BACKLOG`` connections are held at once, more are closed
+  unanswered, so no number of clients can exhaust the daemon's file
+  descriptors; :meth:`StatusServer.stop` returns within :data:`STOP_GRACE`
+  seconds whatever the clients do;
 * metrics go through their own :class:`prometheus_client.CollectorRegistry`
   and a collector that reads the snapshot at scrape time: nothing is
   global, and two daemons in one process never share a series;
@@ -26,6 +29,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import queue
 import socket
 import sys
 import threading
@@ -33,7 +37,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -54,6 +58,10 @@ STOP_GRACE = 2.0
 # A client that opens a connection and sends nothing must not hold a thread
 # for long; the daemon's own work never depends on these threads anyway.
 REQUEST_TIMEOUT = 5.0
+#: Threads that answer requests; each holds one connection at a time.
+WORKERS = 8
+#: Accepted connections that may wait for a worker; more are closed at once.
+BACKLOG = 32
 # The snapshot is read without locks while other threads change the dicts
 # it copies; a copy that races a change raises RuntimeError and is retried.
 SNAPSHOT_ATTEMPTS = 5
@@ -295,18 +303,71 @@ def metrics_registry(source: StatusSource) -> CollectorRegistry:
 # ---------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(HTTPServer):
+    """An HTTP server with a fixed pool of :data:`WORKERS` daemon threads and a short queue.
+
+    A connection that finds the queue full is closed at once: however many
+    clients connect, the endpoint holds at most ``WORKERS + BACKLOG``
+    sockets, and the descriptors the files output needs are never spent here.
+    """
+
     # A restarted daemon can bind again while the old one's connections sit
     # in TIME_WAIT; on Linux this never lets two listeners share the port.
     allow_reuse_address = True
+    # The kernel's accept queue (no descriptor of ours until accepted).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], source: StatusSource, registry: CollectorRegistry) -> None:
         # AF_INET6 for an IPv6 literal; the config has already validated the host.
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.source = source
         self.registry = registry
+        self.refused = 0
+        self._queue: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(BACKLOG)
         super().__init__(address, _Handler)
+        for index in range(WORKERS):
+            threading.Thread(target=self._work, name=f"status-http-{index}", daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            self._queue.put_nowait((request, client_address))
+        except queue.Full:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("status: too many connections at once; closed %d of them unanswered", self.refused)
+            self.shutdown_request(request)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - one client must not take a worker down
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        # Queued connections are closed; the workers end (nobody waits for them).
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.shutdown_request(item[0])
+        for _ in range(WORKERS):
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("status: a connection from %s failed", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):

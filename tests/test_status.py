@@ -380,3 +380,73 @@ def test_status_never_fails_while_config_reloads_add_and_remove_upstreams(
     document = status_of(port)
     assert sorted(document["upstreams"]) == sorted(names)
     daemon.stop()
+
+
+# The daemon under systemd's default soft limit on open files.
+NOFILE_WRAPPER = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+from reloader.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+SLOW_CONNECTIONS = 1000
+
+
+def test_a_thousand_slow_connections_to_the_status_port_do_not_starve_the_files_output(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, tmp_path: Path,
+) -> None:
+    import resource
+
+    import yaml
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < SLOW_CONNECTIONS + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    create_children(zk_client, f"{zk_root}/app1", {"10.0.0.1:80": b""})
+    port = free_port()
+    files = tmp_path / "upstreams"
+    config = tmp_path / "reloader.yaml"
+    config.write_text(yaml.safe_dump(cluster(zk.hosts, {"app1": f"{zk_root}/app1"}, listen=port,
+                                             files_output_path=str(files))))
+    wrapper = tmp_path / "nofile.py"
+    wrapper.write_text(NOFILE_WRAPPER)
+    log = tmp_path / "daemon.log"
+    with log.open("w") as stream:
+        daemon = subprocess.Popen([sys.executable, str(wrapper), "run", "--config", str(config)],
+                                  stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT)
+    slow: list[socket.socket] = []
+    try:
+        wait_until(lambda: answers(port, "/readyz") == 200, "ready", details=lambda: log.read_text()[-3000:])
+        opened = time.monotonic()
+        for _ in range(SLOW_CONNECTIONS):
+            if time.monotonic() - opened > 15:
+                break  # the daemon no longer accepts at all
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                slow.append(sock)
+                sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n")  # and never the end of the headers
+            except OSError:
+                pass  # closed unanswered by the daemon, or its backlog is full
+        print(f"{len(slow)} connections opened in {time.monotonic() - opened:.2f} s")
+        began = time.monotonic()
+        zk_client.create(f"{zk_root}/app1/10.0.0.2:80")
+        expected = upstream_file("app1", "server 10.0.0.1:80", "server 10.0.0.2:80")
+        wait_until(lambda: (files / "app1.upstream").exists() and (files / "app1.upstream").read_text() == expected,
+                   "the registry change in the file", timeout=10, details=lambda: log.read_text()[-3000:])
+        took = time.monotonic() - began
+        held = len(list(Path(f"/proc/{daemon.pid}/fd").iterdir()))
+        print(f"{SLOW_CONNECTIONS} slow status connections: change -> file in {took * 1000:.0f} ms, "
+              f"daemon holds {held} descriptors")
+        assert took < 2, took
+        assert held < 200, held
+        assert "Too many open files" not in log.read_text()
+        # Once the slow clients are gone, the endpoint answers again.
+        for sock in slow:
+            sock.close()
+        wait_until(lambda: answers(port, "/healthz") == 200, "/healthz again", timeout=10)
+    finally:
+        for sock in slow:
+            sock.close()
+        daemon.terminate()
+        daemon.wait(10)
+    assert "Too many open files" not in log.read_text(), log.read_text()[-3000:]
