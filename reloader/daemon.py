@@ -49,6 +49,12 @@ SHUTDOWN_GRACE = 2.0
 OUTPUT_GRACE = 2.0
 # How often the main thread looks up from its wait (signal handlers run in between).
 MAIN_SLICE = 0.2
+# At start-up, how long a connected cluster that is still being read may hold
+# READY back (an unreachable one holds it for one session timeout only).
+STARTUP_READ_LIMIT = 60.0
+# While start-up progresses: ask systemd for EXTEND_BY more seconds, every EXTEND_EVERY.
+EXTEND_BY = 10.0
+EXTEND_EVERY = 2.0
 
 
 def _outputs_of(config: Config) -> tuple[object, ...]:
@@ -99,25 +105,52 @@ def sessions(clusters: Iterable[ClusterConfig]) -> list[ClusterConfig]:
 
 
 class _SystemdState:
-    """READY once every cluster has been read in full, and watchdog pings while every thread lives."""
+    """READY once the daemon serves, ``STATUS=`` naming the clusters not read, and watchdog pings.
+
+    The daemon serves once its files are adopted (before this runs) and every
+    cluster that could be reached has been read in full. A cluster that has
+    not connected within its session timeout after start does not hold
+    READY back: its upstreams stay as their files have them, and ``STATUS=``
+    names it until it has been read. A connected cluster still reading holds
+    READY back for at most :data:`STARTUP_READ_LIMIT`, and meanwhile
+    ``EXTEND_TIMEOUT_USEC`` keeps systemd's start timeout from killing a
+    start-up that is progressing.
+    """
 
     def __init__(self, notifier: SystemdNotifier | None) -> None:
         self._notifier = notifier
         self._ready_sent = False
         self._watchdog = notifier.watchdog_interval() if notifier is not None else None
         self._next_ping = 0.0
+        self._next_extend = 0.0
+        self._status: str | None = None
 
     def tick(self, daemon: "Daemon") -> None:
         notifier = self._notifier
         if notifier is None:
             return
-        if not self._ready_sent and daemon.ready:
-            self._ready_sent = True
-            notifier.ready(f"watching {len(daemon.upstream_names)} upstreams")
         now = time.monotonic()
+        if not self._ready_sent:
+            waiting = daemon.startup_waiting(now)
+            if waiting:
+                self._say(notifier, "starting: waiting for " + ", ".join(waiting))
+                if now >= self._next_extend:
+                    self._next_extend = now + EXTEND_EVERY
+                    notifier.notify(extend_timeout_usec=int(EXTEND_BY * 1_000_000))
+            else:
+                self._ready_sent = True
+                self._status = daemon.service_status()
+                notifier.ready(self._status)
+        else:
+            self._say(notifier, daemon.service_status())
         if self._watchdog is not None and now >= self._next_ping and daemon.healthy:
             self._next_ping = now + self._watchdog
             notifier.watchdog()
+
+    def _say(self, notifier: SystemdNotifier, status: str) -> None:
+        if status != self._status:
+            self._status = status
+            notifier.status(status)
 
 
 class Daemon:
@@ -158,6 +191,8 @@ class Daemon:
         self.config_reload_failures = 0
         self.status_server: object | None = None
         self._overrides = dict(overrides or {})
+        # When the clusters were started (run): the bound on how long start-up holds READY back.
+        self._started_at: float | None = None
 
     def _make_followers(self, config: Config) -> list[Output]:
         followers: list[Output] = []
@@ -204,6 +239,35 @@ class Daemon:
     def ready(self) -> bool:
         """True once every cluster has been read in full at least once."""
         return all(worker.freeze.ever_open for worker in self.clusters)
+
+    def startup_waiting(self, now: float) -> list[str]:
+        """The clusters that still hold READY back, each with why ("reading", "connecting").
+
+        A cluster holds it until it has been read in full, while it is
+        connected (at most STARTUP_READ_LIMIT after start) or still within
+        its first session timeout; one that could not connect by then does not.
+        """
+        if self._started_at is None:
+            return ["start-up"]
+        elapsed = now - self._started_at
+        waiting = []
+        for worker in self.clusters:
+            if worker.freeze.ever_open:
+                continue
+            if worker.source.state == "CONNECTED" and elapsed < STARTUP_READ_LIMIT:
+                waiting.append(f"cluster {worker.label} (reading)")
+            elif elapsed < self.config.zk_session_timeout:
+                waiting.append(f"cluster {worker.label} (connecting)")
+        return waiting
+
+    def service_status(self) -> str:
+        """One line for systemd's ``STATUS=``: what is watched, and which clusters have not been read yet."""
+        unread = [worker.label for worker in self.clusters if not worker.freeze.ever_open]
+        status = f"watching {len(self._cluster_of)} upstreams"
+        if unread:
+            status += (f"; not read yet (unreachable?): cluster {', '.join(unread)}; "
+                       "their upstreams stay as their files have them")
+        return status
 
     @property
     def healthy(self) -> bool:
@@ -276,6 +340,7 @@ class Daemon:
         for runner in self.runners:
             runner.start()
         self._adopt_files()
+        self._started_at = time.monotonic()
         for worker in self.clusters:
             worker.start()
         if self.config.listen is not None:
