@@ -1,4 +1,4 @@
-"""Secrets stay secret: not in DEBUG logs, not in config errors, not in the environment of nginx commands.
+"""Secrets stay secret (not in DEBUG logs, config errors or the environment of nginx commands), and refused credentials are named.
 
 Real ZooKeeper (the secured one for digest and SASL), the daemon as a
 process at ``--log-level DEBUG`` so that kazoo prints its requests, and a
@@ -101,3 +101,58 @@ def test_nginx_commands_get_no_credential_variable_and_a_sighup_error_shows_no_p
     assert daemon.log_lines(r"sasl\.password: must be a non-empty string"), daemon.log_tail()
     assert "55667788" not in daemon.log()
     daemon.stop()
+
+
+# ---------------------------------------------------------------------------
+# Credentials that ZooKeeper refuses, said in plain words
+# ---------------------------------------------------------------------------
+
+
+def test_a_noauth_read_says_whether_a_digest_credential_or_no_credential_is_at_fault(
+    admin: KazooClient, base: str, secure_zk: SecureZooKeeper, daemons: Callable[..., DaemonProcess],
+    tmp_path: Path,
+) -> None:
+    path = f"{base}/app"
+    protected_upstream(admin, path, [make_digest_acl(DIGEST_USER, DIGEST_PASSWORD, read=True)])
+    wrong = daemons(cluster(secure_zk.hosts, {"app": path},
+                            auth={"scheme": "digest",
+                                  "credential_file": str(secret_file(tmp_path, "zk.cred", f"{DIGEST_USER}:Wr0ngPa55"))}),
+                    files_dir=tmp_path / "wrong")
+    none = daemons(cluster(secure_zk.hosts, {"app": path}), files_dir=tmp_path / "none")
+    child = f"{path}/10.0.0.3:80"
+    wrong.wait_log(r"child '10\.0\.0\.3:80' skipped: .*NoAuth")
+    line = wrong.log_lines(r"child '10\.0\.0\.3:80' skipped")[0]
+    assert (f"the digest credential for user '{DIGEST_USER}' may be wrong (ZooKeeper does not check it at login) "
+            f"or lacks the ACL on {child}") in line, line
+    none.wait_log(r"child '10\.0\.0\.3:80' skipped: .*NoAuth")
+    line = none.log_lines(r"child '10\.0\.0\.3:80' skipped")[0]
+    assert f"this cluster has no auth: or sasl: credential, and the ACL on {child} requires one" in line, line
+    assert "Wr0ngPa55" not in wrong.log(), "the credential itself is never logged"
+
+
+def test_check_connect_authenticates_sasl(
+    admin: KazooClient, secure_zk: SecureZooKeeper, tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from tests.test_daemon import ROOT
+
+    def check(password: str) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / f"check-{password}.yaml"
+        config.write_text(yaml.safe_dump({
+            "zk_servers": secure_zk.hosts, "zk_session_timeout": "3s", "zk_nodes": {"app": "/sec"},
+            "files_output_path": str(tmp_path / "out"),
+            "sasl": {"mechanism": "DIGEST-MD5", "username": SASL_USER,
+                     "password_file": str(secret_file(tmp_path, f"{password}.pw", password))},
+        }))
+        return subprocess.run([sys.executable, "-m", "reloader", "check", "--connect", "--config", str(config)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    good = check(SASL_PASSWORD)
+    assert good.returncode == 0, good
+    assert f"cluster {secure_zk.hosts}: connected" in good.stdout
+    bad = check("not-the-password")
+    assert bad.returncode == 1, bad
+    assert (f"cluster {secure_zk.hosts}: authentication failed: ZooKeeper refused this cluster's "
+            "sasl:/auth: credentials") in bad.stdout, bad.stdout
+    assert "not-the-password" not in bad.stdout + bad.stderr
