@@ -530,7 +530,20 @@ def _age(value: object) -> str:
     return f"{number / 3600:.1f}h ago"
 
 
+def printable(text: object) -> str:
+    """``text`` with every control or format character escaped (``\\x1b``, ``\\u202e``).
+
+    What answers on the port is not trusted: a value must not move the
+    cursor, rewrite earlier lines or retitle the terminal it is printed on.
+    """
+    return "".join(
+        char if char.isprintable() else (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+        for char in str(text)
+    )
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
 
@@ -541,7 +554,7 @@ def _yes(value: object) -> str:
 
 def render_status(snapshot: Mapping[str, Any]) -> str:
     """The snapshot as readable tables: the daemon, its clusters, its upstreams, its outputs."""
-    summary = (
+    summary = printable(
         f"ready: {_yes(snapshot.get('ready'))}   healthy: {_yes(snapshot.get('healthy'))}   "
         f"files: {snapshot.get('files_output_path', '-')}   config reloads: {snapshot.get('config_reloads', 0)} "
         f"({snapshot.get('config_reload_failures', 0)} refused)"
@@ -590,22 +603,31 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def address_of_config(config: Any) -> tuple[str, int] | None:
+    """Where the daemon of ``config`` serves status (a wildcard host reached on loopback), or None without ``listen:``."""
+    if config.listen is None:
+        return None
+    host, port = config.listen
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return host, port
+
+
 def status_command(address: tuple[str, int], as_json: bool) -> int:
     """``nginx-upstream-reloader status``: 0 after printing, 1 when no daemon answers at ``address``."""
     shown = _format_address(*address)
     try:
         snapshot = fetch_status(address)
     except urllib.error.HTTPError as error:
-        print(f"http://{shown}/status answered {error.code} {error.reason}: is that an nginx-upstream-reloader?",
-              file=sys.stderr)
+        print(f"http://{shown}/status answered {error.code} {printable(error.reason)}: "
+              "is that an nginx-upstream-reloader?", file=sys.stderr)
         return 1
     except (OSError, ValueError, TypeError) as error:
         reason = getattr(error, "reason", error)
-        print(f"no nginx-upstream-reloader status at {shown} ({reason}); is it running, "
+        print(f"no nginx-upstream-reloader status at {shown} ({printable(reason)}); is it running, "
               f"with `listen: {address[1]}` in its config?", file=sys.stderr)
         return 1
     if as_json:
-        print(json.dumps(snapshot, indent=2))
+        print(json.dumps(snapshot, indent=2))  # ensure_ascii: every control character is escaped
     else:
         print(render_status(snapshot), end="")
     return 0

@@ -450,3 +450,58 @@ def test_a_thousand_slow_connections_to_the_status_port_do_not_starve_the_files_
         daemon.terminate()
         daemon.wait(10)
     assert "Too many open files" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_status_command_escapes_control_characters_from_whatever_answers_on_the_port(tmp_path: Path) -> None:
+    """A local process squatting the port must not drive the operator's terminal."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    hostile = "evil\x1b]0;pwned\x07\x1b[2J\u202e"
+    document = json.dumps({
+        "ready": True, "healthy": True, "files_output_path": "/x\x1b[31m",
+        "clusters": [{"label": hostile, "state": "CONNECTED", "hosts": "h\r\nfake line", "upstreams": [hostile]}],
+        "upstreams": {hostile: {"cluster": hostile, "servers": 1, "pending_in": [hostile]}},
+        "outputs": {hostile: {"alive": True, "counters": {hostile: 1}}},
+    }).encode()
+
+    class Squatter(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Squatter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_status_command("--listen", str(server.server_address[1]))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result
+    assert not any(ord(char) < 0x20 and char != "\n" or 0x7f <= ord(char) < 0xa0 or char == "\u202e"
+                   for char in result.stdout), repr(result.stdout)
+    assert "evil\\x1b]0;pwned\\x07\\x1b[2J\\u202e" in result.stdout
+    assert "h\\x0d\\x0afake line" in result.stdout
+
+
+def test_status_command_with_a_config_that_has_no_listener_says_so(tmp_path: Path) -> None:
+    import yaml
+
+    without = tmp_path / "without.yaml"
+    without.write_text(yaml.safe_dump({"zk_servers": "127.0.0.1:2181", "zk_nodes": {"app1": "/svc/app1"}}))
+    result = run_status_command("--config", str(without))
+    assert result.returncode == 1, result
+    assert f"{without} has no `listen:`: a daemon run with it serves no status" in result.stderr, result.stderr
+    assert "9345" not in result.stderr.split("(add")[0], "it must not have tried the default port"
+    port = free_port()
+    with_listen = tmp_path / "with.yaml"
+    with_listen.write_text(yaml.safe_dump({"zk_servers": "127.0.0.1:2181", "zk_nodes": {"app1": "/svc/app1"},
+                                           "listen": f"0.0.0.0:{port}"}))
+    result = run_status_command("--config", str(with_listen))
+    assert result.returncode == 1
+    assert f"no nginx-upstream-reloader status at 127.0.0.1:{port}" in result.stderr, result.stderr
