@@ -396,6 +396,7 @@ def test_a_thousand_slow_connections_to_the_status_port_do_not_starve_the_files_
     zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, tmp_path: Path,
 ) -> None:
     import resource
+    import signal
 
     import yaml
 
@@ -444,11 +445,19 @@ def test_a_thousand_slow_connections_to_the_status_port_do_not_starve_the_files_
         for sock in slow:
             sock.close()
         wait_until(lambda: answers(port, "/healthz") == 200, "/healthz again", timeout=10)
+        # SIGTERM while slow clients hold every worker still exits at once.
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=1) for _ in range(50)]
+        sent = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(10)
+        stopped = time.monotonic() - sent
+        assert code == 0 and stopped < 5, (code, stopped)
     finally:
         for sock in slow:
             sock.close()
-        daemon.terminate()
-        daemon.wait(10)
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
     assert "Too many open files" not in log.read_text(), log.read_text()[-3000:]
 
 
