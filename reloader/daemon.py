@@ -147,6 +147,10 @@ class _SystemdState:
             self._next_ping = now + self._watchdog
             notifier.watchdog()
 
+    @property
+    def ready_sent(self) -> bool:
+        return self._ready_sent
+
     def _say(self, notifier: SystemdNotifier, status: str) -> None:
         if status != self._status:
             self._status = status
@@ -193,6 +197,7 @@ class Daemon:
         self._overrides = dict(overrides or {})
         # When the clusters were started (run): the bound on how long start-up holds READY back.
         self._started_at: float | None = None
+        self._systemd: _SystemdState | None = None
 
     def _make_followers(self, config: Config) -> list[Output]:
         followers: list[Output] = []
@@ -359,7 +364,7 @@ class Daemon:
             self._telling_nginx(),
         )
         # Wait in slices: the flags a signal handler sets are looked at between them.
-        systemd = _SystemdState(self._notifier)
+        systemd = self._systemd = _SystemdState(self._notifier)
         exit_code = 0
         while not self._stop_requested:
             time.sleep(MAIN_SLICE)
@@ -470,8 +475,10 @@ class Daemon:
         new sessions start, removed ones close. Outputs are rebuilt only when
         their settings changed. Every managed upstream is re-POSTed at the end.
         """
-        if self._notifier is not None:
-            self._notifier.reloading()
+        # Before start-up's READY, a reload must not announce READY itself.
+        notifier = self._notifier if self._systemd is not None and self._systemd.ready_sent else None
+        if notifier is not None:
+            notifier.reloading()
         try:
             new = load_config(self.config.source, self._overrides)
             problem = self._cannot_reload(new)
@@ -482,8 +489,8 @@ class Daemon:
             for line in error.problems:
                 log.error("config reload: %s: %s", error.source, line)
             log.error("config reload refused: %d problems; the running config stays as it is", len(error.problems))
-            if self._notifier is not None:
-                self._notifier.ready()
+            if notifier is not None:
+                notifier.ready()
             return
         old = self.config
         self.config = new
@@ -496,8 +503,8 @@ class Daemon:
         log.info("config reloaded from %s: %d upstreams in %d clusters",
                  new.source, len(self._cluster_of), len(self.clusters))
         self.request_reassert()
-        if self._notifier is not None:
-            self._notifier.ready()
+        if notifier is not None:
+            notifier.ready()
 
     def _cannot_reload(self, new: Config) -> str | None:
         if new.files_output_path != self.config.files_output_path:

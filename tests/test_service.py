@@ -8,6 +8,7 @@ systemd's ``NOTIFY_SOCKET``.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -185,6 +186,10 @@ def test_systemd_ready_does_not_wait_for_a_cluster_that_cannot_connect(
             }
             began = time.monotonic()
             daemon = daemons(config, env={"NOTIFY_SOCKET": str(notify.path)})
+            # A SIGHUP during start-up must not announce READY on its own.
+            daemon.wait_log(r"watching 2 upstreams in 2 clusters")
+            daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            daemon.wait_log(r"config reloaded from")
             daemon.wait_file("app1", upstream_file("app1", "server 10.0.0.1:80"))
             wait_until(lambda: any(m.startswith("READY=1") for m in notify.collect()), "READY=1", timeout=15,
                        details=lambda: "\n".join(notify.messages) + daemon.log_tail())
@@ -196,6 +201,7 @@ def test_systemd_ready_does_not_wait_for_a_cluster_that_cannot_connect(
             assert any(m.startswith("STATUS=starting: waiting for") and "cluster down (connecting)" in m
                        for m in before), messages
             assert any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in before), messages
+            assert "RELOADING=1" not in before, messages
             # READY names the cluster still missing.
             assert "STATUS=watching 2 upstreams; not read yet (unreachable?): cluster down" in messages[ready_at]
             assert took < 2 + 5, f"READY after {took:.1f} s"
