@@ -136,7 +136,7 @@ class _SystemdState:
                 self._say(notifier, "starting: waiting for " + ", ".join(waiting))
                 if now >= self._next_extend:
                     self._next_extend = now + EXTEND_EVERY
-                    notifier.notify(extend_timeout_usec=int(EXTEND_BY * 1_000_000))
+                    notifier.extend_timeout(EXTEND_BY)
             else:
                 self._ready_sent = True
                 self._status = daemon.service_status()
