@@ -392,6 +392,13 @@ sys.exit(main(sys.argv[1:]))
 SLOW_CONNECTIONS = 1000
 
 
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads: line")
+
+
 def test_a_thousand_slow_connections_to_the_status_port_do_not_starve_the_files_output(
     zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, tmp_path: Path,
 ) -> None:
@@ -418,6 +425,7 @@ def test_a_thousand_slow_connections_to_the_status_port_do_not_starve_the_files_
     slow: list[socket.socket] = []
     try:
         wait_until(lambda: answers(port, "/readyz") == 200, "ready", details=lambda: log.read_text()[-3000:])
+        threads_before = _threads(daemon.pid)
         opened = time.monotonic()
         for _ in range(SLOW_CONNECTIONS):
             if time.monotonic() - opened > 15:
@@ -440,6 +448,9 @@ def test_a_thousand_slow_connections_to_the_status_port_do_not_starve_the_files_
               f"daemon holds {held} descriptors")
         assert took < 2, took
         assert held < 200, held
+        # No thread per connection: the pool was there before the clients came.
+        threads_after = _threads(daemon.pid)
+        assert threads_after <= threads_before + 2, (threads_before, threads_after)
         assert "Too many open files" not in log.read_text()
         # Once the slow clients are gone, the endpoint answers again.
         for sock in slow:
