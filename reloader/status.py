@@ -7,7 +7,8 @@ Guarantees:
   without locks, so a scrape never waits on ZooKeeper, an output or a
   cluster thread, and never makes one wait;
 * the server runs on daemon threads of its own (one listener and a fixed
-  pool of :data:`WORKERS`, each connection with a socket timeout); at most
+  pool of :data:`WORKERS`, each connection with a socket timeout and a
+  total :data:`CONNECTION_DEADLINE`); at most
   ``WORKERS + BACKLOG`` connections are held at once, more are closed
   unanswered, so no number of clients can exhaust the daemon's file
   descriptors; :meth:`StatusServer.stop` returns within :data:`STOP_GRACE`
@@ -33,6 +34,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -62,6 +64,9 @@ REQUEST_TIMEOUT = 5.0
 WORKERS = 8
 #: Accepted connections that may wait for a worker; more are closed at once.
 BACKLOG = 32
+#: The longest a connection may hold a worker, however slowly it trickles
+#: bytes in (keep-alive scrapers simply connect again).
+CONNECTION_DEADLINE = 10.0
 # The snapshot is read without locks while other threads change the dicts
 # it copies; a copy that races a change raises RuntimeError and is retried.
 SNAPSHOT_ATTEMPTS = 5
@@ -324,6 +329,9 @@ class _Server(HTTPServer):
         self.registry = registry
         self.refused = 0
         self._queue: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(BACKLOG)
+        # Connections being served, with the time by which they must be done.
+        self._active: dict[socket.socket, float] = {}
+        self._active_lock = threading.Lock()
         super().__init__(address, _Handler)
         for index in range(WORKERS):
             threading.Thread(target=self._work, name=f"status-http-{index}", daemon=True).start()
@@ -343,12 +351,31 @@ class _Server(HTTPServer):
             if item is None:
                 return
             request, client_address = item
+            with self._active_lock:
+                self._active[request] = time.monotonic() + CONNECTION_DEADLINE
             try:
                 self.finish_request(request, client_address)
             except Exception:  # noqa: BLE001 - one client must not take a worker down
                 self.handle_error(request, client_address)
             finally:
+                with self._active_lock:
+                    self._active.pop(request, None)
                 self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Between polls of the listener: end the connections past their deadline.
+
+        A client that sends a byte now and then never trips the socket
+        timeout; shutting its socket down wakes the worker blocked on it.
+        """
+        now = time.monotonic()
+        with self._active_lock:
+            late = [sock for sock, deadline in self._active.items() if deadline <= now]
+        for sock in late:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def server_close(self) -> None:
         super().server_close()

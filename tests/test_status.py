@@ -525,3 +525,49 @@ def test_status_command_with_a_config_that_has_no_listener_says_so(tmp_path: Pat
     result = run_status_command("--config", str(with_listen))
     assert result.returncode == 1
     assert f"no nginx-upstream-reloader status at 127.0.0.1:{port}" in result.stderr, result.stderr
+
+
+def test_clients_trickling_bytes_cannot_hold_the_status_workers_past_their_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More trickling clients than workers: /healthz still answers once their deadline has passed."""
+    import threading
+
+    from reloader import status as status_module
+
+    monkeypatch.setattr(status_module, "CONNECTION_DEADLINE", 1.0)
+
+    class Source:
+        ready = healthy = True
+
+        def status_snapshot(self) -> dict[str, object]:
+            return {}
+
+    server = status_module.StatusServer(Source(), ("127.0.0.1", 0))
+    server.start()
+    port = server.address[1]
+    stop = threading.Event()
+    trickling = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                 for _ in range(status_module.WORKERS * 2)]
+
+    def trickle() -> None:
+        while not stop.wait(0.2):  # well inside the 5 s socket timeout
+            for sock in trickling:
+                try:
+                    sock.send(b"X")
+                except OSError:
+                    pass
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    try:
+        began = time.monotonic()
+        wait_until(lambda: answers(port, "/healthz") == 200, "/healthz past the trickling clients", timeout=10)
+        took = time.monotonic() - began
+        print(f"{len(trickling)} trickling clients, {status_module.WORKERS} workers: /healthz after {took:.2f} s")
+    finally:
+        stop.set()
+        feeder.join(5)
+        for sock in trickling:
+            sock.close()
+        server.stop()
