@@ -631,7 +631,7 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
 
 
 def address_of_config(config: Any) -> tuple[str, int] | None:
-    """Where the daemon of ``config`` serves status (a wildcard host reached on loopback), or None without ``listen:``."""
+    """Where the daemon of ``config`` serves status (a wildcard host on loopback); None without ``listen:``."""
     if config.listen is None:
         return None
     host, port = config.listen

@@ -1,4 +1,4 @@
-"""Secrets stay secret (not in DEBUG logs, config errors or the environment of nginx commands), and refused credentials are named.
+"""Secrets stay secret (DEBUG logs, config errors, nginx commands' environment); refused credentials are named.
 
 Real ZooKeeper (the secured one for digest and SASL), the daemon as a
 process at ``--log-level DEBUG`` so that kazoo prints its requests, and a
@@ -114,9 +114,9 @@ def test_a_noauth_read_says_whether_a_digest_credential_or_no_credential_is_at_f
 ) -> None:
     path = f"{base}/app"
     protected_upstream(admin, path, [make_digest_acl(DIGEST_USER, DIGEST_PASSWORD, read=True)])
+    credential = secret_file(tmp_path, "zk.cred", f"{DIGEST_USER}:Wr0ngPa55")
     wrong = daemons(cluster(secure_zk.hosts, {"app": path},
-                            auth={"scheme": "digest",
-                                  "credential_file": str(secret_file(tmp_path, "zk.cred", f"{DIGEST_USER}:Wr0ngPa55"))}),
+                            auth={"scheme": "digest", "credential_file": str(credential)}),
                     files_dir=tmp_path / "wrong")
     none = daemons(cluster(secure_zk.hosts, {"app": path}), files_dir=tmp_path / "none")
     child = f"{path}/10.0.0.3:80"

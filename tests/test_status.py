@@ -376,7 +376,7 @@ def test_status_never_fails_while_config_reloads_add_and_remove_upstreams(
         request_stop()
     assert not failures, (failures[:3], daemon.log_lines(r"status: .* failed")[:3])
     assert not daemon.log_lines(r"Traceback"), daemon.log_tail()
-    print(f"{RELOADS} config reloads of {UPSTREAMS_RELOADED // 2} upstreams each under {scrapes[0]} scrapes: no failure")
+    print(f"{RELOADS} config reloads of {UPSTREAMS_RELOADED // 2} upstreams each, {scrapes[0]} scrapes: no failure")
     document = status_of(port)
     assert sorted(document["upstreams"]) == sorted(names)
     daemon.stop()

@@ -595,8 +595,8 @@ class ZooKeeperSource:
             except SESSION_ERRORS:
                 raise
             except ZOOKEEPER_ERRORS as error:
-                data = Unreadable(f"ZooKeeper refused to read it: "
-                                  f"{describe_error(error, cluster=self.cluster, path=posixpath.join(watch.path, child))}")
+                why = describe_error(error, cluster=self.cluster, path=posixpath.join(watch.path, child))
+                data = Unreadable(f"ZooKeeper refused to read it: {why}")
             watch.record(child, data, version)
 
     def _abandoned(self, epoch: int) -> bool:
