@@ -48,7 +48,7 @@ def open_owned(path: str | Path, flags: int, mode: int = 0o600) -> int:
             raise UnsafeFileError(path, "it is not a regular file")
         if info.st_uid != os.geteuid():
             raise UnsafeFileError(path, f"it is owned by uid {info.st_uid}, not by the running user "
-                                        f"(uid {os.geteuid()})")
+                                        f"(uid {os.geteuid()}); run as its owner, or remove it")
     except BaseException:
         os.close(fd)
         raise
