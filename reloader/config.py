@@ -337,6 +337,14 @@ class _Collector:
             return None
 
 
+def _kind(value: object) -> str:
+    """What YAML made of ``value`` ("a number", "null", ...), without showing it."""
+    kind = next((name for kinds, name in _YAML_KINDS if isinstance(value, kinds)), None)
+    if kind is not None:
+        return kind
+    return "an empty string" if value == "" else f"a {type(value).__name__}"
+
+
 def _join(prefix: str, key: object) -> str:
     """The key path of ``key`` in the mapping at ``prefix``; long or odd keys are cut short."""
     text = key if isinstance(key, str) else _shown(key, 40)
@@ -677,7 +685,11 @@ def _parse_sasl(problems: _Collector, key_path: str, value: Any, base_dir: Path 
         if key not in _SASL_KEYS:
             continue
         if not isinstance(raw, str) or not raw:
-            problems.add(_join(key_path, key), f"must be a non-empty string, got {_shown(raw)}")
+            if key == "password":  # never echoed: the message may reach the log (SIGHUP)
+                problems.add(_join(key_path, key), f"must be a non-empty string (write it in quotes); "
+                             f"got {_kind(raw)}, whose value is not shown")
+            else:
+                problems.add(_join(key_path, key), f"must be a non-empty string, got {_shown(raw)}")
         elif key == "password_file":
             secret = problems.check(_join(key_path, key), lambda path: _read_secret(base_dir, path), raw)
             if secret is not None:
