@@ -9,7 +9,9 @@
   beyond loopback: dyups has no authentication of its own);
 * :func:`connect_all`: one short ZooKeeper connection attempt per cluster
   (the only part that touches the network), in parallel, so the whole takes
-  about one session timeout however many clusters there are.
+  about one session timeout however many clusters there are; a cluster is
+  ``connected`` only once a request has been answered, so credentials that
+  ZooKeeper refuses (SASL) are reported as such.
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from reloader.config import ClusterConfig, Config, GuardSettings, kazoo_arguments
+from reloader.threads import DaemonPool
+
+# How long past the session timeout ``connect_all`` waits for an attempt to report.
+CONNECT_SLACK = 2.0
 
 
 def _seconds(value: float) -> str:
@@ -136,6 +143,8 @@ def warnings(config: Config) -> list[str]:
 
 def _try_connect(cluster: ClusterConfig, timeout: float) -> str:
     from kazoo.client import KazooClient  # imported late: only --connect needs kazoo
+    from kazoo.exceptions import AuthFailedError
+    from kazoo.protocol.states import KeeperState
 
     from reloader.sources.zookeeper import close_client
 
@@ -143,9 +152,15 @@ def _try_connect(cluster: ClusterConfig, timeout: float) -> str:
     quiet.propagate = False
     quiet.addHandler(logging.NullHandler())
     client = KazooClient(**kazoo_arguments(cluster), timeout=timeout, logger=quiet)
+    deadline = time.monotonic() + timeout
     try:
         client.start(timeout=timeout)
+        # kazoo reports CONNECTED before the SASL exchange has been answered:
+        # only a request that comes back proves the session is authenticated.
+        client.exists_async("/").get(timeout=max(deadline - time.monotonic(), 0.1))
     except Exception as error:  # noqa: BLE001 - any failure is "unreachable", with its reason
+        if isinstance(error, AuthFailedError) or client.client_state == KeeperState.AUTH_FAILED:
+            return "authentication failed: ZooKeeper refused this cluster's sasl:/auth: credentials"
         return f"unreachable: {error or type(error).__name__}"
     finally:
         close_client(client)
@@ -153,7 +168,21 @@ def _try_connect(cluster: ClusterConfig, timeout: float) -> str:
 
 
 def connect_all(config: Config) -> list[tuple[ClusterConfig, str]]:
-    """Each cluster with ``connected`` or ``unreachable: <error>``, tried at once, each within the session timeout."""
-    with ThreadPoolExecutor(max_workers=min(8, len(config.clusters))) as pool:
-        states = list(pool.map(lambda cluster: _try_connect(cluster, config.zk_session_timeout), config.clusters))
+    """Each cluster with ``connected``, ``unreachable: <error>`` or ``authentication failed: ...``.
+
+    All are tried at once, each within the session timeout, on daemon
+    threads: an attempt that outlives its bound does not hold up the exit.
+    """
+    pool = DaemonPool(max_workers=min(8, len(config.clusters)), name="check-connect")
+    try:
+        futures = [pool.submit(_try_connect, cluster, config.zk_session_timeout) for cluster in config.clusters]
+        deadline = time.monotonic() + config.zk_session_timeout + CONNECT_SLACK
+        states = []
+        for future in futures:
+            try:
+                states.append(future.result(timeout=max(deadline - time.monotonic(), 0.0)))
+            except FutureTimeout:
+                states.append(f"unreachable: no answer within {config.zk_session_timeout:g} s")
+    finally:
+        pool.shutdown()
     return list(zip(config.clusters, states))

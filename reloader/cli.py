@@ -64,8 +64,10 @@ def _build_parser() -> argparse.ArgumentParser:
     snippet.add_argument("--config", help="take lua_url, files_output_path and lua_secret_file from this config")
 
     status = commands.add_parser("status", help="print a running daemon's clusters, upstreams and outputs")
-    status.add_argument("--listen", metavar="ADDR", type=_listen_address, default=None,
-                        help="the daemon's `listen:` address, PORT or HOST:PORT (default: 127.0.0.1:9345)")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--listen", metavar="ADDR", type=_listen_address, default=None,
+                       help="the daemon's `listen:` address, PORT or HOST:PORT (default: 127.0.0.1:9345)")
+    where.add_argument("--config", help="take the address from this config's `listen:`")
     status.add_argument("--json", action="store_true", help="print the raw JSON of /status")
 
     for name, text in (("drain", "take one server out of traffic (rendered down) without touching the registry"),
@@ -252,6 +254,23 @@ def _override(args: argparse.Namespace) -> int:
         return 1
 
 
+def _status(args: argparse.Namespace) -> int:
+    from reloader.status import DEFAULT_ADDRESS, address_of_config, status_command  # only `status` needs it
+
+    address = args.listen or DEFAULT_ADDRESS
+    if args.config is not None:
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        configured = address_of_config(config)
+        if configured is None:
+            print(f"{config.source} has no `listen:`: a daemon run with it serves no status "
+                  "(add `listen: 9345` and reload it)", file=sys.stderr)
+            return 1
+        address = configured
+    return status_command(address, as_json=args.json)
+
+
 def _holder(held: LockHeld) -> str:
     return f"pid {held.pid}" if held.pid is not None else "another process"
 
@@ -272,9 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "nginx-snippet":
         return _nginx_snippet(args)
     if args.command == "status":
-        from reloader.status import DEFAULT_ADDRESS, status_command  # imported late: only `status` needs it
-
-        return status_command(args.listen or DEFAULT_ADDRESS, as_json=args.json)
+        return _status(args)
     if args.command in ("drain", "undrain"):
         return _override(args)
     if args.command == "demo":

@@ -50,9 +50,9 @@ LUA_DIRECTIVES: tuple[str, ...] = ("keepalive", "keepalive_timeout", "keepalive_
 #: ip_hash and the keepalive family are http only.
 STREAM_DIRECTIVES: tuple[str, ...] = ("hash", "least_conn", "random", "zone")
 
-_GUARD_KEYS = {"settle_after_reconnect", "max_drop", "drop_hold"}
 #: Global and per upstream: which addresses registry instances may name (reloader/netpolicy.py).
 _NETWORK_KEYS = {"allowed_networks", "denied_networks"}
+_GUARD_KEYS = {"settle_after_reconnect", "max_drop", "drop_hold", "max_weight"}
 _SETTING_KEYS = {
     "files_output_path",
     "dyups_url",
@@ -130,6 +130,9 @@ class GuardSettings:
     settle_after_reconnect: float = 30.0  # seconds; 0 turns the settle window off
     max_drop: float = 0.5  # fraction 0..1 of live servers; 1.0 turns the shrink guard off
     drop_hold: float = 30.0  # seconds; 0 turns the shrink guard off
+    # Highest registry weight served under ``hash ... consistent``: nginx builds 160 ring
+    # points per unit of weight, so one weight of 200,000 costs every nginx -t and start 7 s.
+    max_weight: int = 100
 
 
 @dataclass(frozen=True)
@@ -344,6 +347,14 @@ class _Collector:
             hint = self.hint(source_at or key_path, value, wants_text=wants_text)
             self.add(key_path, str(error) + hint)
             return None
+
+
+def _kind(value: object) -> str:
+    """What YAML made of ``value`` ("a number", "null", ...), without showing it."""
+    kind = next((name for kinds, name in _YAML_KINDS if isinstance(value, kinds)), None)
+    if kind is not None:
+        return kind
+    return "an empty string" if value == "" else f"a {type(value).__name__}"
 
 
 def _join(prefix: str, key: object) -> str:
@@ -575,6 +586,11 @@ def _parse_networks(
     if not extra:
         return base
     return base.with_extra(extra.get("allowed_networks", ()), extra.get("denied_networks", ()))
+def _parse_max_weight(value: Any) -> int:
+    """A whole number from 1 to the registry weight limit."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upstream_options.MAX_WEIGHT:
+        raise ValueError(f"{_shown(value)} is not a weight: write a whole number from 1 to {upstream_options.MAX_WEIGHT}")
+    return value
 
 
 def _parse_guards(problems: _Collector, key_path: str, mapping: Mapping[Any, Any], base: GuardSettings) -> GuardSettings:
@@ -583,6 +599,7 @@ def _parse_guards(problems: _Collector, key_path: str, mapping: Mapping[Any, Any
         "settle_after_reconnect": _parse_interval,
         "max_drop": _parse_max_drop,
         "drop_hold": _parse_interval,
+        "max_weight": _parse_max_weight,
     }
     values: dict[str, float] = {}
     for key, parse in parsers.items():
@@ -680,7 +697,11 @@ def _parse_sasl(problems: _Collector, key_path: str, value: Any, base_dir: Path 
         if key not in _SASL_KEYS:
             continue
         if not isinstance(raw, str) or not raw:
-            problems.add(_join(key_path, key), f"must be a non-empty string, got {_shown(raw)}")
+            if key == "password":  # never echoed: the message may reach the log (SIGHUP)
+                problems.add(_join(key_path, key), f"must be a non-empty string (write it in quotes); "
+                             f"got {_kind(raw)}, whose value is not shown")
+            else:
+                problems.add(_join(key_path, key), f"must be a non-empty string, got {_shown(raw)}")
         elif key == "password_file":
             secret = problems.check(_join(key_path, key), lambda path: _read_secret(base_dir, path), raw)
             if secret is not None:

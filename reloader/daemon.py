@@ -18,6 +18,7 @@ No thread is made per znode, per child or per reconnect.
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from kazoo.client import KazooClient
 
+from reloader.childenv import without_secrets
 from reloader.cluster import ClusterWorker
 from reloader.config import ClusterConfig, Config, ConfigError, ZnodeConfig, load_config
 from reloader.model import Upstream
@@ -48,6 +50,12 @@ SHUTDOWN_GRACE = 2.0
 OUTPUT_GRACE = 2.0
 # How often the main thread looks up from its wait (signal handlers run in between).
 MAIN_SLICE = 0.2
+# At start-up, how long a connected cluster that is still being read may hold
+# READY back (an unreachable one holds it for one session timeout only).
+STARTUP_READ_LIMIT = 60.0
+# While start-up progresses: ask systemd for EXTEND_BY more seconds, every EXTEND_EVERY.
+EXTEND_BY = 10.0
+EXTEND_EVERY = 2.0
 
 
 def _outputs_of(config: Config) -> tuple[object, ...]:
@@ -99,25 +107,56 @@ def sessions(clusters: Iterable[ClusterConfig]) -> list[ClusterConfig]:
 
 
 class _SystemdState:
-    """READY once every cluster has been read in full, and watchdog pings while every thread lives."""
+    """READY once the daemon serves, ``STATUS=`` naming the clusters not read, and watchdog pings.
+
+    The daemon serves once its files are adopted (before this runs) and every
+    cluster that could be reached has been read in full. A cluster that has
+    not connected within its session timeout after start does not hold
+    READY back: its upstreams stay as their files have them, and ``STATUS=``
+    names it until it has been read. A connected cluster still reading holds
+    READY back for at most :data:`STARTUP_READ_LIMIT`, and meanwhile
+    ``EXTEND_TIMEOUT_USEC`` keeps systemd's start timeout from killing a
+    start-up that is progressing.
+    """
 
     def __init__(self, notifier: SystemdNotifier | None) -> None:
         self._notifier = notifier
         self._ready_sent = False
         self._watchdog = notifier.watchdog_interval() if notifier is not None else None
         self._next_ping = 0.0
+        self._next_extend = 0.0
+        self._status: str | None = None
 
     def tick(self, daemon: "Daemon") -> None:
         notifier = self._notifier
         if notifier is None:
             return
-        if not self._ready_sent and daemon.ready:
-            self._ready_sent = True
-            notifier.ready(f"watching {len(daemon.upstream_names)} upstreams")
         now = time.monotonic()
+        if not self._ready_sent:
+            waiting = daemon.startup_waiting(now)
+            if waiting:
+                self._say(notifier, "starting: waiting for " + ", ".join(waiting))
+                if now >= self._next_extend:
+                    self._next_extend = now + EXTEND_EVERY
+                    notifier.extend_timeout(EXTEND_BY)
+            else:
+                self._ready_sent = True
+                self._status = daemon.service_status()
+                notifier.ready(self._status)
+        else:
+            self._say(notifier, daemon.service_status())
         if self._watchdog is not None and now >= self._next_ping and daemon.healthy:
             self._next_ping = now + self._watchdog
             notifier.watchdog()
+
+    @property
+    def ready_sent(self) -> bool:
+        return self._ready_sent
+
+    def _say(self, notifier: SystemdNotifier, status: str) -> None:
+        if status != self._status:
+            self._status = status
+            notifier.status(status)
 
 
 class Daemon:
@@ -162,6 +201,9 @@ class Daemon:
         # thread, handed to each upstream's cluster thread when they change.
         self.drains = OverrideWatcher(config.files_output_path)
         self._drains_sent: dict[str, dict[tuple[str, int], float | None]] = {}
+        # When the clusters were started (run): the bound on how long start-up holds READY back.
+        self._started_at: float | None = None
+        self._systemd: _SystemdState | None = None
 
     def _make_followers(self, config: Config) -> list[Output]:
         followers: list[Output] = []
@@ -179,7 +221,9 @@ class Daemon:
 
             followers.append(LuaOutput(config.lua_url, token=token_or_none(config), **timing))
         if config.nginx_reload:
-            followers.append(ReloadOutput(self.store, config.nginx_reload))
+            # nginx -t and nginx -s reload never see the ZooKeeper credentials (reloader.childenv).
+            followers.append(ReloadOutput(self.store, config.nginx_reload,
+                                          run=without_secrets(subprocess.run, lambda: self.config)))
         return followers
 
     def _make_worker(self, cluster: ClusterConfig) -> ClusterWorker:
@@ -209,24 +253,65 @@ class Daemon:
         """True once every cluster has been read in full at least once."""
         return all(worker.freeze.ever_open for worker in self.clusters)
 
+    def startup_waiting(self, now: float) -> list[str]:
+        """The clusters that still hold READY back, each with why ("reading", "connecting").
+
+        A cluster holds it until it has been read in full, while it is
+        connected (at most STARTUP_READ_LIMIT after start) or still within
+        its first session timeout; one that could not connect by then does not.
+        """
+        if self._started_at is None:
+            return ["start-up"]
+        elapsed = now - self._started_at
+        waiting = []
+        for worker in self.clusters:
+            if worker.freeze.ever_open:
+                continue
+            if worker.source.state == "CONNECTED" and elapsed < STARTUP_READ_LIMIT:
+                waiting.append(f"cluster {worker.label} (reading)")
+            elif elapsed < self.config.zk_session_timeout:
+                waiting.append(f"cluster {worker.label} (connecting)")
+        return waiting
+
+    def service_status(self) -> str:
+        """One line for systemd's ``STATUS=``: what is watched, and which clusters have not been read yet."""
+        unread = [worker.label for worker in self.clusters if not worker.freeze.ever_open]
+        status = f"watching {len(self._cluster_of)} upstreams"
+        if unread:
+            status += (f"; not read yet (unreachable?): cluster {', '.join(unread)}; "
+                       "their upstreams stay as their files have them")
+        return status
+
     @property
     def healthy(self) -> bool:
         """True while every cluster and output thread is alive."""
         return all(worker.alive for worker in self.clusters) and all(runner.alive for runner in self.runners)
 
     def status_snapshot(self) -> dict[str, object]:
-        """Everything status and metrics show, as plain values (any thread; read without locks)."""
+        """Everything status and metrics show, as plain values (any thread; read without locks).
+
+        A config reload may remove an upstream between listing it and reading
+        it: it is then left out (it is gone), never an error. Each output's
+        pending names are read once, so a scrape costs upstreams + pending.
+        """
         now = time.monotonic()
+        runners = self.runners
+        pending = {runner.name: runner.output.pending_names() for runner in runners}
+        pending_in: dict[str, list[str]] = {}
+        for runner_name, names in pending.items():
+            for name in names:
+                pending_in.setdefault(name, []).append(runner_name)
         upstreams: dict[str, dict[str, object]] = {}
         clusters = []
-        for worker in self.clusters:
+        for worker in list(self.clusters):
             clusters.append(worker.status(now))
             for name in worker.pipeline.upstream_names:
-                upstream = worker.pipeline.status(name, now)
+                try:
+                    upstream = worker.pipeline.status(name, now)
+                except KeyError:
+                    continue  # removed by a config reload meanwhile
                 upstream["cluster"] = worker.label
-                upstream["pending_in"] = [
-                    runner.name for runner in self.runners if name in runner.output.pending_names()
-                ]
+                upstream["pending_in"] = pending_in.get(name, [])
                 upstreams[name] = upstream
         outputs = {
             runner.name: {
@@ -235,10 +320,10 @@ class Daemon:
                 "delivered": runner.delivered,
                 "errors": runner.errors,
                 "busy_for_seconds": round(runner.busy_for, 3),
-                "pending": list(runner.output.pending_names()),
+                "pending": list(pending[runner.name]),
                 "counters": runner.output.stats(),
             }
-            for runner in self.runners
+            for runner in runners
         }
         return {
             "ready": self.ready,
@@ -270,6 +355,7 @@ class Daemon:
             runner.start()
         self._adopt_files()
         self._apply_drains()  # queued before the first read, so the first publish has them
+        self._started_at = time.monotonic()
         for worker in self.clusters:
             worker.start()
         if self.config.listen is not None:
@@ -288,7 +374,7 @@ class Daemon:
             self._telling_nginx(),
         )
         # Wait in slices: the flags a signal handler sets are looked at between them.
-        systemd = _SystemdState(self._notifier)
+        systemd = self._systemd = _SystemdState(self._notifier)
         exit_code = 0
         while not self._stop_requested:
             time.sleep(MAIN_SLICE)
@@ -415,8 +501,10 @@ class Daemon:
         new sessions start, removed ones close. Outputs are rebuilt only when
         their settings changed. Every managed upstream is re-POSTed at the end.
         """
-        if self._notifier is not None:
-            self._notifier.reloading()
+        # Before start-up's READY, a reload must not announce READY itself.
+        notifier = self._notifier if self._systemd is not None and self._systemd.ready_sent else None
+        if notifier is not None:
+            notifier.reloading()
         try:
             new = load_config(self.config.source, self._overrides)
             problem = self._cannot_reload(new)
@@ -427,8 +515,8 @@ class Daemon:
             for line in error.problems:
                 log.error("config reload: %s: %s", error.source, line)
             log.error("config reload refused: %d problems; the running config stays as it is", len(error.problems))
-            if self._notifier is not None:
-                self._notifier.ready()
+            if notifier is not None:
+                notifier.ready()
             return
         old = self.config
         self.config = new
@@ -444,8 +532,8 @@ class Daemon:
         log.info("config reloaded from %s: %d upstreams in %d clusters",
                  new.source, len(self._cluster_of), len(self.clusters))
         self.request_reassert()
-        if self._notifier is not None:
-            self._notifier.ready()
+        if notifier is not None:
+            notifier.ready()
 
     def _cannot_reload(self, new: Config) -> str | None:
         if new.files_output_path != self.config.files_output_path:
@@ -543,14 +631,15 @@ class Daemon:
             worker.wake()
         if self.status_server is not None:
             self.status_server.stop()  # type: ignore[attr-defined]
-        # Sessions first, in parallel and bounded: no more publishes after this,
-        # and closing a session fails any read a cluster thread still waits on.
+        # Sessions first, in parallel and bounded: closing a session fails any
+        # read a cluster thread still waits on. Once the cluster threads have
+        # ended nothing more is published, so the outputs' grace runs while
+        # the closes finish: a black-holed ensemble and a hung output cost
+        # the larger of the two graces, not their sum.
         closers = [threading.Thread(target=worker.close_session, daemon=True) for worker in self.clusters]
         for closer in closers:
             closer.start()
         deadline = time.monotonic() + SHUTDOWN_GRACE
-        for closer in closers:
-            closer.join(max(deadline - time.monotonic(), 0.0))
         for worker in self.clusters:
             worker.join(deadline)
         # Then the outputs, files first: each stop delivers what was queued
@@ -564,4 +653,6 @@ class Daemon:
         stuck = [runner.name for runner in self.runners if runner.alive]
         if stuck:
             log.warning("output %s still busy at exit (a peer that does not answer); leaving it", ", ".join(stuck))
+        for closer in closers:
+            closer.join(max(deadline - time.monotonic(), 0.0))
         self.hosts.close()

@@ -10,6 +10,10 @@ Guarantees:
 * a log file is reopened by the next record once logrotate has moved or
   removed it (``WatchedFileHandler``), and at once on request (SIGUSR1),
   for a ``copytruncate``-less rotation that keeps the inode;
+* a log file is opened without following a symbolic link, only when it is
+  a regular file owned by the running user, and created with mode 0640;
+* no credential kazoo prints at DEBUG (digest ``auth=``, the session's
+  ``passwd=``, SASL ``challenge=``) reaches the handler (:class:`RedactingFilter`);
 * ``configure_logging`` replaces whatever handlers the root logger had, so
   calling it twice never doubles lines.
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -26,6 +32,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from reloader.ownedfile import open_owned
+
+#: Mode of a log file the daemon creates (minus the umask): not world-readable.
+LOG_FILE_MODE = 0o640
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_FORMATS = ("text", "json")
 # Record attributes that become JSON fields when present (the core code sets
@@ -60,6 +70,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+# kazoo's DEBUG lines print its requests whole: ``Auth(..., auth='user:password')``,
+# the session password of ``Connect(..., passwd=b'...')`` and the SASL
+# exchange of ``SASL(challenge=b'...')``. The quoted value is what goes.
+_SECRET_FIELDS = re.compile(r"""\b(auth|passwd|challenge)=(b?)(['"])(?:\\.|(?!\3).)*\3""")
+REDACTED = "<redacted>"
+
+
+class RedactingFilter(logging.Filter):
+    """Removes credentials from kazoo's records before any handler formats them.
+
+    Installed on the handler, so it sees the records of every logger; only
+    kazoo's are rewritten (their message is formatted once, then redacted).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "kazoo" or record.name.startswith("kazoo."):
+            message = record.getMessage()
+            redacted = _SECRET_FIELDS.sub(lambda match: f"{match.group(1)}={match.group(2)}'{REDACTED}'", message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
 class ReopenableFileHandler(logging.handlers.WatchedFileHandler):
     """A WatchedFileHandler that can also be told to reopen its file (SIGUSR1).
 
@@ -71,6 +104,12 @@ class ReopenableFileHandler(logging.handlers.WatchedFileHandler):
     def __init__(self, filename: str | Path, encoding: str = "utf-8") -> None:
         super().__init__(filename, encoding=encoding, delay=False)
         self._reopen = threading.Event()
+
+    def _open(self) -> TextIO:  # noqa: D401 - logging's hook for every (re)open
+        # Never through a link planted in the log directory, only our own
+        # regular file, created 0640: the log may hold host names and paths.
+        fd = open_owned(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def request_reopen(self) -> None:
         self._reopen.set()
@@ -128,6 +167,7 @@ def configure_logging(level: str, log_file: str | Path | None = None, log_format
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(make_formatter(log_format))
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

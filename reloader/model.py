@@ -42,6 +42,17 @@ class Server:
         """The identity of a server: two lines with one endpoint are one server."""
         return (self.host, self.port)
 
+    @property
+    def usable(self) -> bool:
+        """True when nginx would send this server primary traffic: not ``down``, weight above 0, not ``backup``.
+
+        This is what the guards count (reloader/publication.py): capacity, not
+        endpoints. A registry weight of 0 arrives as ``down`` (nginx refuses
+        ``weight=0``), so "weight 0" and "marked down" are one case; a
+        ``backup`` server only serves when every primary server has failed.
+        """
+        return not self.down and not self.backup and self.weight > 0
+
 
 @dataclass(frozen=True)
 class Upstream:

@@ -46,8 +46,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Hashable, Iterable, Mapping
 
-from reloader.assemble import desired_live, finalize_upstream
 from reloader.addresses import is_ip_literal
+from reloader.assemble import desired_live, finalize_upstream, overweight
 from reloader.config import ZnodeConfig
 from reloader.formats import ParseResult, Skip, parse_instance
 from reloader.model import Server, Upstream
@@ -87,6 +87,8 @@ class _UpstreamState:
     unreadable: dict[str, str] = field(default_factory=dict)
     # The host names its children use (each resolved through the HostChecker).
     names: frozenset[str] = frozenset()
+    # The (endpoint, weight) pairs already warned about as above max_weight: warned once each.
+    overweight: frozenset[tuple[tuple[str, int], int]] = frozenset()
 
 
 class Pipeline:
@@ -232,8 +234,24 @@ class Pipeline:
         self._parse(state, children)
         state.origin = origin
         state.updated_at = self._clock()
-        state.desired = tuple(desired_live(self._servers(state), state.config.options))
+        self._desire(state)
         self._decide(state)
+
+    def _desire(self, state: _UpstreamState) -> None:
+        """The desired live servers of ``state`` from its parsed children (weights capped where they must be)."""
+        servers = self._servers(state)
+        self._warn_overweight(state, servers, state.origin)
+        state.desired = tuple(desired_live(servers, state.config.options, state.config.guards.max_weight))
+
+    def _warn_overweight(self, state: _UpstreamState, servers: list[Server], origin: str) -> None:
+        max_weight = state.config.guards.max_weight
+        over = {(s.endpoint, s.weight): s for s in overweight(servers, state.config.options, max_weight)}
+        for key, server in over.items():
+            if key not in state.overweight:
+                log.warning("znode %s instance %s: weight %d is above max_weight %d under a consistent hash; "
+                            "served with weight %d", origin, server.address, server.weight, max_weight, max_weight,
+                            extra={"upstream": state.config.upstream})
+        state.overweight = frozenset(over)
 
     def recheck(self, upstream: str) -> None:
         """Decide again with the last desired state (a guard's window may have ended)."""
@@ -438,7 +456,7 @@ class Pipeline:
             state = self._states.get(upstream)
             if state is None or state.desired is None:
                 continue
-            state.desired = tuple(desired_live(self._servers(state), state.config.options))
+            self._desire(state)
             self._decide(state)
 
     def _schedule_refresh(self) -> None:

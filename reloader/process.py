@@ -2,6 +2,10 @@
 
 Guarantees:
 
+* the pid file, the lock file and the log file are opened without
+  following a symbolic link, and only when they are regular files owned by
+  the running user (:mod:`reloader.ownedfile`); otherwise the start fails
+  naming the path.
 * ``PidLock`` is an exclusive ``fcntl.flock`` on a file that holds the
   holder's pid. The kernel drops the lock when the process dies, however it
   dies, so a stale file never blocks a restart. A second process fails at
@@ -32,6 +36,9 @@ from pathlib import Path
 from typing import IO
 
 import daemon
+
+from reloader.logsetup import LOG_FILE_MODE
+from reloader.ownedfile import open_owned
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,8 @@ class PidLock:
             return
         while True:
             # Not O_TRUNC: the file may be someone else's until the lock is ours.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Never through a link, and only our own regular file (see ownedfile).
+            fd = open_owned(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             handle = os.fdopen(fd, "r+", encoding="ascii")
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -166,7 +174,10 @@ def detach(keep_open: Iterable[int], log_file: Path | None) -> daemon.DaemonCont
     if others:
         # The fork would keep only this thread; the others would vanish mid-work.
         raise RuntimeError(f"cannot detach once threads are running: {', '.join(others)}")
-    stream: IO[str] | None = log_file.open("a", encoding="utf-8") if log_file is not None else None
+    stream: IO[str] | None = None
+    if log_file is not None:
+        stream = os.fdopen(open_owned(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE),
+                           "a", encoding="utf-8")
     context = daemon.DaemonContext(
         # Keep the working directory: relative paths in the config (and in
         # reload commands) must mean what they meant in the foreground.

@@ -9,23 +9,43 @@ so the rules can be read (and tested) together:
   published state. The source closes the freeze from kazoo's thread the
   moment the session is in doubt and opens it only after a complete resync
   that no newer session transition has overtaken.
-* **Zero instances.** A registry that offers no valid live instance is far
-  more often an outage than an intent, and nginx refuses an empty upstream:
-  the last published state stays.
+
+The guards protect *capacity*: they count **usable** servers
+(:attr:`reloader.model.Server.usable`: a live registry server nginx would
+send primary traffic to, so not ``down``, weight above 0, not ``backup``),
+never endpoints, and never configured static backup servers. Ten instances
+re-registered with weight 0 are ten endpoints and zero capacity; one
+instance replaced by another is a change of endpoint and no loss at all.
+
+* **Zero usable instances.** A registry that offers no usable live instance
+  (none at all, or every one ``down`` / weight 0) is far more often an outage
+  than an intent, and nginx answers 502 for an upstream with nothing usable:
+  the last published state stays, with one warning.
 * **Settle after a thaw.** For ``settle_after_reconnect`` seconds after a
-  cluster thaws, additions are published at once but removals wait until the
-  window ends, or until the set is back at its pre-outage size. Instances
+  cluster thaws, additions are published at once but no pre-outage usable
+  server leaves (or turns unusable) until the window ends, or until the
+  registry is back at the pre-outage number of usable servers. Instances
   whose sessions expired during the outage re-register over seconds; until
   they have had the chance, nginx keeps every pre-outage server.
-* **Shrink guard.** An update that would remove more than ``max_drop`` of an
-  upstream's published live servers at once is held back: the removed servers
-  stay published until the smaller set has held for ``drop_hold`` seconds.
-  ``max_drop`` of 1.0 or a ``drop_hold`` of 0 turns it off.
+* **Shrink guard.** The *reference* is the largest number of usable servers
+  served at any moment within the last ``drop_hold`` seconds (the state
+  being served now included). A decision that would leave fewer than
+  ``(1 - max_drop)`` x reference usable servers is a drop, and is held: the
+  published usable servers that left (or turned unusable) stay published
+  exactly as they were, as many as it takes to bring the upstream back to the
+  reference, never more. Because the reference is what was served recently,
+  not the last publish, a drop cannot be walked around in small steps
+  (10 -> 8 -> 6 -> 4 -> 2 two seconds apart: 8 and 6 go out, the step to 4
+  is held and 6 stay published); because it
+  counts usable servers, a replacement (the same number of usable servers on
+  other endpoints, even all of them) is no drop and goes out at once. A held
+  drop goes out when it has been held for ``drop_hold`` seconds; the
+  reference then starts again from the released set, so the same drop is not
+  held twice. Servers coming back end the hold at once. ``max_drop`` of 1.0
+  or a ``drop_hold`` of 0 turns the shrink guard off.
 
 A server kept a little too long costs nginx a failed connect and a retry on
 the next server; a server left alone with all the traffic costs an outage.
-The guards work on the *live* servers (those from the registry), never on
-configured static backup servers.
 
 Threading: a :class:`ClusterFreeze` is safe from any thread. An
 :class:`UpstreamGuard` belongs to the thread of its cluster.
@@ -36,6 +56,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -129,8 +150,78 @@ class Decision:
     recheck_at: float | None = None
 
 
+def usable_count(servers: Iterable[Server]) -> int:
+    """How many of ``servers`` carry primary traffic (:attr:`Server.usable`): what the guards count."""
+    return sum(1 for server in servers if server.usable)
+
+
+class ServedHistory:
+    """The most usable servers served at any moment within a window: the shrink guard's reference.
+
+    Each publish replaces the state being served; a replaced state counts until
+    ``window`` seconds after it was replaced, the current one for as long as it
+    is served. Times never go back (the guard's monotonic clock). Kept as a
+    monotonic queue (counts strictly falling, end times rising), so the memory is bounded by the upstream's size whatever the
+    number of publishes, and each publish costs amortised O(1).
+    """
+
+    def __init__(self, current: int = 0) -> None:
+        self._current = current
+        # (when the state was replaced, its usable count), oldest first.
+        self._ended: deque[tuple[float, int]] = deque()
+
+    @property
+    def current(self) -> int:
+        return self._current
+
+    def record(self, now: float, count: int) -> None:
+        """A state of ``count`` usable servers replaces the one being served."""
+        if count < self._current:
+            self._push(now, self._current)
+        else:
+            # The new state outlasts, and is no smaller than, everything still queued that it covers.
+            while self._ended and self._ended[-1][1] <= count:
+                self._ended.pop()
+        self._current = count
+
+    def reset(self, count: int) -> None:
+        """Forget what was served before: ``count`` usable servers are the reference from now on."""
+        self._ended.clear()
+        self._current = count
+
+    def reference(self, now: float, window: float) -> int:
+        """The most usable servers served at any moment in ``[now - window, now]``."""
+        while self._ended and self._ended[0][0] < now - window:
+            self._ended.popleft()
+        return max(self._current, self._ended[0][1]) if self._ended else self._current
+
+    def __len__(self) -> int:
+        return len(self._ended) + 1
+
+    def _push(self, ended_at: float, count: int) -> None:
+        while self._ended and self._ended[-1][1] <= count:
+            self._ended.pop()
+        self._ended.append((ended_at, count))
+
+
+def _keep(target: dict[Endpoint, Server], kept: Iterable[Server], limit: int | None = None) -> int:
+    """Put back the usable ``kept`` servers that ``target`` lacks or has unusable, at most ``limit``; how many."""
+    count = 0
+    for server in sorted(kept):
+        if limit is not None and count >= limit:
+            break
+        if not server.usable:
+            continue
+        present = target.get(server.endpoint)
+        if present is not None and present.usable:
+            continue
+        target[server.endpoint] = server
+        count += 1
+    return count
+
+
 class UpstreamGuard:
-    """The publication rules for one upstream; remembers what was last published."""
+    """The publication rules for one upstream; remembers what was published, and served recently."""
 
     def __init__(
         self,
@@ -146,6 +237,7 @@ class UpstreamGuard:
         #: The upstream last handed to the outputs (or adopted from its file at start-up).
         self.last_published: Upstream | None = None
         self._published_live: dict[Endpoint, Server] = {}
+        self._served = ServedHistory()
         self._seen_thaws = freeze.thaws if freeze is not None else 0
         self._settle_until: float | None = None
         self._settle_baseline: dict[Endpoint, Server] = {}
@@ -157,7 +249,7 @@ class UpstreamGuard:
 
     @property
     def holding(self) -> int:
-        """How many servers the guards keep published beyond the registry's set right now."""
+        """How many servers the guards publish other than as the registry has them right now."""
         return self._held_count
 
     @property
@@ -177,11 +269,13 @@ class UpstreamGuard:
         self._published_live = {
             server.endpoint: server for server in upstream.servers if server.endpoint not in static
         }
+        self._served.reset(usable_count(self._published_live.values()))
 
     def published(self, upstream: Upstream, live: Iterable[Server]) -> None:
         """Record that ``upstream``, made of ``live`` plus static servers, went to the outputs."""
         self.last_published = upstream
         self._published_live = {server.endpoint: server for server in live}
+        self._served.record(self._clock(), usable_count(self._published_live.values()))
 
     # ---- the rules -----------------------------------------------------------------
 
@@ -196,25 +290,35 @@ class UpstreamGuard:
         now = self._clock()
         self._notice_thaw()
         wanted = {server.endpoint: server for server in desired}
-        if not wanted and static_servers and self.last_published is None:
-            return Decision(())
-        if not wanted:
-            if not self._empty_warned:
-                kept = (
-                    f"keeping the last good state ({len(self.last_published.servers)} servers)"
-                    if self.last_published else "nothing to publish yet"
-                )
-                log.warning("upstream %s: znode %s has no valid instances; %s", self.name, origin, kept,
-                            extra={"upstream": self.name})
-                self._empty_warned = True
+        if not usable_count(wanted.values()):
+            if self._settle_until is not None and now >= self._settle_until:
+                self._settle_until, self._settle_baseline = None, {}
+            if static_servers and self.last_published is None:
+                return Decision(())
+            self._warn_empty(origin, len(wanted))
             return Decision(None)
         self._empty_warned = False
         target = dict(wanted)
         recheck: list[float] = []
         self._apply_settle(target, now, recheck)
         self._apply_shrink_guard(target, now, recheck)
-        self._held_count = len(target) - len(wanted)
+        self._held_count = sum(1 for endpoint, server in target.items() if wanted.get(endpoint) != server)
         return Decision(tuple(sorted(target.values())), min(recheck) if recheck else None)
+
+    def _warn_empty(self, origin: str, registered: int) -> None:
+        if self._empty_warned:
+            return
+        self._empty_warned = True
+        kept = (
+            f"keeping the last good state ({len(self.last_published.servers)} servers)"
+            if self.last_published else "nothing to publish yet"
+        )
+        if registered:
+            log.warning("upstream %s: znode %s has no usable instances (%d registered, every one down or "
+                        "weight 0); %s", self.name, origin, registered, kept, extra={"upstream": self.name})
+        else:
+            log.warning("upstream %s: znode %s has no valid instances; %s", self.name, origin, kept,
+                        extra={"upstream": self.name})
 
     def _notice_thaw(self) -> None:
         freeze = self._freeze
@@ -224,51 +328,66 @@ class UpstreamGuard:
         window = self.settings.settle_after_reconnect
         if window > 0 and self._published_live and freeze.thawed_at is not None:
             self._settle_until = freeze.thawed_at + window
-            self._settle_baseline = dict(self._published_live)
+            self._settle_baseline = {
+                endpoint: server for endpoint, server in self._published_live.items() if server.usable
+            }
 
     def _apply_settle(self, target: dict[Endpoint, Server], now: float, recheck: list[float]) -> None:
         if self._settle_until is None:
             return
-        if now >= self._settle_until or len(target) >= len(self._settle_baseline):
+        if now >= self._settle_until or usable_count(target.values()) >= len(self._settle_baseline):
             why = "the window ended" if now >= self._settle_until else "the set is back at its pre-outage size"
-            kept = [endpoint for endpoint in self._settle_baseline if endpoint not in target]
+            kept = [endpoint for endpoint, server in self._settle_baseline.items()
+                    if not (endpoint in target and target[endpoint].usable)]
             if kept:
                 log.info("upstream %s: settle over (%s); %d pre-outage servers may now go",
                          self.name, why, len(kept), extra={"upstream": self.name})
             self._settle_until = None
             self._settle_baseline = {}
             return
-        for endpoint, server in self._settle_baseline.items():
-            target.setdefault(endpoint, server)
+        # Each pre-outage server stays as it was last published (its weight may have changed
+        # since the thaw), not as it was at the thaw.
+        published = self._published_live
+        _keep(target, (
+            published[endpoint] if endpoint in published and published[endpoint].usable else server
+            for endpoint, server in self._settle_baseline.items()
+        ))
         recheck.append(self._settle_until)
 
     def _apply_shrink_guard(self, target: dict[Endpoint, Server], now: float, recheck: list[float]) -> None:
-        settings, published = self.settings, self._published_live
-        if not published or settings.max_drop >= 1.0 or settings.drop_hold <= 0:
+        settings = self.settings
+        if self.last_published is None or settings.max_drop >= 1.0 or settings.drop_hold <= 0:
             self._hold_since = None
             return
-        removed = [endpoint for endpoint in published if endpoint not in target]
-        if len(removed) <= settings.max_drop * len(published):
+        reference = self._served.reference(now, settings.drop_hold)
+        remaining = usable_count(target.values())
+        # The same comparison as "no more than max_drop of the reference is lost", kept in
+        # integers-against-a-product form so that 50 % of 10 is exactly 5.
+        if reference - remaining <= settings.max_drop * reference:
             if self._hold_since is not None:
-                log.info("upstream %s: drop no longer held (now %d of %d servers removed)",
-                         self.name, len(removed), len(published), extra={"upstream": self.name})
+                log.info("upstream %s: drop no longer held (%d usable servers of %d served recently)",
+                         self.name, remaining, reference, extra={"upstream": self.name})
             self._hold_since = None
             return
         if self._hold_since is None:
             self._hold_since = now
             log.warning(
-                "upstream %s: holding a drop of %d of %d servers (more than max_drop %g%%); "
-                "they stay published for %g s unless they come back",
-                self.name, len(removed), len(published), settings.max_drop * 100, settings.drop_hold,
-                extra={"upstream": self.name},
+                "upstream %s: holding a drop of %d of %d usable servers (more than max_drop %g%% of the most "
+                "served within the last %g s); they stay published for %g s unless they come back",
+                self.name, reference - remaining, reference, settings.max_drop * 100, settings.drop_hold,
+                settings.drop_hold, extra={"upstream": self.name},
             )
         release_at = self._hold_since + settings.drop_hold
         if now >= release_at:
-            log.warning("upstream %s: releasing the held drop of %d of %d servers after %g s",
-                        self.name, len(removed), len(published), settings.drop_hold,
-                        extra={"upstream": self.name})
+            log.warning("upstream %s: releasing the held drop to %d of %d usable servers after %g s",
+                        self.name, remaining, reference, settings.drop_hold, extra={"upstream": self.name})
             self._hold_since = None
+            # The drop has been waited out: what is served from now on is the new reference,
+            # so the servers that were held do not hold the same drop a second time.
+            self._served.reset(remaining)
             return
-        for endpoint in removed:
-            target[endpoint] = published[endpoint]
+        # The published usable servers that left, as they were published, up to the reference:
+        # the upstream keeps the capacity it had, and a replacement arriving during the hold
+        # takes the place of a held server rather than adding to it.
+        _keep(target, self._published_live.values(), reference - remaining)
         recheck.append(release_at)

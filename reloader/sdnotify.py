@@ -88,6 +88,10 @@ class SystemdNotifier:
             return self.notify(ready=1)
         return self.notify(ready=1, status=status)
 
+    def extend_timeout(self, seconds: float) -> bool:
+        """``EXTEND_TIMEOUT_USEC=...``: start-up (or stop) is progressing; give it ``seconds`` more from now."""
+        return self.notify(extend_timeout_usec=int(seconds * 1_000_000))
+
     def stopping(self) -> bool:
         """``STOPPING=1``: shutdown has begun."""
         return self.notify(stopping=1)

@@ -6,9 +6,13 @@ Guarantees:
   :attr:`Daemon.ready` and :attr:`Daemon.healthy` only: plain values read
   without locks, so a scrape never waits on ZooKeeper, an output or a
   cluster thread, and never makes one wait;
-* the server runs on daemon threads of its own (one listener, one thread
-  per connection, each with a socket timeout), and :meth:`StatusServer.stop`
-  returns within :data:`STOP_GRACE` seconds whatever the clients do;
+* the server runs on daemon threads of its own (one listener and a fixed
+  pool of :data:`WORKERS`, each connection with a socket timeout and a
+  total :data:`CONNECTION_DEADLINE`); at most
+  ``WORKERS + BACKLOG`` connections are held at once, more are closed
+  unanswered, so no number of clients can exhaust the daemon's file
+  descriptors; :meth:`StatusServer.stop` returns within :data:`STOP_GRACE`
+  seconds whatever the clients do;
 * metrics go through their own :class:`prometheus_client.CollectorRegistry`
   and a collector that reads the snapshot at scrape time: nothing is
   global, and two daemons in one process never share a series;
@@ -26,14 +30,16 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import queue
 import socket
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -54,6 +60,13 @@ STOP_GRACE = 2.0
 # A client that opens a connection and sends nothing must not hold a thread
 # for long; the daemon's own work never depends on these threads anyway.
 REQUEST_TIMEOUT = 5.0
+#: Threads that answer requests; each holds one connection at a time.
+WORKERS = 8
+#: Accepted connections that may wait for a worker; more are closed at once.
+BACKLOG = 32
+#: The longest a connection may hold a worker, however slowly it trickles
+#: bytes in (keep-alive scrapers simply connect again).
+CONNECTION_DEADLINE = 10.0
 # The snapshot is read without locks while other threads change the dicts
 # it copies; a copy that races a change raises RuntimeError and is retried.
 SNAPSHOT_ATTEMPTS = 5
@@ -308,18 +321,93 @@ def metrics_registry(source: StatusSource) -> CollectorRegistry:
 # ---------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(HTTPServer):
+    """An HTTP server with a fixed pool of :data:`WORKERS` daemon threads and a short queue.
+
+    A connection that finds the queue full is closed at once: however many
+    clients connect, the endpoint holds at most ``WORKERS + BACKLOG``
+    sockets, and the descriptors the files output needs are never spent here.
+    """
+
     # A restarted daemon can bind again while the old one's connections sit
     # in TIME_WAIT; on Linux this never lets two listeners share the port.
     allow_reuse_address = True
+    # The kernel's accept queue (no descriptor of ours until accepted).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], source: StatusSource, registry: CollectorRegistry) -> None:
         # AF_INET6 for an IPv6 literal; the config has already validated the host.
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.source = source
         self.registry = registry
+        self.refused = 0
+        self._queue: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(BACKLOG)
+        # Connections being served, with the time by which they must be done.
+        self._active: dict[socket.socket, float] = {}
+        self._active_lock = threading.Lock()
         super().__init__(address, _Handler)
+        for index in range(WORKERS):
+            threading.Thread(target=self._work, name=f"status-http-{index}", daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            self._queue.put_nowait((request, client_address))
+        except queue.Full:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("status: too many connections at once; closed %d of them unanswered", self.refused)
+            self.shutdown_request(request)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            request, client_address = item
+            with self._active_lock:
+                self._active[request] = time.monotonic() + CONNECTION_DEADLINE
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - one client must not take a worker down
+                self.handle_error(request, client_address)
+            finally:
+                with self._active_lock:
+                    self._active.pop(request, None)
+                self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Between polls of the listener: end the connections past their deadline.
+
+        A client that sends a byte now and then never trips the socket
+        timeout; shutting its socket down wakes the worker blocked on it.
+        """
+        now = time.monotonic()
+        with self._active_lock:
+            late = [sock for sock, deadline in self._active.items() if deadline <= now]
+        for sock in late:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def server_close(self) -> None:
+        super().server_close()
+        # Queued connections are closed; the workers end (nobody waits for them).
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.shutdown_request(item[0])
+        for _ in range(WORKERS):
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("status: a connection from %s failed", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -482,7 +570,20 @@ def _age(value: object) -> str:
     return f"{number / 3600:.1f}h ago"
 
 
+def printable(text: object) -> str:
+    """``text`` with every control or format character escaped (``\\x1b``, ``\\u202e``).
+
+    What answers on the port is not trusted: a value must not move the
+    cursor, rewrite earlier lines or retitle the terminal it is printed on.
+    """
+    return "".join(
+        char if char.isprintable() else (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+        for char in str(text)
+    )
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
 
@@ -503,7 +604,7 @@ def _drained(upstream: Mapping[str, Any]) -> str:
 
 def render_status(snapshot: Mapping[str, Any]) -> str:
     """The snapshot as readable tables: the daemon, its clusters, its upstreams, its outputs."""
-    summary = (
+    summary = printable(
         f"ready: {_yes(snapshot.get('ready'))}   healthy: {_yes(snapshot.get('healthy'))}   "
         f"files: {snapshot.get('files_output_path', '-')}   config reloads: {snapshot.get('config_reloads', 0)} "
         f"({snapshot.get('config_reload_failures', 0)} refused)"
@@ -556,22 +657,31 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def address_of_config(config: Any) -> tuple[str, int] | None:
+    """Where the daemon of ``config`` serves status (a wildcard host on loopback); None without ``listen:``."""
+    if config.listen is None:
+        return None
+    host, port = config.listen
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return host, port
+
+
 def status_command(address: tuple[str, int], as_json: bool) -> int:
     """``nginx-upstream-reloader status``: 0 after printing, 1 when no daemon answers at ``address``."""
     shown = _format_address(*address)
     try:
         snapshot = fetch_status(address)
     except urllib.error.HTTPError as error:
-        print(f"http://{shown}/status answered {error.code} {error.reason}: is that an nginx-upstream-reloader?",
-              file=sys.stderr)
+        print(f"http://{shown}/status answered {error.code} {printable(error.reason)}: "
+              "is that an nginx-upstream-reloader?", file=sys.stderr)
         return 1
     except (OSError, ValueError, TypeError) as error:
         reason = getattr(error, "reason", error)
-        print(f"no nginx-upstream-reloader status at {shown} ({reason}); is it running, "
+        print(f"no nginx-upstream-reloader status at {shown} ({printable(reason)}); is it running, "
               f"with `listen: {address[1]}` in its config?", file=sys.stderr)
         return 1
     if as_json:
-        print(json.dumps(snapshot, indent=2))
+        print(json.dumps(snapshot, indent=2))  # ensure_ascii: every control character is escaped
     else:
         print(render_status(snapshot), end="")
     return 0

@@ -219,3 +219,15 @@ def test_compose_shares_the_files_volume_between_nginx_and_the_sidecar() -> None
     port = config["dyups_url"].rsplit(":", 1)[1]
     assert f"listen 127.0.0.1:{port};" in (DEPLOY / "docker" / "nginx-upstreams.conf").read_text()
     assert f"include {FILES_DIR}/*.upstream;" in (DEPLOY / "docker" / "nginx-upstreams.conf").read_text()
+
+
+def test_logrotate_signals_only_the_service_users_processes(tmp_path: Path) -> None:
+    """postrotate runs as root: a pid file the service user can write must not choose whom root signals."""
+    text = (DEPLOY / "logrotate" / "nginx-upstream-reloader").read_text()
+    script = text.split("\n    postrotate\n", 1)[1].split("endscript", 1)[0].strip()
+    assert ".pid" not in script and "kill " not in script.replace("pkill ", ""), script
+    user = (DEPLOY / "systemd" / "nginx-upstream-reloader.sysusers").read_text().split("\nu ", 1)[1].split()[0]
+    assert f"-u {user}" in script, script
+    # It is valid shell (not run: pkill -f would match the shell that carries the pattern).
+    done = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr

@@ -239,7 +239,9 @@ class Rig:
 
     def start_daemon(self, extra: dict[str, Any]) -> DaemonProcess:
         config = {"zk_servers": self.zk.hosts, "zk_session_timeout": "4s", "files_output_path": str(self.files),
-                  "retry_interval": "0.3s", "zk_nodes": {"app": self.znode}, **extra}
+                  "retry_interval": "0.3s", "zk_nodes": {"app": self.znode},
+                  # The backends listen on loopback, which registry instances may not name by default.
+                  "allowed_networks": ["127.0.0.0/8"], **extra}
         self.daemon = DaemonProcess(self.tmp, config, name="drain-daemon", files_dir=None, dyups_url=None).start()
         return self.daemon
 

@@ -348,6 +348,8 @@ def test_daemon_updates_work_and_proxied_or_unauthenticated_requests_do_not(
         "zk_servers": zk.hosts, "zk_session_timeout": "4s", "files_output_path": str(files),
         "lua_url": f"http://127.0.0.1:{api_port}", "reconcile_interval": "1s", "retry_interval": "0.3s",
         "zk_nodes": {"teamb": znode},
+        # The backends listen on loopback, which registry instances may not name by default.
+        "allowed_networks": ["127.0.0.0/8"],
     }
     config_path = tmp_path / "daemon.yaml"
     config_path.write_text(json.dumps(config))

@@ -466,3 +466,78 @@ def test_demo_whose_output_pipe_closes_still_cleans_up_and_exits_0(tmp_path: Pat
         for pid, (start, _) in children.items():
             if _alive(pid, start):
                 os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------
+# The daemon's own files: no symbolic links, no one else's files
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["pidfile", "log-file", "lock"])
+def test_a_symlinked_pid_lock_or_log_file_is_refused_naming_it_and_its_target_is_untouched(
+    services: Callable[..., ServiceProcess], tmp_path: Path, planted: str,
+) -> None:
+    """A link planted where the daemon (often root) writes its files would write through to the target."""
+    target = tmp_path / "root-owned.conf"
+    target.write_text("precious\n")
+    target.chmod(0o644)
+    files_dir = tmp_path / "upstreams"
+    files_dir.mkdir()
+    pidfile, log_file = tmp_path / "reloader.pid", tmp_path / "reloader.log"
+    link = {"pidfile": pidfile, "log-file": log_file, "lock": files_dir / DIRECTORY_LOCK_NAME}[planted]
+    link.symlink_to(target)
+    service = services({"zk_servers": "127.0.0.1:1", "zk_nodes": {"app1": "/a"}}, files_dir=files_dir,
+                       extra=["--pidfile", str(pidfile), "--log-file", str(log_file)])
+    assert service.wait_exit() == 1, service.log()
+    assert f"{link}: it is a symbolic link; refusing to use it" in service.log(), service.log()
+    assert target.read_text() == "precious\n"
+
+
+def test_render_write_refuses_a_symlinked_lock(zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str,
+                                               tmp_path: Path) -> None:
+    files_dir = tmp_path / "upstreams"
+    files_dir.mkdir()
+    target = tmp_path / "root-owned.conf"
+    target.write_text("precious\n")
+    (files_dir / DIRECTORY_LOCK_NAME).symlink_to(target)
+    config = tmp_path / "render.yaml"
+    config.write_text(yaml.safe_dump(_one_upstream(zk, zk_client, zk_root)))
+    result = subprocess.run(
+        [sys.executable, "-m", "reloader", "render", "--config", str(config), "--files-output-path", str(files_dir),
+         "--write"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert result.returncode != 0, result
+    assert "it is a symbolic link" in result.stderr, result.stderr
+    assert target.read_text() == "precious\n"
+    assert not (files_dir / "app1.upstream").exists()
+
+
+def test_files_not_owned_by_the_running_user_or_not_regular_are_refused(tmp_path: Path) -> None:
+    from reloader.logsetup import configure_logging
+    from reloader.ownedfile import UnsafeFileError
+
+    fifo = tmp_path / "fifo.pid"
+    os.mkfifo(fifo)
+    with pytest.raises(UnsafeFileError, match="it is not a regular file"):
+        PidLock(fifo).acquire()  # and it does not block on the FIFO
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign.log"
+        foreign.write_text("")
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(UnsafeFileError, match=r"owned by uid 65534, not by the running user"):
+            configure_logging("INFO", foreign)
+        with pytest.raises(UnsafeFileError, match=r"owned by uid 65534"):
+            PidLock(foreign).acquire()
+    # A log file the daemon creates is not world-readable.
+    old_mask = os.umask(0o022)
+    try:
+        created = tmp_path / "new.log"
+        setup = configure_logging("INFO", created)
+        logging.getLogger("reloader.test").info("hello")
+        assert (created.stat().st_mode & 0o777) == 0o640
+    finally:
+        os.umask(old_mask)
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    assert setup.log_file == created

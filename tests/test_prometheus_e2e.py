@@ -283,7 +283,8 @@ def test_prometheus_scrapes_the_daemons_and_the_alerts_fire_and_resolve(
         for znode, count in ((alpha, 3), (beta, 4), (gamma, 1)):
             for n in range(count):
                 zk_client.create(f"{znode}/127.0.0.1:{20001 + n}", makepath=True)
-        common = {"zk_session_timeout": "2s", "retry_interval": "0.5s"}
+        # The instances are on loopback, which registry instances may not name by default.
+        common = {"zk_session_timeout": "2s", "retry_interval": "0.5s", "allowed_networks": ["127.0.0.0/8"]}
 
         # A: the dyups test server; cluster "proxied" goes through the proxy, "direct" does not.
         a = DaemonProcess(tmp_path, {

@@ -8,6 +8,7 @@ systemd's ``NOTIFY_SOCKET``.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -162,3 +163,55 @@ def test_a_file_of_an_unconfigured_upstream_is_reported_at_start_up(
     daemon.wait_log(r"gone\.upstream belongs to no configured upstream; left in place")
     assert (files_dir / "gone.upstream").exists()
     daemon.stop()
+
+
+def test_systemd_ready_does_not_wait_for_a_cluster_that_cannot_connect(
+    zk_client: KazooClient, zk_root: str, zk: Any, tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """One ensemble down at boot must not hold READY until systemd's start timeout kills the daemon."""
+    from reloader.localenv.tcpproxy import TcpProxy
+
+    create_children(zk_client, f"{zk_root}/app1", {"10.0.0.1:80": b""})
+    notify = NotifySocket(tmp_path / "notify.sock")
+    with TcpProxy(zk.port) as proxy:
+        proxy.blackhole()  # connects are accepted and never answered: the worst case for a start-up
+        try:
+            config = {
+                "zk_session_timeout": "2s",
+                "clusters": [
+                    {"name": "good", "zk_servers": zk.hosts, "zk_nodes": {"app1": f"{zk_root}/app1"}},
+                    {"name": "down", "zk_servers": proxy.hosts, "zk_nodes": {"app2": f"{zk_root}/app2"}},
+                ],
+            }
+            began = time.monotonic()
+            daemon = daemons(config, env={"NOTIFY_SOCKET": str(notify.path)})
+            # A SIGHUP during start-up must not announce READY on its own.
+            daemon.wait_log(r"watching 2 upstreams in 2 clusters")
+            daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            daemon.wait_log(r"config reloaded from")
+            daemon.wait_file("app1", upstream_file("app1", "server 10.0.0.1:80"))
+            wait_until(lambda: any(m.startswith("READY=1") for m in notify.collect()), "READY=1", timeout=15,
+                       details=lambda: "\n".join(notify.messages) + daemon.log_tail())
+            took = time.monotonic() - began
+            messages = notify.messages
+            ready_at = next(i for i, m in enumerate(messages) if m.startswith("READY=1"))
+            before = messages[:ready_at]
+            # While it waited, systemd was told for what, and given more time.
+            assert any(m.startswith("STATUS=starting: waiting for") and "cluster down (connecting)" in m
+                       for m in before), messages
+            assert any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in before), messages
+            assert "RELOADING=1" not in before, messages
+            # READY names the cluster still missing.
+            assert "STATUS=watching 2 upstreams; not read yet (unreachable?): cluster down" in messages[ready_at]
+            assert took < 2 + 5, f"READY after {took:.1f} s"
+            print(f"READY with one ensemble black-holed: {took:.2f} s after start (session timeout 2 s)")
+            # When the ensemble comes back, STATUS says everything is read.
+            proxy.pass_through()
+            proxy.refuse()  # reset the black-holed connections so the client reconnects
+            proxy.pass_through()
+            wait_until(lambda: "STATUS=watching 2 upstreams" in notify.collect(), "STATUS once both are read",
+                       timeout=20, details=lambda: "\n".join(notify.messages) + daemon.log_tail())
+            daemon.stop()
+        finally:
+            notify.close()

@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper
+from tests.hangingserver import HangingServer
 from tests.test_daemon import (  # noqa: F401 - daemons, files_dir and zk2_root are fixtures
     ROOT,
     DaemonProcess,
@@ -303,3 +305,269 @@ def test_a_taken_listen_port_fails_the_start(
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# Enough upstreams that a snapshot takes several of the interpreter's switch intervals.
+UPSTREAMS_RELOADED = 400
+RELOADS = 12
+
+
+def test_status_never_fails_while_config_reloads_add_and_remove_upstreams(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, daemons: Callable[..., DaemonProcess],
+) -> None:
+    """/status and /metrics read the daemon without locks; a reload changing the upstreams must not break them."""
+    import signal
+    import threading
+
+    import yaml
+
+    names = [f"app{index}" for index in range(UPSTREAMS_RELOADED)]
+    for start in range(0, len(names), 100):
+        transaction = zk_client.transaction()
+        for index in range(start, min(start + 100, len(names))):
+            transaction.create(f"{zk_root}/{names[index]}")
+            transaction.create(f"{zk_root}/{names[index]}/10.1.{index // 200}.{index % 200 + 1}:80")
+        transaction.commit()
+    port = free_port()
+    every = cluster(zk.hosts, {name: f"{zk_root}/{name}" for name in names}, listen=port)
+    half = cluster(zk.hosts, {name: f"{zk_root}/{name}" for name in names[::2]}, listen=port)
+    # A dyups that never answers: every upstream stays pending in it, the
+    # case where naming each upstream's pending outputs used to cost
+    # upstreams x pending per scrape.
+    hung = HangingServer().start()
+    request_stop = hung.close
+    daemon = daemons(every, dyups_url=hung.url)
+    wait_until(lambda: answers(port, "/readyz") == 200, "ready", details=daemon.log_tail)
+    wait_until(lambda: len(status_of(port)["outputs"]["dyups"]["pending"]) >= len(names) - 1,
+               "every upstream pending in the hung dyups", details=daemon.log_tail)
+    began = time.monotonic()
+    status_of(port)
+    took = time.monotonic() - began
+    print(f"/status of {len(names)} upstreams, all pending in dyups: {took * 1000:.0f} ms")
+    assert took < 0.5, f"/status took {took:.2f} s"
+    failures: list[tuple[str, int, bytes]] = []
+    scrapes = [0]
+    stop = threading.Event()
+
+    def scraper() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        while not stop.is_set():
+            for path in ("/status", "/metrics"):
+                connection.request("GET", path)
+                response = connection.getresponse()
+                body = response.read()
+                scrapes[0] += 1
+                if response.status != 200:
+                    failures.append((path, response.status, body[:200]))
+        connection.close()
+
+    threads = [threading.Thread(target=scraper, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for reload in range(1, RELOADS + 1):
+            daemon.config_path.write_text(yaml.safe_dump(half if reload % 2 else every))
+            daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            daemon.wait_log(r"config reloaded from", count=reload)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        request_stop()
+    assert not failures, (failures[:3], daemon.log_lines(r"status: .* failed")[:3])
+    assert not daemon.log_lines(r"Traceback"), daemon.log_tail()
+    print(f"{RELOADS} config reloads of {UPSTREAMS_RELOADED // 2} upstreams each, {scrapes[0]} scrapes: no failure")
+    document = status_of(port)
+    assert sorted(document["upstreams"]) == sorted(names)
+    daemon.stop()
+
+
+# The daemon under systemd's default soft limit on open files.
+NOFILE_WRAPPER = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+from reloader.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+SLOW_CONNECTIONS = 1000
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads: line")
+
+
+def test_a_thousand_slow_connections_to_the_status_port_do_not_starve_the_files_output(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, tmp_path: Path,
+) -> None:
+    import resource
+    import signal
+
+    import yaml
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < SLOW_CONNECTIONS + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    create_children(zk_client, f"{zk_root}/app1", {"10.0.0.1:80": b""})
+    port = free_port()
+    files = tmp_path / "upstreams"
+    config = tmp_path / "reloader.yaml"
+    config.write_text(yaml.safe_dump(cluster(zk.hosts, {"app1": f"{zk_root}/app1"}, listen=port,
+                                             files_output_path=str(files))))
+    wrapper = tmp_path / "nofile.py"
+    wrapper.write_text(NOFILE_WRAPPER)
+    log = tmp_path / "daemon.log"
+    with log.open("w") as stream:
+        daemon = subprocess.Popen([sys.executable, str(wrapper), "run", "--config", str(config)],
+                                  stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT)
+    slow: list[socket.socket] = []
+    try:
+        wait_until(lambda: answers(port, "/readyz") == 200, "ready", details=lambda: log.read_text()[-3000:])
+        threads_before = _threads(daemon.pid)
+        opened = time.monotonic()
+        for _ in range(SLOW_CONNECTIONS):
+            if time.monotonic() - opened > 15:
+                break  # the daemon no longer accepts at all
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                slow.append(sock)
+                sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n")  # and never the end of the headers
+            except OSError:
+                pass  # closed unanswered by the daemon, or its backlog is full
+        print(f"{len(slow)} connections opened in {time.monotonic() - opened:.2f} s")
+        began = time.monotonic()
+        zk_client.create(f"{zk_root}/app1/10.0.0.2:80")
+        expected = upstream_file("app1", "server 10.0.0.1:80", "server 10.0.0.2:80")
+        wait_until(lambda: (files / "app1.upstream").exists() and (files / "app1.upstream").read_text() == expected,
+                   "the registry change in the file", timeout=10, details=lambda: log.read_text()[-3000:])
+        took = time.monotonic() - began
+        held = len(list(Path(f"/proc/{daemon.pid}/fd").iterdir()))
+        print(f"{SLOW_CONNECTIONS} slow status connections: change -> file in {took * 1000:.0f} ms, "
+              f"daemon holds {held} descriptors")
+        assert took < 2, took
+        assert held < 200, held
+        # No thread per connection: the pool was there before the clients came.
+        threads_after = _threads(daemon.pid)
+        assert threads_after <= threads_before + 2, (threads_before, threads_after)
+        assert "Too many open files" not in log.read_text()
+        # Once the slow clients are gone, the endpoint answers again.
+        for sock in slow:
+            sock.close()
+        wait_until(lambda: answers(port, "/healthz") == 200, "/healthz again", timeout=10)
+        # SIGTERM while slow clients hold every worker still exits at once.
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=1) for _ in range(50)]
+        sent = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(10)
+        stopped = time.monotonic() - sent
+        assert code == 0 and stopped < 5, (code, stopped)
+    finally:
+        for sock in slow:
+            sock.close()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+    assert "Too many open files" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_status_command_escapes_control_characters_from_whatever_answers_on_the_port(tmp_path: Path) -> None:
+    """A local process squatting the port must not drive the operator's terminal."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    hostile = "evil\x1b]0;pwned\x07\x1b[2J\u202e"
+    document = json.dumps({
+        "ready": True, "healthy": True, "files_output_path": "/x\x1b[31m",
+        "clusters": [{"label": hostile, "state": "CONNECTED", "hosts": "h\r\nfake line", "upstreams": [hostile]}],
+        "upstreams": {hostile: {"cluster": hostile, "servers": 1, "pending_in": [hostile]}},
+        "outputs": {hostile: {"alive": True, "counters": {hostile: 1}}},
+    }).encode()
+
+    class Squatter(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Squatter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_status_command("--listen", str(server.server_address[1]))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result
+    assert not any(ord(char) < 0x20 and char != "\n" or 0x7f <= ord(char) < 0xa0 or char == "\u202e"
+                   for char in result.stdout), repr(result.stdout)
+    assert "evil\\x1b]0;pwned\\x07\\x1b[2J\\u202e" in result.stdout
+    assert "h\\x0d\\x0afake line" in result.stdout
+
+
+def test_status_command_with_a_config_that_has_no_listener_says_so(tmp_path: Path) -> None:
+    import yaml
+
+    without = tmp_path / "without.yaml"
+    without.write_text(yaml.safe_dump({"zk_servers": "127.0.0.1:2181", "zk_nodes": {"app1": "/svc/app1"}}))
+    result = run_status_command("--config", str(without))
+    assert result.returncode == 1, result
+    assert f"{without} has no `listen:`: a daemon run with it serves no status" in result.stderr, result.stderr
+    assert "9345" not in result.stderr.split("(add")[0], "it must not have tried the default port"
+    port = free_port()
+    with_listen = tmp_path / "with.yaml"
+    with_listen.write_text(yaml.safe_dump({"zk_servers": "127.0.0.1:2181", "zk_nodes": {"app1": "/svc/app1"},
+                                           "listen": f"0.0.0.0:{port}"}))
+    result = run_status_command("--config", str(with_listen))
+    assert result.returncode == 1
+    assert f"no nginx-upstream-reloader status at 127.0.0.1:{port}" in result.stderr, result.stderr
+
+
+def test_clients_trickling_bytes_cannot_hold_the_status_workers_past_their_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More trickling clients than workers: /healthz still answers once their deadline has passed."""
+    import threading
+
+    from reloader import status as status_module
+
+    monkeypatch.setattr(status_module, "CONNECTION_DEADLINE", 1.0)
+
+    class Source:
+        ready = healthy = True
+
+        def status_snapshot(self) -> dict[str, object]:
+            return {}
+
+    server = status_module.StatusServer(Source(), ("127.0.0.1", 0))
+    server.start()
+    port = server.address[1]
+    stop = threading.Event()
+    trickling = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                 for _ in range(status_module.WORKERS * 2)]
+
+    def trickle() -> None:
+        while not stop.wait(0.2):  # well inside the 5 s socket timeout
+            for sock in trickling:
+                try:
+                    sock.send(b"X")
+                except OSError:
+                    pass
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    try:
+        began = time.monotonic()
+        wait_until(lambda: answers(port, "/healthz") == 200, "/healthz past the trickling clients", timeout=10)
+        took = time.monotonic() - began
+        print(f"{len(trickling)} trickling clients, {status_module.WORKERS} workers: /healthz after {took:.2f} s")
+    finally:
+        stop.set()
+        feeder.join(5)
+        for sock in trickling:
+            sock.close()
+        server.stop()

@@ -104,11 +104,16 @@ def test_the_wheel_installs_into_a_fresh_venv_and_its_snippet_serves(tmp_path: P
             assert {http_get(nginx.url(), timeout=3)[1].strip() for _ in range(4)} == {pool[0].name}
             workers = nginx.worker_pids()
             # The installed Lua output tells the installed Lua module the new set: no reload.
-            post = ("import sys; from reloader.model import Server, Upstream; from reloader.outputs.lua import "
-                    "LuaOutput; out = LuaOutput(sys.argv[1], reconcile_interval=60.0, reassert_interval=60.0, "
-                    "retry_interval=0.2); out.publish(Upstream('app', (Server('127.0.0.1', int(sys.argv[2])),), "
-                    "live_count=1)); assert not out.pending, out.pending; out.close()")
-            _run([str(python), "-c", post, f"http://127.0.0.1:{api_port}", str(pool[1].port)], tmp_path, env)
+            # With the interface's secret, created where the snippet tells nginx to look, as the daemon does.
+            post = ("import sys; from pathlib import Path; from reloader.model import Server, Upstream; "
+                    "from reloader.nginx.secret import default_path, load_or_create; "
+                    "from reloader.outputs.lua import LuaOutput; "
+                    "token = load_or_create(default_path(Path(sys.argv[3]))); "
+                    "out = LuaOutput(sys.argv[1], reconcile_interval=60.0, reassert_interval=60.0, "
+                    "retry_interval=0.2, token=token); out.publish(Upstream('app', (Server('127.0.0.1', "
+                    "int(sys.argv[2])),), live_count=1)); assert not out.pending, out.pending; out.close()")
+            _run([str(python), "-c", post, f"http://127.0.0.1:{api_port}", str(pool[1].port), str(files)],
+                 tmp_path, env)
             assert {http_get(nginx.url(), timeout=3)[1].strip() for _ in range(4)} == {pool[1].name}
             assert nginx.worker_pids() == workers
         finally:

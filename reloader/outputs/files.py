@@ -298,7 +298,7 @@ class FileStore:
                 staged.append((name, path, temporary, handle))
             handles = [handle for _, _, _, handle in staged]
             if pool is not None and len(staged) > 1:
-                synced = [future.result() for future in [pool.submit(_fsync_handle, h) for h in handles]]
+                synced = [future.result() for future in [pool.submit(_fsync_handle, handle) for handle in handles]]
             else:
                 synced = [_fsync_handle(handle) for handle in handles]
         finally:
@@ -445,6 +445,7 @@ class FilesOutput(Output):
         """
         rendered = [(upstream, self._render(upstream)) for upstream in upstreams]
         if len(rendered) > 1 and self._pool is None:
+            # Daemon threads: a hung fsync must not hold up the exit (see reloader.threads).
             self._pool = DaemonPool(FSYNC_THREADS, name="files-fsync")
         results = self.store.write_many([(upstream.name, text) for upstream, text in rendered], self._pool)
         for upstream, text in rendered:

@@ -567,7 +567,8 @@ class ZooKeeperSource:
             except SESSION_ERRORS:
                 raise
             except ZOOKEEPER_ERRORS as error:
-                data = Unreadable(f"ZooKeeper refused to read it: {describe_error(error)}")
+                why = describe_error(error, cluster=self.cluster, path=posixpath.join(watch.path, child))
+                data = Unreadable(f"ZooKeeper refused to read it: {why}")
             del pending
             if is_oversized(data):
                 record = watch.known.get(child)
@@ -606,9 +607,22 @@ class ZooKeeperSource:
             return result
 
 
-def describe_error(error: BaseException) -> str:
-    """``Type: message`` (or just ``Type``) for a log line."""
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+def describe_error(error: BaseException, *, cluster: ClusterConfig | None = None, path: str | None = None) -> str:
+    """``Type: message`` (or just ``Type``) for a log line.
+
+    Given the cluster (and the znode), a ``NoAuth`` also says what it can
+    mean for that cluster's credentials (:mod:`reloader.sources.authhint`):
+    a wrong digest credential and a missing ACL look alike otherwise.
+    """
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if cluster is not None:
+        from kazoo.exceptions import NoAuthError
+
+        from reloader.sources.authhint import noauth_hint
+
+        if isinstance(error, NoAuthError):
+            text += f" ({noauth_hint(cluster, path)})"
+    return text
 
 
 def close_client(client: KazooClient) -> None:
