@@ -73,7 +73,7 @@ if [ "$services" -eq 1 ]; then
     [ -f /usr/share/lua/5.1/resty/core.lua ] || missing+=(lua-resty-core)
     compgen -G '/usr/lib/*/lua/5.1/cjson.so' >/dev/null || missing+=(lua-cjson)
     # TCP upstreams (stream: true): Debian builds nginx's stream module as a module of its own.
-    if ! nginx -V 2>&1 | grep -q -- '--with-stream ' && [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+    if ! nginx -V 2>&1 | grep -qE -- '--with-stream( |$)' && [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
         missing+=(libnginx-mod-stream)
     fi
     # The rule tests run promtool and a real Prometheus (Debian's prometheus

@@ -448,7 +448,11 @@ class Daemon:
         return stored.name in self._cluster_of and stored.stream == self.store.is_stream(stored.name)
 
     def _unconfigured_files(self, names: Iterable[str] | None = None) -> None:
-        """Files (of ``names``, default all) of no configured upstream: kept with a warning, or removed with prune_files."""
+        """Files (of ``names``, default all) of no configured upstream: kept with a warning, or pruned.
+
+        A file of the other kind than its upstream's (``db.upstream`` when db
+        is a TCP upstream) belongs to no configured upstream either.
+        """
         wanted = None if names is None else set(names)
         for stored in self.store.files():
             if (wanted is not None and stored.name not in wanted) or self._configured(stored):

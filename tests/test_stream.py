@@ -22,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -36,7 +37,12 @@ from kazoo.client import KazooClient
 
 from reloader.config import ConfigError, load_config, parse_config
 from reloader.localenv.nginx import (
-    LocalNginx, NginxConfigError, check_upstream_files, main_context, stream_missing, stream_module_lines,
+    LocalNginx,
+    NginxConfigError,
+    check_upstream_files,
+    main_context,
+    stream_missing,
+    stream_module_lines,
 )
 from reloader.localenv.ports import free_port
 from reloader.localenv.tcpecho import EchoPool, backend_name, tcp_ask
@@ -191,9 +197,9 @@ def test_http_only_directives_are_refused_for_tcp_upstreams(directive: str) -> N
         zk_nodes: {{db: {{path: /services/db, stream: true, upstream_directives: ["{directive}"]}}}}
         """)
     name = directive.split()[0]
-    assert problems == [
+    assert problems == [(
         f"zk_nodes.db.upstream_directives: {name} cannot be used in a TCP upstream (stream: true): the stream "
-        f"module's upstream block has no {name}; only hash, least_conn, random, zone are allowed"]
+        f"module's upstream block has no {name}; only hash, least_conn, random, zone are allowed")]
     inherited = problems_of(f"""\
         stream: true
         zk_nodes: {{db: {{path: /services/db, upstream_directives: ["{directive}"]}}}}
@@ -265,14 +271,15 @@ def test_nginx_snippet_stream_includes_the_stream_files_and_passes_nginx_t(
     assert "proxy_pass web" not in text and ".upstream\"" not in text
     # Uncomment the example server: the snippet is a working stream block.
     port = free_port()
-    block = text.replace("    # server {", "    server {").replace("    #     listen PORT;", f"    listen 127.0.0.1:{port};")
+    block = text.replace("    # server {", "    server {")
+    block = block.replace("    #     listen PORT;", f"    listen 127.0.0.1:{port};")
     block = block.replace("    #     proxy_pass", "    proxy_pass").replace("    # }", "    }")
     prefix = tmp_path / "nginx"
     (prefix / "logs").mkdir(parents=True)
     conf = prefix / "nginx.conf"
     conf.write_text(stream_module_lines(stream_nginx) + main_context(prefix) + "events {}\n" + block)
     result = subprocess.run([stream_nginx, "-p", f"{prefix}/", "-e", str(prefix / "logs" / "error.log"),
-                             "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30)
+                             "-c", str(conf), "-t"], check=False, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert main(["nginx-snippet", "--stream"]) == 0
     assert 'include "/etc/nginx/upstreams/*.stream";' in capsys.readouterr().out
@@ -450,7 +457,7 @@ def test_reload_mode_moves_new_tcp_connections_after_a_zookeeper_change(
     stack.wait_reached([0], "e-1 only")
 
     # A connection opened now stays with e-1 through the reloads below (old workers finish their sessions).
-    with __import__("socket").create_connection(("127.0.0.1", stack.port), timeout=5) as held:
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as held:
         held.sendall(b"first\n")
         assert held.recv(100) == b"e-1 first\n"
 
@@ -467,7 +474,7 @@ def test_reload_mode_moves_new_tcp_connections_after_a_zookeeper_change(
         held.sendall(b"second\n")
         assert held.recv(100) == b"e-1 second\n", "an established TCP session survives the reload"
 
-    assert "server 127.0.0.1:%d;" % stack.pool[1].port in stack.stream_file.read_text()
+    assert f"server 127.0.0.1:{stack.pool[1].port};" in stack.stream_file.read_text()
     assert not list(stack.files_dir.glob("*.upstream")), "a TCP upstream never gets an http file"
     check_upstream_files(stack.files_dir, binary=stack.nginx.binary)
 
