@@ -33,9 +33,11 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kazoo.client import KazooClient
 
-from reloader.config import ConfigError, load_config, parse_config
+from reloader.config import UPSTREAM_NAME, ConfigError, load_config, parse_config
 from reloader.localenv.nginx import (
     LocalNginx,
     NginxConfigError,
@@ -103,6 +105,14 @@ def test_one_function_names_both_kinds_and_neither_glob_matches_the_other(name: 
     assert fnmatch.fnmatch(stream, "*.stream") and not fnmatch.fnmatch(stream, "*.upstream")
     for hidden in (f".{stream}.123-4.tmp", f".{http}.123-4.tmp", ".reloader-loaded.json", ".upstream", ".stream"):
         assert parse_file_name(hidden) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.from_regex(UPSTREAM_NAME, fullmatch=True), stream=st.booleans())
+def test_every_valid_name_round_trips_and_lands_in_exactly_one_glob(name: str, stream: bool) -> None:
+    entry = file_name(name, stream)
+    assert parse_file_name(entry) == (name, stream)
+    assert fnmatch.fnmatch(entry, "*.stream") == stream and fnmatch.fnmatch(entry, "*.upstream") != stream
 
 
 def test_the_store_names_each_upstream_by_its_kind(tmp_path: Path) -> None:
