@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from reloader import options as upstream_options
+from reloader import traffic
 from reloader.addresses import InvalidAddress, normalize_host, validate_port
 from reloader.assemble import UpstreamOptions
 from reloader.config_yaml import YamlProblem, YamlSource, load_yaml
@@ -48,6 +49,8 @@ NOTIFY_KEYS: tuple[str, ...] = ("dyups_url", "lua_url", "nginx_reload")
 LUA_DIRECTIVES: tuple[str, ...] = ("keepalive", "keepalive_timeout", "keepalive_requests")
 
 _GUARD_KEYS = {"settle_after_reconnect", "max_drop", "drop_hold"}
+#: Global and per upstream: traffic options (reloader/traffic.py).
+_TRAFFIC_KEYS = {"slow_start", "panic_threshold", "prefer"}
 #: Global and per upstream: which addresses registry instances may name (reloader/netpolicy.py).
 _NETWORK_KEYS = {"allowed_networks", "denied_networks"}
 _SETTING_KEYS = {
@@ -68,6 +71,7 @@ _SETTING_KEYS = {
     "max_children",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
+    *_TRAFFIC_KEYS,
 }
 _CLUSTER_KEYS = {"zk_servers", "zk_nodes", "name", "auth", "sasl", "tls"}
 _ZNODE_KEYS = {
@@ -82,6 +86,7 @@ _ZNODE_KEYS = {
     "max_children",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
+    *_TRAFFIC_KEYS,
 }
 _RELOAD_KEYS = {"test_cmd", "reload_cmd", "min_interval"}
 _AUTH_KEYS = {"scheme", "credential_file", "credential_env"}
@@ -720,6 +725,33 @@ class _Context:
     base_dir: Path | None
     environ: Mapping[str, str]
     max_children: int = DEFAULT_MAX_CHILDREN
+    # The global traffic options: (slow_start, panic_threshold, prefer).
+    traffic: tuple[Any, Any, Any] = (None, None, ())
+    reload_enabled: bool = False
+
+
+def _parse_traffic(
+    problems: _Collector, key_path: str, mapping: Mapping[Any, Any], context: _Context,
+) -> tuple[Any, Any, Any]:
+    """``slow_start``, ``panic_threshold`` and ``prefer`` of ``mapping``, each defaulting to the global one."""
+    slow_start, panic, prefer = context.traffic
+    if "slow_start" in mapping:
+        where = _join(key_path, "slow_start")
+        slow_start = problems.check(where, traffic.parse_slow_start, mapping["slow_start"])
+        if slow_start is not None and not (context.lua_enabled or context.dyups_enabled):
+            problems.add(where, "needs lua_url or dyups_url: " + (
+                "with nginx_reload every step of the ramp would be a reload" if context.reload_enabled
+                else "the files alone always hold the full weights"))
+            slow_start = None
+    if "panic_threshold" in mapping:
+        where = _join(key_path, "panic_threshold")
+        panic = problems.check(where, traffic.parse_panic_threshold, mapping["panic_threshold"])
+        if panic is not None and not context.lua_enabled:
+            problems.add(where, "needs lua_url: only the Lua balancer can ignore nginx's passive checks")
+            panic = None
+    if "prefer" in mapping:
+        prefer = problems.check(_join(key_path, "prefer"), traffic.parse_prefer, mapping["prefer"]) or ()
+    return slow_start, panic, prefer
 
 
 def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, context: _Context) -> ZnodeConfig | None:
@@ -788,6 +820,7 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
     networks = _parse_networks(problems, key_path, entry, context.networks)
     max_children = (problems.check(_join(key_path, "max_children"), _parse_max_children, entry["max_children"])
                     if "max_children" in entry else context.max_children)
+    slow_start, panic_threshold, prefer = _parse_traffic(problems, key_path, entry, context)
     if path is None or server_params is None or directives is None or backups is None:
         return None
     try:
@@ -795,13 +828,18 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
     except ValueError as error:
         problems.add(key_path, str(error))
         return None
+    refused = traffic.check_traffic(slow_start, prefer, directives)
+    if refused:
+        problems.add(key_path, refused)
+        return None
     return ZnodeConfig(
         upstream=name,
         path=path,
         key_path=key_path,
         format=format_name if format_name in FORMAT_NAMES else "auto",
         format_options=format_options,
-        options=UpstreamOptions(server_params=server_params, directives=directives, backup_servers=backups),
+        options=UpstreamOptions(server_params=server_params, directives=directives, backup_servers=backups,
+                                slow_start=slow_start, panic_threshold=panic_threshold, prefer=prefer),
         guards=guards,
         networks=networks,
         max_children=max_children or context.max_children,
@@ -932,7 +970,9 @@ def parse_config(
         base_dir=base_dir,
         environ=os.environ if environ is None else environ,
         max_children=max_children or DEFAULT_MAX_CHILDREN,
+        reload_enabled=settings.get("nginx_reload") is not None,
     )
+    context = replace(context, traffic=_parse_traffic(problems, "", settings, context))
 
     parsed_znodes: list[ZnodeConfig] = []
     clusters = [
