@@ -146,3 +146,42 @@ def usable_labels(raw: Any) -> tuple[tuple[str, str], ...]:
             if len(pairs) == 64:
                 break
     return tuple(sorted(pairs))
+
+
+#: dyups: a ramp goes out in this many steps over the window (each at least
+#: MIN_STEP seconds long), every weight scaled by RAMP_SCALE while a server of
+#: the upstream ramps, so that a 1 % minimum of weight 1 is still weight 1.
+RAMP_STEPS = 20
+MIN_STEP = 0.25
+RAMP_SCALE = 100
+
+
+def ramp_step(slow_start: SlowStart, elapsed: float) -> int | None:
+    """The step a server added ``elapsed`` seconds ago is in (None once its ramp is over)."""
+    if elapsed >= slow_start.window:
+        return None
+    step = max(slow_start.window / RAMP_STEPS, MIN_STEP)
+    return int(max(elapsed, 0.0) // step)
+
+
+def stepped_weights(
+    slow_start: SlowStart, weights: Mapping[tuple[str, int], int], added: Mapping[tuple[str, int], float], now: float,
+) -> tuple[dict[tuple[str, int], int], tuple[Any, ...] | None]:
+    """Integer weights for this moment of the ramps, and a key that changes with each step.
+
+    Each ramping server gets Envoy's weight at the middle of its current step
+    (so the stepped share stays within half a step of the smooth ramp); while
+    any server ramps every weight is scaled by :data:`RAMP_SCALE`. With no
+    ramp in progress the weights are returned as they are, with key None.
+    """
+    steps = {endpoint: ramp_step(slow_start, now - at) for endpoint, at in added.items() if endpoint in weights}
+    steps = {endpoint: step for endpoint, step in steps.items() if step is not None}
+    if not steps:
+        return dict(weights), None
+    length = max(slow_start.window / RAMP_STEPS, MIN_STEP)
+    out = {}
+    for endpoint, weight in weights.items():
+        step = steps.get(endpoint)
+        factor = 1.0 if step is None else ramp_factor(slow_start, (step + 0.5) * length)
+        out[endpoint] = max(1, round(weight * RAMP_SCALE * factor))
+    return out, tuple(sorted(steps.items()))
