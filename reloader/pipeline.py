@@ -25,7 +25,9 @@ A source hands a complete snapshot of a znode's children to
    live servers may be published now (frozen cluster, zero instances, settle
    window, shrink guard: all in :mod:`reloader.publication`);
 4. **finalizes** the upstream (static backup servers, then the operator's
-   drains, see :mod:`reloader.overrides`) and, if it differs from
+   drains, see :mod:`reloader.overrides`, then ``prefer``; with
+   ``slow_start``, the wall-clock time each server was seen to appear while
+   running, never at start-up nor on the first hand-on after a thaw) and, if it differs from
    what was last published, hands it to ``publish`` — in the daemon, the files
    runner's queue, which never blocks.
 

@@ -22,6 +22,13 @@ particular to the Lua interface:
   named by host is warned about once (all of them: every request fails with
   502), and counted in the output's stats.
 
+Traffic options (:mod:`reloader.traffic`): ``slow_start`` and
+``panic_threshold`` go into the document when configured, with each
+ramping server's ``added`` wall-clock time; the balancer does the rest per
+request. Every ``reconcile_interval`` the output reads ``GET /panic`` (only
+while some upstream has a threshold) and shows it in ``stats`` as
+``panic:NAME``.
+
 Server parameters: ``weight``, ``down``, ``backup``, ``max_fails`` and
 ``fail_timeout`` are sent; ``max_conns`` is not supported by the Lua
 balancer (it only applies while nginx's own round robin serves the file's
@@ -281,7 +288,7 @@ class LuaOutput(PushOutput):
     def reconcile(self) -> dict[str, str]:
         repairs = super().reconcile()
         # With the reconcile's cadence: which upstreams are in panic (for the metric).
-        if any(upstream.panic_threshold is not None for upstream in self.desired.values()):
+        if self._reachable and any(upstream.panic_threshold is not None for upstream in self.desired.values()):
             panics = self._lua.panics()
             if panics is not None:
                 self._panic = frozenset(panics)
