@@ -127,3 +127,37 @@ def test_traffic_stays_in_the_preferred_zone_and_falls_back_within_one_publish(r
     back = _served(rig)
     assert set(back) == {"b1", "b2"}, back
     print(f"preferred zone: {dict(first)}; dc1 gone: {dict(fallback)}; dc1 back: {dict(back)}")
+
+
+# ---- property: prefer never collapses an upstream ------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_servers = st.lists(
+    st.tuples(st.integers(1, 8), st.sampled_from([None, "dc1", "dc2"]), st.booleans()),
+    min_size=1, max_size=8, unique_by=lambda item: item[0],
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_servers, st.sets(st.integers(1, 8)), st.booleans())
+def test_prefer_keeps_a_primary_and_only_changes_backup_flags(
+    entries: list[tuple[int, str | None, bool]], drained_ids: set[int], with_static: bool,
+) -> None:
+    live = [_server(last, zone, down) for last, zone, down in entries]
+    static = (Server("10.9.9.9", 80),) if with_static else ()
+    drained = {("10.0.0.%d" % i, 80) for i in drained_ids}
+    plain = finalize_upstream("app", live, UpstreamOptions(backup_servers=static), drained=drained)
+    preferred = finalize_upstream("app", live, UpstreamOptions(backup_servers=static, prefer=DC1), drained=drained)
+    # Same servers, same down flags, same live count: only backup flags differ.
+    assert [(s.endpoint, s.down, s.weight) for s in plain.servers] == [
+        (s.endpoint, s.down, s.weight) for s in preferred.servers]
+    assert preferred.live_count == plain.live_count
+    # nginx refuses an upstream of backups only: there is always a primary.
+    assert any(not s.backup for s in preferred.servers)
+    in_traffic = [s for s in preferred.servers if not s.down and not s.backup]
+    matching = [s for s in live if ("zone", "dc1") in s.labels and (s.host, 80) not in drained and not s.down]
+    if matching:
+        # The primaries in traffic are exactly the preferred ones.
+        assert {s.endpoint for s in in_traffic} == {s.endpoint for s in matching}

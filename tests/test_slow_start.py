@@ -265,3 +265,50 @@ def test_dyups_new_instance_ramps_in_steps_by_envoys_formula() -> None:
             assert render_dyups_body(output.desired["app"]).count("weight=") == 0
         finally:
             output.close()
+
+
+# ---- property: what counts as new, whatever the sequence ------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_steps = st.lists(
+    st.one_of(st.tuples(st.just("registry"), st.sets(st.integers(1, 5), min_size=1)),
+              st.tuples(st.just("thaw"), st.just(frozenset()))),
+    max_size=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_steps)
+def test_model_added_times_mark_exactly_the_servers_seen_appearing(steps: list[tuple[str, frozenset[int]]]) -> None:
+    """A model: a server is new when a publish adds it to the live set of the previous one, unless
+    that publish is the first (start-up) or the first after a thaw; it stays new (same time) while
+    it stays; it is never new in another server's place."""
+    freeze = ClusterFreeze()
+    assert freeze.open_if(freeze.epoch)
+    published: list[Upstream] = []
+    pipeline = _pipeline(freeze, published)
+    previous: set[int] | None = None
+    thawed = False
+    expected: dict[int, float] = {}
+    for kind, value in steps:
+        if kind == "thaw":
+            freeze.close()
+            assert freeze.open_if(freeze.epoch)
+            thawed = True
+            continue
+        count = len(published)
+        pipeline.update("app", {f"10.0.0.{i}:80": b"" for i in sorted(value)}, "/a")
+        added = {int(host.rsplit(".", 1)[1]): at for (host, _), at in (published[-1].added if published else ())}
+        if len(published) == count and previous == set(value):
+            thawed = False  # nothing changed: nothing published, the thaw's first hand-on is done
+            continue
+        expected = {i: at for i, at in expected.items() if i in value}
+        if previous is not None and not thawed:
+            for i in set(value) - previous:
+                expected[i] = added.get(i, -1.0)
+        assert set(added) == set(expected), (added, expected)
+        for i, at in expected.items():
+            assert added[i] == at  # the time of addition never moves while the server stays
+        previous, thawed = set(value), False
