@@ -43,10 +43,12 @@ class Client:
         self.conn = HTTPConnection("127.0.0.1", port, timeout=5)
 
     def get(self) -> int:
+        return self.fetch()[0]
+
+    def fetch(self) -> tuple[int, str]:
         self.conn.request("GET", "/")
         response = self.conn.getresponse()
-        response.read()
-        return response.status
+        return response.status, response.read().decode().strip()
 
     def close(self) -> None:
         self.conn.close()
@@ -132,3 +134,27 @@ def test_panic_threshold_needs_lua_mode() -> None:
         parse_config({"zk_servers": "127.0.0.1:2181", "lua_url": "http://127.0.0.1:1",
                       "zk_nodes": {"app": {"path": "/a", "panic_threshold": "two"}}})
     assert "zk_nodes.app.panic_threshold: 'two' is not a share of the usable servers" in str(error.value)
+
+
+@pytest.mark.timeout(60)
+def test_a_healthy_backup_takes_the_traffic_instead_of_a_panic(rig: TrafficRig) -> None:
+    zones = {"b1": {"zone": "dc1"}, "b2": {"zone": "dc1"}, "b3": {"zone": "dc2"}, "b4": {"zone": "dc2"}}
+    rig.make_pipeline(UpstreamOptions(server_params=HEALTH, panic_threshold=0.5, prefer=(("zone", "dc1"),)))
+    rig.register(*ALL, labels=zones)
+    client = Client(rig.front)
+    try:
+        assert {client.fetch()[1] for _ in range(8)} == {"b1", "b2"}
+        rig.fail("b1", "b2")  # every primary fails; the backups are fine
+        answers = [client.fetch() for _ in range(12)]
+        assert all(status == 200 for status, _ in answers), answers
+        assert {body for _, body in answers[2:]} == {"b3", "b4"}, answers
+        rig.output.reconcile()
+        assert rig.output.stats()["panic:app"] == 0
+        rig.fail("b3", "b4")  # now nothing passes: panic
+        assert [client.get() for _ in range(3)] == [502] * 3
+        rig.recover(*ALL)
+        assert client.get() == 200
+        rig.output.reconcile()
+        assert rig.output.stats()["panic:app"] == 1
+    finally:
+        client.close()

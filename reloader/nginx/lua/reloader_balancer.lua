@@ -24,9 +24,10 @@
 --    RAMP_EVERY seconds while some server ramps; nothing at all once every
 --    ramp is over;
 --  * panic threshold (the document's "panic_threshold"): when fewer than
---    that share of the servers that are not down pass the passive checks,
---    the checks are ignored and the request goes to any server not yet
---    tried (primaries first). The count runs only within fail_timeout of
+--    that share of the primary servers that are not down pass the passive
+--    checks and no backup server passes them, the checks are ignored and
+--    the request goes to any server not yet tried (primaries first, then
+--    backups). The count runs only within fail_timeout of
 --    a failure. Each worker logs entering and leaving panic (at most one
 --    line per PANIC_LOG_EVERY seconds per upstream) and marks the upstream
 --    in the shared dict (read by GET /panic) at most once a second;
@@ -185,10 +186,13 @@ local function pick(peers, tried, now, single, panic)
     return best
 end
 
--- True when fewer than panic_threshold of the servers not down pass the passive checks.
+-- Panic: fewer than panic_threshold of the primary servers not down pass
+-- the passive checks, and no backup server passes them. (A healthy backup
+-- takes the traffic instead, as nginx's backups do; Envoy likewise spills
+-- to a lower priority before it panics.)
 local function below_threshold(state, now)
     local total, healthy = 0, 0
-    for _, peer in ipairs(state.all) do
+    for _, peer in ipairs(state.primary) do
         if not peer.down then
             total = total + 1
             if usable(peer, NONE_TRIED, now, state.single, false) then
@@ -196,7 +200,15 @@ local function below_threshold(state, now)
             end
         end
     end
-    return total > 0 and healthy < state.panic_threshold * total
+    if total == 0 or healthy >= state.panic_threshold * total then
+        return false
+    end
+    for _, peer in ipairs(state.backup) do
+        if usable(peer, NONE_TRIED, now, state.single, false) then
+            return false
+        end
+    end
+    return true
 end
 
 local function set_panic(name, state, panic, now)
