@@ -366,9 +366,13 @@ class PushOutput(Output):
             self._log.warning("%s: upstream %s drifted (%s); re-POSTing", self.name, name, reason)
             self.counters["repairs"] += 1
             self._pending[name] = None
+        # The answer was read before this pass POSTed anything: it only stands
+        # for a clean state when nothing was owed (else the same bytes put back
+        # behind our back later would be skipped as clean).
+        owed = bool(self._pending)
         if self._pending and self._reachable:
             self._push(list(self._pending))
-        if not repairs and not removed and not self._pending:
+        if not repairs and not removed and not owed:
             self._clean_answer = (digest, self._generation)
         else:
             self._clean_answer = None
