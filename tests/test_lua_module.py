@@ -433,13 +433,21 @@ def longest_servers(count: int) -> list[dict[str, Any]]:
         host = ".".join([label, "a" * 63, "b" * 63, "c" * 61])
         assert len(host) == 253
         # The longest float the daemon sends for a duration: 22 characters in JSON.
+        # "added": the longest wall-clock time the module accepts, with 17 significant digits.
         out.append({"host": host, "port": 65535 - (i % 50000), "weight": 1000000, "max_fails": 1000000,
-                    "fail_timeout": 1.0000000000000002e-05, "backup": False, "down": False})
+                    "fail_timeout": 1.0000000000000002e-05, "backup": False, "down": False,
+                    "added": 4102444799.9990001})
     return out
 
 
+# Traffic options at their longest too.
+LONGEST_OPTIONS = {"slow_start": {"window": 3599.9999999999995, "min_weight": 0.10000000000000001,
+                                  "aggression": 99.999999999999986}, "panic_threshold": 0.49999999999999994}
+
+
 def test_a_body_of_max_servers_longest_servers_is_accepted(rig: Rig) -> None:
-    body = json.dumps({"version": 1, "servers": longest_servers(MAX_SERVERS)}, separators=(",", ":"))
+    body = json.dumps({"version": 1, **LONGEST_OPTIONS, "servers": longest_servers(MAX_SERVERS)},
+                      separators=(",", ":"))
     assert len(body) <= MAX_BODY, len(body)
     try:
         answer = rig.post("app", body)

@@ -39,7 +39,7 @@ _M.FORMAT_VERSION = 1
 -- Bodies larger than this are refused with 413 (the interface server sets
 -- client_max_body_size to the same value). 1 MiB holds MAX_SERVERS servers
 -- with every field at its longest (about 400 bytes each, 253-character host
--- names included), so a valid update is never too large. Mirrored by
+-- names and the traffic options included), so a valid update is never too large. Mirrored by
 -- MAX_BODY and MAX_SERVERS in reloader/nginx/__init__.py (a test checks).
 _M.MAX_BODY = 1048576
 _M.MAX_SERVERS = 2048
