@@ -121,7 +121,9 @@ def finalize_upstream(
     )
 
 
-def _prefer(servers: list[Server], live: Collection[tuple[str, int]], prefer: tuple[tuple[str, str], ...]) -> list[Server]:
+def _prefer(
+    servers: list[Server], live: Collection[tuple[str, int]], prefer: tuple[tuple[str, str], ...],
+) -> list[Server]:
     """Live servers not matching ``prefer`` become backups while a matching one is in traffic."""
     wanted = set(prefer)
 

@@ -147,7 +147,7 @@ def test_prefer_keeps_a_primary_and_only_changes_backup_flags(
 ) -> None:
     live = [_server(last, zone, down) for last, zone, down in entries]
     static = (Server("10.9.9.9", 80),) if with_static else ()
-    drained = {("10.0.0.%d" % i, 80) for i in drained_ids}
+    drained = {(f"10.0.0.{i}", 80) for i in drained_ids}
     plain = finalize_upstream("app", live, UpstreamOptions(backup_servers=static), drained=drained)
     preferred = finalize_upstream("app", live, UpstreamOptions(backup_servers=static, prefer=DC1), drained=drained)
     # Same servers, same down flags, same live count: only backup flags differ.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from reloader.formats._common import host_port_weight, with_labels, json_object, peek_json_object, preview
+from reloader.formats._common import host_port_weight, json_object, peek_json_object, preview, with_labels
 from reloader.formats.base import FormatOptions, InstanceFormat, ParseResult, Skip
 
 MEMBER_PREFIX = "member_"
