@@ -828,9 +828,9 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
     except ValueError as error:
         problems.add(key_path, str(error))
         return None
-    refused = traffic.check_traffic(slow_start, prefer, directives)
-    if refused:
-        problems.add(key_path, refused)
+    conflict = traffic.check_traffic(slow_start, prefer, directives)
+    if conflict:
+        problems.add(key_path, conflict)
         return None
     return ZnodeConfig(
         upstream=name,
