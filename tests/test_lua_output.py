@@ -247,7 +247,7 @@ def test_a_413_is_refused_once_and_retried_only_with_back_off_or_a_new_state(
 
     b3 = rig.backends[2]
     # A client that believes in a larger limit than nginx's, as a mismatch of the two sides would.
-    out = LuaOutput(rig.nginx.api_url, reconcile_interval=0.2, reassert_interval=0, retry_interval=0.1,
+    out = LuaOutput(rig.nginx.api_url, token=rig.token, reconcile_interval=0.2, reassert_interval=0, retry_interval=0.1,
                     max_body=100 * MAX_BODY, max_servers=10**6, refused_retry=0.6)
     try:
         count = 2 * MAX_BODY // 90 + 1
