@@ -21,7 +21,7 @@ run() {
     "$PY" "bench/$1.py" "${QUICK[@]}" "${@:2}"
     echo "=== bench/$1.py took $(( $(date +%s) - start )) s"
 }
-for bench in latency scale heal lua_balancer; do
+for bench in latency scale heal lua_balancer lua_traffic; do
     run "$bench"
 done
 run targets "$@"

@@ -10,9 +10,10 @@ part of the pipeline to test exhaustively.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Collection, Iterable
+from typing import Collection, Iterable, Mapping
 
 from reloader.model import Server, Upstream
+from reloader.traffic import SlowStart
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class UpstreamOptions:
     server_params: tuple[tuple[str, str], ...] = ()
     directives: tuple[str, ...] = ()
     backup_servers: tuple[Server, ...] = ()
+    # Traffic options (reloader.traffic): off unless configured.
+    slow_start: SlowStart | None = None
+    panic_threshold: float | None = None
+    prefer: tuple[tuple[str, str], ...] = ()
 
 
 def _effective_weight(server: Server) -> int:
@@ -100,6 +105,7 @@ def desired_live(
 def finalize_upstream(
     name: str, live: Iterable[Server], options: UpstreamOptions = UpstreamOptions(),
     drained: Collection[tuple[str, int]] = (),
+    added: Mapping[tuple[str, int], float] | None = None,
 ) -> Upstream:
     """The upstream for ``name`` made of ``live`` (already from :func:`desired_live`) and static backups.
 
@@ -111,6 +117,12 @@ def finalize_upstream(
     Servers whose endpoint is in ``drained`` (operator overrides, see
     :mod:`reloader.overrides`) are rendered ``down``; they still count as live,
     since the guards have already decided on the registry's set.
+
+    With ``prefer``, live servers whose labels match are the primaries and
+    the other live servers are rendered ``backup``, as long as one matching
+    server is in traffic (not down); with none, every live server is a
+    primary. ``added`` (the slow start's wall-clock times of addition, by
+    endpoint) is kept for the live endpoints only, and only with slow_start.
     """
     merged = list(live)
     live_endpoints = {server.endpoint for server in merged}
@@ -121,12 +133,37 @@ def finalize_upstream(
         servers.append(replace(static, backup=bool(merged)))
     if drained:
         servers = [replace(server, down=True) if server.endpoint in drained else server for server in servers]
+    if options.prefer:
+        servers = _prefer(servers, live_endpoints, options.prefer)
+    kept_added: tuple[tuple[tuple[str, int], float], ...] = ()
+    if options.slow_start is not None and added:
+        kept_added = tuple(sorted((endpoint, at) for endpoint, at in added.items() if endpoint in live_endpoints))
     return Upstream(
         name=name,
         servers=tuple(sorted(servers)),
         directives=options.directives,
         live_count=len(merged),
+        slow_start=options.slow_start,
+        panic_threshold=options.panic_threshold,
+        added=kept_added,
     )
+
+
+def _prefer(
+    servers: list[Server], live: Collection[tuple[str, int]], prefer: tuple[tuple[str, str], ...],
+) -> list[Server]:
+    """Live servers not matching ``prefer`` become backups while a matching one is in traffic."""
+    wanted = set(prefer)
+
+    def matches(server: Server) -> bool:
+        return wanted <= set(server.labels)
+
+    if not any(server.endpoint in live and not server.down and matches(server) for server in servers):
+        return servers  # none preferred in traffic: the others serve as primaries
+    return [
+        replace(server, backup=True) if server.endpoint in live and not matches(server) else server
+        for server in servers
+    ]
 
 
 def assemble_upstream(

@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from reloader import options as upstream_options
+from reloader import traffic
 from reloader.addresses import InvalidAddress, normalize_host, validate_port
 from reloader.assemble import UpstreamOptions
 from reloader.config_yaml import YamlProblem, YamlSource, load_yaml
@@ -50,6 +51,8 @@ LUA_DIRECTIVES: tuple[str, ...] = ("keepalive", "keepalive_timeout", "keepalive_
 #: ip_hash and the keepalive family are http only.
 STREAM_DIRECTIVES: tuple[str, ...] = ("hash", "least_conn", "random", "zone")
 
+#: Global and per upstream: traffic options (reloader/traffic.py).
+_TRAFFIC_KEYS = {"slow_start", "panic_threshold", "prefer"}
 #: Global and per upstream: which addresses registry instances may name (reloader/netpolicy.py).
 _NETWORK_KEYS = {"allowed_networks", "denied_networks"}
 _GUARD_KEYS = {"settle_after_reconnect", "max_drop", "drop_hold", "max_weight"}
@@ -72,6 +75,7 @@ _SETTING_KEYS = {
     "stream",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
+    *_TRAFFIC_KEYS,
 }
 _CLUSTER_KEYS = {"zk_servers", "zk_nodes", "name", "auth", "sasl", "tls"}
 _ZNODE_KEYS = {
@@ -87,6 +91,7 @@ _ZNODE_KEYS = {
     "stream",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
+    *_TRAFFIC_KEYS,
 }
 _RELOAD_KEYS = {"test_cmd", "reload_cmd", "min_interval"}
 _AUTH_KEYS = {"scheme", "credential_file", "credential_env"}
@@ -754,6 +759,33 @@ class _Context:
     environ: Mapping[str, str]
     max_children: int = DEFAULT_MAX_CHILDREN
     stream: bool = False  # the global default of ``stream``
+    # The global traffic options: (slow_start, panic_threshold, prefer).
+    traffic: tuple[Any, Any, Any] = (None, None, ())
+    reload_enabled: bool = False
+
+
+def _parse_traffic(
+    problems: _Collector, key_path: str, mapping: Mapping[Any, Any], context: _Context,
+) -> tuple[Any, Any, Any]:
+    """``slow_start``, ``panic_threshold`` and ``prefer`` of ``mapping``, each defaulting to the global one."""
+    slow_start, panic, prefer = context.traffic
+    if "slow_start" in mapping:
+        where = _join(key_path, "slow_start")
+        slow_start = problems.check(where, traffic.parse_slow_start, mapping["slow_start"])
+        if slow_start is not None and not (context.lua_enabled or context.dyups_enabled):
+            problems.add(where, "needs lua_url or dyups_url: " + (
+                "with nginx_reload every step of the ramp would be a reload" if context.reload_enabled
+                else "the files alone always hold the full weights"))
+            slow_start = None
+    if "panic_threshold" in mapping:
+        where = _join(key_path, "panic_threshold")
+        panic = problems.check(where, traffic.parse_panic_threshold, mapping["panic_threshold"])
+        if panic is not None and not context.lua_enabled:
+            problems.add(where, "needs lua_url: only the Lua balancer can ignore nginx's passive checks")
+            panic = None
+    if "prefer" in mapping:
+        prefer = problems.check(_join(key_path, "prefer"), traffic.parse_prefer, mapping["prefer"]) or ()
+    return slow_start, panic, prefer
 
 
 def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, context: _Context) -> ZnodeConfig | None:
@@ -833,6 +865,7 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
     networks = _parse_networks(problems, key_path, entry, context.networks)
     max_children = (problems.check(_join(key_path, "max_children"), _parse_max_children, entry["max_children"])
                     if "max_children" in entry else context.max_children)
+    slow_start, panic_threshold, prefer = _parse_traffic(problems, key_path, entry, context)
     if path is None or server_params is None or directives is None or backups is None or stream is None:
         return None
     try:
@@ -840,13 +873,18 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
     except ValueError as error:
         problems.add(key_path, str(error))
         return None
+    conflict = traffic.check_traffic(slow_start, prefer, directives)
+    if conflict:
+        problems.add(key_path, conflict)
+        return None
     return ZnodeConfig(
         upstream=name,
         path=path,
         key_path=key_path,
         format=format_name if format_name in FORMAT_NAMES else "auto",
         format_options=format_options,
-        options=UpstreamOptions(server_params=server_params, directives=directives, backup_servers=backups),
+        options=UpstreamOptions(server_params=server_params, directives=directives, backup_servers=backups,
+                                slow_start=slow_start, panic_threshold=panic_threshold, prefer=prefer),
         guards=guards,
         networks=networks,
         max_children=max_children or context.max_children,
@@ -1009,7 +1047,9 @@ def parse_config(
         environ=os.environ if environ is None else environ,
         max_children=max_children or DEFAULT_MAX_CHILDREN,
         stream=bool(stream_default),
+        reload_enabled=settings.get("nginx_reload") is not None,
     )
+    context = replace(context, traffic=_parse_traffic(problems, "", settings, context))
     stream_refusal = _stream_refusal(context) if stream_default else None
     if stream_refusal:
         problems.add("stream", f"stream: true {stream_refusal}")

@@ -7,6 +7,10 @@ and so that "did the upstream change?" is a plain ``==``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reloader.traffic import SlowStart
 
 
 @dataclass(frozen=True, order=True)
@@ -29,6 +33,9 @@ class Server:
     # The registry's host name this address was resolved from ("" for an IP
     # address): the files show it in a comment; no output ever gets a name.
     name: str = ""
+    # The registry's metadata as sorted (key, value) pairs, for ``prefer``
+    # (reloader.traffic): never rendered, and no part of a server's identity.
+    labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def address(self) -> str:
@@ -68,6 +75,13 @@ class Upstream:
     servers: tuple[Server, ...]
     directives: tuple[str, ...] = ()
     live_count: int = 0
+    # Traffic options (reloader.traffic), for the Lua and dyups outputs only;
+    # the files always hold the full weights. ``added`` is, per endpoint that
+    # the daemon saw appear while running, the wall-clock time it was added
+    # (absolute, so that a document stays byte-stable between POSTs).
+    slow_start: "SlowStart | None" = None
+    panic_threshold: float | None = None
+    added: tuple[tuple[tuple[str, int], float], ...] = ()
 
     def same_servers(self, other: "Upstream | None") -> bool:
         """True when ``other`` would render to the same nginx state."""
@@ -75,4 +89,7 @@ class Upstream:
             other is not None
             and other.servers == self.servers
             and other.directives == self.directives
+            and other.slow_start == self.slow_start
+            and other.panic_threshold == self.panic_threshold
+            and other.added == self.added
         )

@@ -25,7 +25,9 @@ A source hands a complete snapshot of a znode's children to
    live servers may be published now (frozen cluster, zero instances, settle
    window, shrink guard: all in :mod:`reloader.publication`);
 4. **finalizes** the upstream (static backup servers, then the operator's
-   drains, see :mod:`reloader.overrides`) and, if it differs from
+   drains, see :mod:`reloader.overrides`, then ``prefer``; with
+   ``slow_start``, the wall-clock time each server was seen to appear while
+   running, never at start-up nor on the first hand-on after a thaw) and, if it differs from
    what was last published, hands it to ``publish`` — in the daemon, the files
    runner's queue, which never blocks.
 
@@ -89,6 +91,10 @@ class _UpstreamState:
     names: frozenset[str] = frozenset()
     # The (endpoint, weight) pairs already warned about as above max_weight: warned once each.
     overweight: frozenset[tuple[tuple[str, int], int]] = frozenset()
+    # slow_start: wall-clock time each endpoint was seen to appear while
+    # running, and the cluster's thaw count when it was last handed on.
+    added: dict[Endpoint, float] = field(default_factory=dict)
+    thaws: int = 0
 
 
 class Pipeline:
@@ -277,6 +283,7 @@ class Pipeline:
     def _hand_on(self, state: _UpstreamState, live: tuple[Server, ...]) -> None:
         """Finalize ``live``, record it with the guard, and publish it if it changed."""
         name = state.config.upstream
+        self._note_added(state, live)
         upstream = self._finalize(name, live, state)
         state.last_live = live
         if upstream.same_servers(state.guard.last_published):
@@ -296,14 +303,34 @@ class Pipeline:
         except Exception:  # noqa: BLE001 - a broken output must not take the cluster down
             log.exception("upstream %s: handing it to the outputs failed", name)
 
+    def _note_added(self, state: _UpstreamState, live: tuple[Server, ...]) -> None:
+        """Record when slow-start servers appeared: not at start-up (nothing handed on yet, or
+        adopted from a file), nor on the first hand-on after a thaw."""
+        slow_start = state.config.options.slow_start
+        thaws = self._freeze.thaws if self._freeze is not None else 0
+        thawed, state.thaws = thaws != state.thaws, thaws
+        if slow_start is None:
+            state.added.clear()
+            return
+        now = round(time.time(), 3)
+        endpoints = {server.endpoint for server in live}
+        # Forget servers gone (a return is new again) and ramps that are over.
+        state.added = {endpoint: at for endpoint, at in state.added.items()
+                       if endpoint in endpoints and now - at < slow_start.window}
+        if state.last_live is None or thawed:
+            return
+        before = {server.endpoint for server in state.last_live}
+        for endpoint in endpoints - before:
+            state.added[endpoint] = now
+
     def _finalize(self, name: str, live: tuple[Server, ...], state: _UpstreamState) -> Upstream:
         """The upstream to publish: static backups added, then the operator's drains applied."""
         options = state.config.options
         drained = self._drains.get(name)
         if not drained:
             self._drain_refused.discard(name)
-            return finalize_upstream(name, live, options)
-        upstream = finalize_upstream(name, live, options, drained=drained.keys())
+            return finalize_upstream(name, live, options, added=state.added)
+        upstream = finalize_upstream(name, live, options, drained=drained.keys(), added=state.added)
         if any(not server.down for server in upstream.servers):
             self._drain_refused.discard(name)
             return upstream
@@ -313,7 +340,7 @@ class Pipeline:
             log.warning("upstream %s: drains not applied: they would leave no server in traffic", name,
                         extra={"upstream": name})
             self._drain_refused.add(name)
-        return finalize_upstream(name, live, options)
+        return finalize_upstream(name, live, options, added=state.added)
 
     def _schedule_recheck(self, state: _UpstreamState, at: float) -> None:
         if self._schedule is None:

@@ -296,7 +296,12 @@ class SnapshotCollector(Collector):
             value = _number(raw)
             if value is None:
                 continue
-            if posts and (key in _POST_RESULTS or key.startswith("http_")):
+            if key.startswith("panic:"):
+                # The Lua output's per-upstream panic flag (panic_threshold).
+                families.gauge("upstream_panic", "1 while nginx's Lua balancer spreads the upstream over every "
+                               "server, ignoring the passive checks (panic_threshold).",
+                               ["upstream"]).add_metric([key[len("panic:"):]], value)
+            elif posts and (key in _POST_RESULTS or key.startswith("http_")):
                 families.counter(
                     "output_posts", "POSTs by outcome: ok, conflict (409, retried), dropped (retried), timeout, "
                     "http_NNN.", ["output", "result"]).add_metric([*label, key], value)

@@ -365,3 +365,17 @@ def test_a_refused_state_retried_after_its_back_off_then_failing_waits_for_the_r
         assert dyups.upstreams()["app001"] == lines(upstream(1))
     finally:
         output.close()
+
+
+def test_an_answer_read_before_a_catch_up_is_never_taken_as_clean() -> None:
+    """Found by the model: the probe's pass read a table holding a change made behind the daemon's
+    back, POSTed the pending state over it, and recorded that answer as clean; the same change made
+    again then read byte-equal and was skipped by its digest for good."""
+    machine = PushEngineMachine()
+    machine.toggle_interface()  # down
+    machine.publish(name="app-a", ports=[80])  # the POST fails: unreachable, pending
+    machine.toggle_interface()  # up again
+    machine.behind_back(name="app-a")
+    machine.time_passes(seconds=0.6)  # the probe reads the table and catches up
+    machine.behind_back(name="app-a")  # the same bytes as the answer the probe read
+    machine.teardown()  # the reconcile must repair it

@@ -321,6 +321,19 @@ HOSTILE: list[tuple[str, bytes, int]] = [
     ("no servers", b'{"version": 1, "servers": []}', 400),
     ("NaN", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": NaN}]}', 400),
     ("empty body", b"", 400),
+    ("slow_start window 0", b'{"version": 1, "slow_start": {"window": 0, "min_weight": 0.1, "aggression": 1},'
+     b' "servers": [{"host": "127.0.0.1", "port": 80}]}', 400),
+    ("slow_start min_weight 0", b'{"version": 1, "slow_start": {"window": 5, "min_weight": 0, "aggression": 1},'
+     b' "servers": [{"host": "127.0.0.1", "port": 80}]}', 400),
+    ("slow_start missing aggression", b'{"version": 1, "slow_start": {"window": 5, "min_weight": 0.1},'
+     b' "servers": [{"host": "127.0.0.1", "port": 80}]}', 400),
+    ("slow_start extra field", b'{"version": 1, "slow_start": {"window": 5, "min_weight": 0.1, "aggression": 1,'
+     b' "x": 1}, "servers": [{"host": "127.0.0.1", "port": 80}]}', 400),
+    ("added negative", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": 80, "added": -1}]}', 400),
+    ("added string", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": 80, "added": "now"}]}', 400),
+    ("added far future", b'{"version": 1, "servers": [{"host": "127.0.0.1", "port": 80, "added": 1e12}]}', 400),
+    ("panic_threshold above 1", b'{"version": 1, "panic_threshold": 2,'
+     b' "servers": [{"host": "127.0.0.1", "port": 80}]}', 400),
     ("1 MB body", b'{"version": 1, "servers": [' + b" " * (1 << 20) + b"]}", 413),
 ]
 
@@ -420,13 +433,21 @@ def longest_servers(count: int) -> list[dict[str, Any]]:
         host = ".".join([label, "a" * 63, "b" * 63, "c" * 61])
         assert len(host) == 253
         # The longest float the daemon sends for a duration: 22 characters in JSON.
+        # "added": the longest wall-clock time the module accepts, with 17 significant digits.
         out.append({"host": host, "port": 65535 - (i % 50000), "weight": 1000000, "max_fails": 1000000,
-                    "fail_timeout": 1.0000000000000002e-05, "backup": False, "down": False})
+                    "fail_timeout": 1.0000000000000002e-05, "backup": False, "down": False,
+                    "added": 4102444799.9990001})
     return out
 
 
+# Traffic options at their longest too.
+LONGEST_OPTIONS = {"slow_start": {"window": 3599.9999999999995, "min_weight": 0.10000000000000001,
+                                  "aggression": 99.999999999999986}, "panic_threshold": 0.49999999999999994}
+
+
 def test_a_body_of_max_servers_longest_servers_is_accepted(rig: Rig) -> None:
-    body = json.dumps({"version": 1, "servers": longest_servers(MAX_SERVERS)}, separators=(",", ":"))
+    body = json.dumps({"version": 1, **LONGEST_OPTIONS, "servers": longest_servers(MAX_SERVERS)},
+                      separators=(",", ":"))
     assert len(body) <= MAX_BODY, len(body)
     try:
         answer = rig.post("app", body)
@@ -663,3 +684,23 @@ def test_store_state_machine(small: Rig) -> None:
     Store.TestCase.settings = settings(max_examples=20, stateful_step_count=30, deadline=None,
                                        suppress_health_check=list(HealthCheck))
     Store.TestCase().runTest()
+
+
+def test_traffic_options_are_stored_as_posted_and_a_repost_changes_nothing(rig: Rig) -> None:
+    from reloader.outputs.lua import upstream_document
+    from reloader.traffic import SlowStart
+
+    b1, b2 = rig.backends[:2]
+    upstream = Upstream(
+        "app", (Server("127.0.0.1", b1.port), Server("127.0.0.1", b2.port)),
+        slow_start=SlowStart(window=30, min_weight=0.1, aggression=1.5), panic_threshold=0.5,
+        added=((("127.0.0.1", b2.port), time.time() - 100.123),),
+    )
+    document = upstream_document(upstream)
+    first = rig.post("app", document)
+    assert first.status_code == 200, first.text
+    assert rig.state("app") == document  # what reconcile compares: equal as parsed JSON
+    again = rig.post("app", json.dumps(document))
+    assert again.json()["changed"] is False
+    # The ramp is long over: both serve.
+    assert {fresh_get(rig.ports["app"])[1] for _ in range(10)} == {"b1", "b2"}

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
 from reloader.addresses import InvalidAddress, normalize_host, validate_port
 from reloader.formats.base import Skip
 from reloader.model import Server
+from reloader.traffic import usable_labels
 
 #: Child data larger than this is not parsed (a registry entry is a few hundred bytes).
 MAX_DATA_BYTES = 64 * 1024
@@ -159,3 +161,11 @@ def host_port_weight(obj: dict, *, what: str = "") -> Server | Skip:
     if weight is None:
         weight = 1
     return make_server(obj["host"], obj["port"], weight, what=what)
+
+
+def with_labels(server: Server | Skip, metadata: object) -> Server | Skip:
+    """``server`` carrying the registry's metadata as labels (see :func:`reloader.traffic.usable_labels`)."""
+    if isinstance(server, Skip):
+        return server
+    labels = usable_labels(metadata)
+    return replace(server, labels=labels) if labels else server

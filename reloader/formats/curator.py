@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from reloader.formats._common import MAX_WEIGHT, json_object, make_server, peek_json_object, preview
+from reloader.formats._common import MAX_WEIGHT, json_object, make_server, peek_json_object, preview, with_labels
 from reloader.formats.base import FormatOptions, InstanceFormat, ParseResult, Skip
 
 
@@ -70,7 +70,9 @@ class CuratorFormat(InstanceFormat):
         port = obj.get(field)
         if port is None:
             return Skip(f"ServiceInstance JSON has no {field!r}")
-        return make_server(obj["address"], port, _metadata_weight(metadata), what="ServiceInstance")
+        server = make_server(obj["address"], port, _metadata_weight(metadata), what="ServiceInstance")
+        # payload.metadata is what ``prefer`` matches (reloader.traffic).
+        return with_labels(server, metadata)
 
 
 FORMAT = CuratorFormat()

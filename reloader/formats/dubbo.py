@@ -21,7 +21,7 @@ from typing import ClassVar
 from urllib.parse import unquote_plus
 
 from reloader.addresses import InvalidAddress, split_hostport
-from reloader.formats._common import MAX_CHILD_NAME, make_server, preview
+from reloader.formats._common import MAX_CHILD_NAME, make_server, preview, with_labels
 from reloader.formats.base import FormatOptions, InstanceFormat, ParseResult, Skip
 
 DEFAULT_WEIGHT = 100
@@ -96,7 +96,8 @@ class DubboFormat(InstanceFormat):
             return Skip("provider is disabled (enabled=false)")
         # Like Dubbo's URL.getParameter: an empty value counts as absent.
         weight: object = params.get("weight") or params.get("default.weight") or DEFAULT_WEIGHT
-        return make_server(host, port, weight, what="dubbo provider")
+        # The URL parameters (zone=, group=, ...) are what ``prefer`` matches (reloader.traffic).
+        return with_labels(make_server(host, port, weight, what="dubbo provider"), params)
 
 
 FORMAT = DubboFormat()

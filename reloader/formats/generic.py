@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from reloader.formats._common import host_port_weight, json_object, peek_json_object
+from reloader.formats._common import host_port_weight, json_object, peek_json_object, with_labels
 from reloader.formats.base import FormatOptions, InstanceFormat, ParseResult, Skip
 
 
@@ -26,7 +26,8 @@ class GenericJsonFormat(InstanceFormat):
         obj = json_object(data)
         if isinstance(obj, Skip):
             return obj
-        return host_port_weight(obj)
+        # "labels" is what ``prefer`` matches (reloader.traffic).
+        return with_labels(host_port_weight(obj), obj.get("labels"))
 
 
 FORMAT = GenericJsonFormat()

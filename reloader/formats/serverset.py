@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from reloader.formats._common import host_port_weight, json_object, peek_json_object, preview
+from reloader.formats._common import host_port_weight, json_object, peek_json_object, preview, with_labels
 from reloader.formats.base import FormatOptions, InstanceFormat, ParseResult, Skip
 
 MEMBER_PREFIX = "member_"
@@ -55,7 +55,9 @@ class ServerSetFormat(InstanceFormat):
         if not isinstance(endpoint, dict):
             return Skip(f"{what} is not an object")
         # A ServerSet endpoint has no weight; an object carrying one is not trusted for it.
-        return host_port_weight({"host": endpoint.get("host"), "port": endpoint.get("port")}, what=what)
+        server = host_port_weight({"host": endpoint.get("host"), "port": endpoint.get("port")}, what=what)
+        # The member's "metadata" object is what ``prefer`` matches (reloader.traffic).
+        return with_labels(server, obj.get("metadata"))
 
 
 FORMAT = ServerSetFormat()

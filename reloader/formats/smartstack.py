@@ -20,7 +20,7 @@ import json
 import re
 from typing import ClassVar
 
-from reloader.formats._common import MAX_CHILD_NAME, MAX_DATA_BYTES, host_port_weight
+from reloader.formats._common import MAX_CHILD_NAME, MAX_DATA_BYTES, host_port_weight, with_labels
 from reloader.formats.base import FormatOptions, InstanceFormat, ParseResult, Skip
 
 _PREFIX = re.compile(r"^base64_([0-9]{1,6})_")
@@ -65,7 +65,8 @@ class SmartStackFormat(InstanceFormat):
             return Skip("decoded child name is not JSON")
         if not isinstance(value, dict):
             return Skip(f"decoded child name is JSON {type(value).__name__}, expected an object")
-        return host_port_weight(value, what="nerve")
+        # Nerve's "labels", as in the json format, are what ``prefer`` matches.
+        return with_labels(host_port_weight(value, what="nerve"), value.get("labels"))
 
 
 FORMAT = SmartStackFormat()

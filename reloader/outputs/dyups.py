@@ -26,6 +26,12 @@ particular to dyups (see the project's dyups protocol notes):
   worker, hence the engine's periodic re-assert. Names compare
   case-insensitively, as nginx's do. Upstreams the config does not manage
   are never touched.
+* Slow start (:mod:`reloader.traffic`): while a server of an upstream ramps,
+  the body carries stepped weights, every weight scaled by
+  :data:`~reloader.traffic.RAMP_SCALE` (so a 10 % minimum of weight 1 is
+  10, not 0), the ramping server's at Envoy's formula for the middle of its
+  step; the engine re-POSTs at each of the :data:`~reloader.traffic.RAMP_STEPS`
+  steps, then once more with the plain weights. The files keep the full weights.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from reloader.addresses import is_ip_literal
@@ -68,6 +75,7 @@ from reloader.outputs.push import (
     digest_of,
 )
 from reloader.render import render_dyups_body
+from reloader.traffic import stepped_weights
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +153,13 @@ class DyupsAdapter(Adapter):
         if not upstream.servers:
             # dyups answers 500 to an empty body; the guards should make this impossible.
             raise Refusal("an empty upstream cannot be POSTed to dyups")
-        return render_dyups_body(upstream).encode("ascii")
+        return render_dyups_body(_ramped(upstream)).encode("ascii")
+
+    def step(self, upstream: Upstream) -> Any:
+        if upstream.slow_start is None or not upstream.added:
+            return None
+        weights = {server.endpoint: server.weight for server in upstream.servers}
+        return stepped_weights(upstream.slow_start, weights, dict(upstream.added), time.time())[1]
 
     def send(self, items: list[tuple[str, bytes]]) -> list[Outcome]:
         lanes = min(self._connections, len(items))
@@ -239,7 +253,7 @@ class DyupsAdapter(Adapter):
 
     def drift(self, upstream: Upstream, block: Any) -> str | None:
         api, text = block
-        return _drift(upstream.servers, parse_block(api, text))
+        return _drift(_ramped(upstream).servers, parse_block(api, text))
 
     def close(self) -> None:
         for lane in self._lanes:
@@ -279,6 +293,18 @@ class DyupsOutput(PushOutput):
 
     def url_for(self, name: str) -> str:
         return f"{self.base_url}/upstream/{name}"
+
+
+def _ramped(upstream: Upstream) -> Upstream:
+    """``upstream`` with the weights of its slow-start step now (itself when nothing ramps)."""
+    if upstream.slow_start is None or not upstream.added:
+        return upstream
+    weights = {server.endpoint: server.weight for server in upstream.servers}
+    stepped, step = stepped_weights(upstream.slow_start, weights, dict(upstream.added), time.time())
+    if step is None:
+        return upstream
+    return replace(upstream, servers=tuple(replace(server, weight=stepped[server.endpoint])
+                                           for server in upstream.servers))
 
 
 def _drift(desired: tuple[Server, ...], live: tuple[Server, ...] | None) -> str | None:

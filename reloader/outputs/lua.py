@@ -22,6 +22,13 @@ particular to the Lua interface:
   named by host is warned about once (all of them: every request fails with
   502), and counted in the output's stats.
 
+Traffic options (:mod:`reloader.traffic`): ``slow_start`` and
+``panic_threshold`` go into the document when configured, with each
+ramping server's ``added`` wall-clock time; the balancer does the rest per
+request. Every ``reconcile_interval`` the output reads ``GET /panic`` (only
+while some upstream has a threshold) and shows it in ``stats`` as
+``panic:NAME``.
+
 Server parameters: ``weight``, ``down``, ``backup``, ``max_fails`` and
 ``fail_timeout`` are sent; ``max_conns`` is not supported by the Lua
 balancer (it only applies while nginx's own round robin serves the file's
@@ -95,8 +102,29 @@ def server_document(server: Server) -> dict[str, Any]:
 
 
 def upstream_document(upstream: Upstream) -> Document:
-    """The POST body of ``upstream``, equal (as parsed JSON) to what ``GET`` answers once stored."""
-    return {"version": FORMAT_VERSION, "servers": [server_document(s) for s in upstream.servers]}
+    """The POST body of ``upstream``, equal (as parsed JSON) to what ``GET`` answers once stored.
+
+    Traffic options only appear when configured: ``slow_start`` (the Lua
+    balancer ramps each server that has an ``added`` wall-clock time, per
+    request) and ``panic_threshold``. ``added`` is absolute, so the document
+    stays byte-stable between POSTs while nothing changes.
+    """
+    added = dict(upstream.added)
+    servers = []
+    for server in upstream.servers:
+        doc = server_document(server)
+        if upstream.slow_start is not None and server.endpoint in added:
+            doc["added"] = added[server.endpoint]
+        servers.append(doc)
+    document: Document = {"version": FORMAT_VERSION}
+    if upstream.slow_start is not None:
+        slow = upstream.slow_start
+        document["slow_start"] = {"window": slow.window, "min_weight": slow.min_weight,
+                                  "aggression": slow.aggression}
+    if upstream.panic_threshold is not None:
+        document["panic_threshold"] = upstream.panic_threshold
+    document["servers"] = servers
+    return document
 
 
 def _unsupported(upstream: Upstream) -> set[str]:
@@ -211,6 +239,17 @@ class LuaAdapter(Adapter):
             )
         return warnings
 
+    def panics(self) -> set[str] | None:
+        """The upstreams some nginx worker balanced in panic just now (``GET /panic``), or None if unreadable."""
+        try:
+            answer = self._http.request("GET", "/panic", retry_dropped=1)
+            if answer.status != 200:
+                return None
+            panic = json.loads(answer.body)["panic"]
+        except (InterfaceDown, NoAnswer, TransportError, ValueError, KeyError, TypeError):
+            return None
+        return {name for name, flag in panic.items() if flag is True} if isinstance(panic, dict) else None
+
     def close(self) -> None:
         self._http.close()
 
@@ -242,6 +281,27 @@ class LuaOutput(PushOutput):
             adapter, retry_interval=retry_interval, reconcile_interval=reconcile_interval,
             reassert_interval=reassert_interval, clock=clock, **engine,
         )
+        self._lua = adapter
+        # Upstreams with a panic_threshold that nginx balanced in panic at the last read.
+        self._panic: frozenset[str] = frozenset()
+
+    def reconcile(self) -> dict[str, str]:
+        repairs = super().reconcile()
+        # With the reconcile's cadence: which upstreams are in panic (for the metric).
+        if self._reachable and any(upstream.panic_threshold is not None for upstream in self.desired.values()):
+            panics = self._lua.panics()
+            if panics is not None:
+                self._panic = frozenset(panics)
+        return repairs
+
+    def stats(self) -> dict[str, int]:
+        stats = super().stats()
+        # "panic:NAME" per upstream with a panic_threshold: 1 while nginx balances it in panic
+        # (exported as nginx_upstream_reloader_upstream_panic by reloader.status).
+        for name, upstream in list(self.desired.items()):
+            if upstream.panic_threshold is not None:
+                stats[f"panic:{name}"] = int(name in self._panic)
+        return stats
 
 
 def _path(name: str) -> str:

@@ -33,6 +33,10 @@ Guarantees of :class:`PushOutput`:
 * **once-per-upstream warnings**: what an adapter says about a state it can
   only partly serve (host names the Lua balancer cannot use, parameters it
   drops) is logged once per upstream and problem, and counted in ``stats``.
+* **slow-start steps**: an adapter whose body changes with time alone
+  (dyups' stepped weights, :meth:`Adapter.step`) has the upstream re-POSTed
+  from ``tick`` whenever its step moves on, until the ramp is over and the
+  full weights went out;
 * upstreams the config does not manage are never POSTed; an adapter that
   ``removes_unmanaged`` (the Lua module, which only the daemon may write)
   has them removed by the reconcile, with one log line per pass.
@@ -135,6 +139,14 @@ class Adapter(ABC):
         """A digest of one live block, to skip comparing it again (None: always compare)."""
         return None
 
+    def step(self, upstream: Upstream) -> Any:
+        """What of ``upstream``'s body changes with time alone (a slow-start step), or None.
+
+        The engine re-POSTs an upstream whose step changed since its last POST
+        (checked on every tick, only for upstreams with a ramp in progress).
+        """
+        return None
+
     def remove(self, name: str) -> Outcome:
         """Remove ``name`` from the interface (only for ``removes_unmanaged``)."""
         raise NotImplementedError
@@ -197,6 +209,8 @@ class PushOutput(Output):
         # The whole answer of the last clean pass, and the desired state's generation then.
         self._generation = 0
         self._clean_answer: tuple[bytes, int] | None = None
+        # Slow start: the step each ramping upstream was last POSTed at (see Adapter.step).
+        self._steps: dict[str, Any] = {}
         now = clock()
         self._next_retry = now + retry_interval
         self._next_reconcile = now + reconcile_interval
@@ -253,6 +267,7 @@ class PushOutput(Output):
             # transient failure) or a longer back-off (refused again) decides.
             self._refused[name].retry_at = float("inf")
             self._pending[name] = None
+        self._step_ramps()
         if self._pending and (due or now >= self._next_retry):
             self._next_retry = now + self._retry_interval
             self._push(list(self._pending))
@@ -263,6 +278,26 @@ class PushOutput(Output):
         elif self._reconcile_interval and now >= self._next_reconcile and self._reachable:
             self._next_reconcile = now + self._reconcile_interval
             self.reconcile()
+
+    def _step_ramps(self) -> None:
+        """POST the upstreams whose slow-start step moved on since their last POST."""
+        if not self._steps:
+            return
+        moved = []
+        for name, sent in list(self._steps.items()):
+            upstream = self.desired.get(name)
+            if upstream is None:
+                del self._steps[name]
+                continue
+            step = self.adapter.step(upstream)
+            if step is None and sent is None:
+                del self._steps[name]  # its ramp is over, and the full weights went out
+            elif step != sent and name not in self._pending and name not in self._refused:
+                moved.append(name)
+        if moved:
+            for name in moved:
+                self._pending[name] = None
+            self._push(moved)
 
     def reassert(self, why: str) -> None:
         """Re-POST every managed upstream now, drift or not (refused states wait for their back-off)."""
@@ -331,9 +366,13 @@ class PushOutput(Output):
             self._log.warning("%s: upstream %s drifted (%s); re-POSTing", self.name, name, reason)
             self.counters["repairs"] += 1
             self._pending[name] = None
+        # The answer was read before this pass POSTed anything: it only stands
+        # for a clean state when nothing was owed (else the same bytes put back
+        # behind our back later would be skipped as clean).
+        owed = bool(self._pending)
         if self._pending and self._reachable:
             self._push(list(self._pending))
-        if not repairs and not removed and not self._pending:
+        if not repairs and not removed and not owed:
             self._clean_answer = (digest, self._generation)
         else:
             self._clean_answer = None
@@ -368,6 +407,7 @@ class PushOutput(Output):
         self._refused.pop(name, None)
         self._warned.pop(name, None)
         self._problems.pop(name, None)
+        self._steps.pop(name, None)
         self._generation += 1
 
     def stats(self) -> dict[str, int]:
@@ -405,6 +445,8 @@ class PushOutput(Output):
                 self._pending.pop(name, None)
                 continue
             try:
+                if upstream.added:
+                    self._steps[name] = self.adapter.step(upstream)
                 items.append((name, self.adapter.body(upstream)))
             except Refusal as error:
                 self._pending.pop(name, None)

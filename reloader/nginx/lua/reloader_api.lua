@@ -4,6 +4,7 @@
 --   GET    /upstream/NAME   the live state of NAME, in the body's format
 --   DELETE /upstream/NAME   forget NAME (traffic falls back to the file's servers)
 --   GET    /upstreams       every upstream in one answer, for reconciliation
+--   GET    /panic           the upstreams balanced in panic (panic_threshold)
 --
 -- Guarantees: every answer is JSON; an error answer is {"error": "..."}
 -- naming what is wrong, and a refused request changes nothing:
@@ -205,6 +206,12 @@ function _M.handle()
             return fail(405, "method " .. method .. " not allowed on /upstreams", { Allow = "GET, HEAD" })
         end
         return respond(200, store.all())
+    end
+    if uri == "/panic" then
+        if method ~= "GET" and method ~= "HEAD" then
+            return fail(405, "method " .. method .. " not allowed on /panic", { Allow = "GET, HEAD" })
+        end
+        return respond(200, store.panics())
     end
     local name = uri:match("^/upstream/(.+)$")
     if not name then

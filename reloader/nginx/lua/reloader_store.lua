@@ -39,7 +39,7 @@ _M.FORMAT_VERSION = 1
 -- Bodies larger than this are refused with 413 (the interface server sets
 -- client_max_body_size to the same value). 1 MiB holds MAX_SERVERS servers
 -- with every field at its longest (about 400 bytes each, 253-character host
--- names included), so a valid update is never too large. Mirrored by
+-- names and the traffic options included), so a valid update is never too large. Mirrored by
 -- MAX_BODY and MAX_SERVERS in reloader/nginx/__init__.py (a test checks).
 _M.MAX_BODY = 1048576
 _M.MAX_SERVERS = 2048
@@ -49,6 +49,12 @@ _M.MAX_UPSTREAMS = 4096
 _M.MAX_WEIGHT = 1000000
 _M.MAX_FAILS = 1000000
 _M.MAX_FAIL_TIMEOUT = 86400
+-- Traffic options (docs/lua.md): slow-start window in seconds, its
+-- aggression, and the latest wall-clock time a server may say it was added
+-- (2100-01-01: anything later is a mistake, not a time).
+_M.MAX_WINDOW = 3600
+_M.MAX_AGGRESSION = 100
+_M.MAX_ADDED = 4102444800
 
 local AF_INET, AF_INET6 = 2, 10
 pcall(ffi.cdef, "int inet_pton(int af, const char *src, void *dst);")
@@ -56,8 +62,10 @@ local addr_buf = ffi.new("unsigned char[16]")
 
 local SERVER_KEYS = {
     host = true, port = true, weight = true, max_fails = true,
-    fail_timeout = true, backup = true, down = true,
+    fail_timeout = true, backup = true, down = true, added = true,
 }
+local DOC_KEYS = { version = true, servers = true, slow_start = true, panic_threshold = true }
+local SLOW_START_KEYS = { window = true, min_weight = true, aggression = true }
 
 local shm_cache
 
@@ -192,7 +200,41 @@ local function check_server(index, raw)
             server[key] = raw[key]
         end
     end
+    if raw.added ~= nil then
+        local value = raw.added
+        if type(value) ~= "number" or value ~= value or value < 0 or value > _M.MAX_ADDED then
+            return nil, field_error(index, "added",
+                "must be a wall-clock time in seconds from 0 to " .. _M.MAX_ADDED)
+        end
+        server.added = value
+    end
     return server
+end
+
+local function is_number(value, low, high)
+    -- "value == value" rejects NaN.
+    return type(value) == "number" and value == value and value >= low and value <= high
+end
+
+local function check_slow_start(raw)
+    if type(raw) ~= "table" or is_array(raw) and next(raw) ~= nil then
+        return nil, "slow_start: must be an object"
+    end
+    for key in pairs(raw) do
+        if type(key) ~= "string" or not SLOW_START_KEYS[key] then
+            return nil, "slow_start: unknown field " .. tostring(key)
+        end
+    end
+    if not is_number(raw.window, 1, _M.MAX_WINDOW) then
+        return nil, "slow_start.window: must be a number of seconds from 1 to " .. _M.MAX_WINDOW
+    end
+    if not is_number(raw.min_weight, 0, 1) or raw.min_weight == 0 then
+        return nil, "slow_start.min_weight: must be a number above 0 and at most 1"
+    end
+    if not is_number(raw.aggression, 0, _M.MAX_AGGRESSION) or raw.aggression == 0 then
+        return nil, "slow_start.aggression: must be a number above 0 and at most " .. _M.MAX_AGGRESSION
+    end
+    return { window = raw.window, min_weight = raw.min_weight, aggression = raw.aggression }
 end
 
 local function number_text(value)
@@ -205,10 +247,12 @@ end
 -- Fixed key order and number formatting: equal states give equal bytes,
 -- which is what lets the daemon skip an unchanged GET /upstreams cheaply.
 local function encode_server(s)
+    -- "added" only when present, so documents without traffic options keep their bytes.
     return string.format(
-        '{"host":%s,"port":%d,"weight":%d,"max_fails":%d,"fail_timeout":%s,"backup":%s,"down":%s}',
+        '{"host":%s,"port":%d,"weight":%d,"max_fails":%d,"fail_timeout":%s,"backup":%s,"down":%s%s}',
         cjson.encode(s.host), s.port, s.weight, s.max_fails, number_text(s.fail_timeout),
-        tostring(s.backup), tostring(s.down))
+        tostring(s.backup), tostring(s.down),
+        s.added and ',"added":' .. number_text(s.added) or "")
 end
 
 --- Encode a normalised upstream ({servers = {...}}) as its canonical JSON.
@@ -217,7 +261,16 @@ function _M.encode(upstream)
     for i, server in ipairs(upstream.servers) do
         parts[i] = encode_server(server)
     end
-    return string.format('{"version":%d,"servers":[%s]}', _M.FORMAT_VERSION,
+    local options = ""
+    local slow = upstream.slow_start
+    if slow then
+        options = options .. string.format(',"slow_start":{"window":%s,"min_weight":%s,"aggression":%s}',
+            number_text(slow.window), number_text(slow.min_weight), number_text(slow.aggression))
+    end
+    if upstream.panic_threshold then
+        options = options .. ',"panic_threshold":' .. number_text(upstream.panic_threshold)
+    end
+    return string.format('{"version":%d%s,"servers":[%s]}', _M.FORMAT_VERSION, options,
         table.concat(parts, ","))
 end
 
@@ -231,7 +284,7 @@ function _M.decode(body)
         return nil, "body must be a JSON object"
     end
     for key in pairs(doc) do
-        if key ~= "version" and key ~= "servers" then
+        if type(key) ~= "string" or not DOC_KEYS[key] then
             return nil, "unknown field " .. tostring(key)
         end
     end
@@ -263,7 +316,21 @@ function _M.decode(body)
         -- nginx refuses an upstream of backups only; so do we.
         return nil, "servers: at least one server must not be a backup"
     end
-    return { servers = servers }
+    local upstream = { servers = servers }
+    if doc.slow_start ~= nil then
+        local slow, slow_err = check_slow_start(doc.slow_start)
+        if not slow then
+            return nil, slow_err
+        end
+        upstream.slow_start = slow
+    end
+    if doc.panic_threshold ~= nil then
+        if not is_number(doc.panic_threshold, 0, 1) then
+            return nil, "panic_threshold: must be a number from 0 to 1"
+        end
+        upstream.panic_threshold = doc.panic_threshold
+    end
+    return upstream
 end
 
 local COUNTER, NAMES = "rev", "n"
@@ -416,6 +483,37 @@ end
 --- The current revision of an upstream (nil until it is first stored, and after a DELETE).
 function _M.revision(name)
     return dict():get(pointer_key(name))
+end
+
+-- "x:NAME": when a worker last balanced NAME in panic (see reloader_balancer).
+local PANIC_PREFIX = "x:"
+-- A mark older than this (seconds) means the upstream has left panic.
+_M.PANIC_FRESH = 2
+
+--- Note that a worker balances ``name`` in panic now (a failed write only loses the mark).
+function _M.mark_panic(name, now)
+    dict():safe_set(PANIC_PREFIX .. name, now)
+end
+
+--- {"version":1,"panic":{NAME:true,...}}: the upstreams some worker balanced in panic within PANIC_FRESH s.
+function _M.panics()
+    local shm = dict()
+    local now = ngx.now()
+    local names = {}
+    for _, key in ipairs(shm:get_keys(0)) do
+        if key:sub(1, 2) == PANIC_PREFIX then
+            local at = shm:get(key)
+            if at and now - at < _M.PANIC_FRESH then
+                names[#names + 1] = key:sub(3)
+            end
+        end
+    end
+    table.sort(names)
+    local parts = {}
+    for i, name in ipairs(names) do
+        parts[i] = cjson.encode(name) .. ":true"
+    end
+    return string.format('{"version":%d,"panic":{%s}}', _M.FORMAT_VERSION, table.concat(parts, ","))
 end
 
 --- Every stored upstream as one JSON document, names sorted (byte-stable).
