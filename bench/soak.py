@@ -68,7 +68,13 @@ if str(ROOT) not in sys.path:
 
 import yaml  # noqa: E402
 from kazoo.client import KazooClient  # noqa: E402
-from kazoo.exceptions import NodeExistsError, NoNodeError  # noqa: E402
+from kazoo.exceptions import (  # noqa: E402
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
 
 from bench._common import Daemon, guard_settings  # noqa: E402
 from bench._dyups_proc import DyupsProcess  # noqa: E402
@@ -149,6 +155,7 @@ class Report:
     requests: int = 0
     samples: int = 0
     skipped_faults: list[str] = field(default_factory=list)
+    soak_errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def violation(self, kind: str, **detail: Any) -> None:
@@ -179,25 +186,56 @@ class Registry:
         self.history[name].append((time.monotonic(), count))
 
     def set(self, name: str, children: dict[str, int]) -> None:
-        """Make ``name``'s children exactly ``children`` in one transaction."""
+        """Make ``name``'s children exactly ``children`` in one transaction.
+
+        The soak's own session lives through the same faults as the daemons'
+        (a leader kill, quorum loss): a commit whose answer was lost is
+        checked against what ZooKeeper holds and sent again from there.
+        """
         with self.lock:
+            deadline = time.monotonic() + 60
             old = self.truth[name]
-            tx = self.client.transaction()
-            for child in old:
-                if child not in children:
-                    tx.delete(self.path(name, child))
-            for child, weight in children.items():
-                data = str(weight).encode()
-                if child not in old:
-                    tx.create(self.path(name, child), data)
-                elif old[child] != weight:
-                    tx.set_data(self.path(name, child), data)
-            results = tx.commit()
-            failed = [r for r in results if isinstance(r, Exception)]
-            if failed:
-                raise RuntimeError(f"registry transaction for {name} failed: {failed}")
+            while True:
+                try:
+                    self._commit(name, old, children)
+                    break
+                except (ConnectionLoss, SessionExpiredError, OperationTimeoutError, NodeExistsError,
+                        NoNodeError, RuntimeError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+                    try:
+                        old = self._actual(name)
+                    except (ConnectionLoss, SessionExpiredError, OperationTimeoutError):
+                        old = self.truth[name]
+                    if old == children:
+                        break
             self.truth[name] = dict(children)
             self._note(name)
+
+    def _commit(self, name: str, old: dict[str, int], children: dict[str, int]) -> None:
+        tx = self.client.transaction()
+        for child in old:
+            if child not in children:
+                tx.delete(self.path(name, child))
+        for child, weight in children.items():
+            data = str(weight).encode()
+            if child not in old:
+                tx.create(self.path(name, child), data)
+            elif old[child] != weight:
+                tx.set_data(self.path(name, child), data)
+        results = tx.commit()
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise RuntimeError(f"registry transaction for {name} failed: {failed}")
+
+    def _actual(self, name: str) -> dict[str, int]:
+        """What ZooKeeper holds now for ``name`` (after a commit whose answer was lost)."""
+        actual = {}
+        for child in self.client.get_children(self.path(name)):
+            data, _ = self.client.get(self.path(name, child))
+            actual[child] = int(data or b"1")
+        return actual
 
     def usable_now(self, name: str) -> frozenset[str]:
         with self.lock:
@@ -240,7 +278,9 @@ class Soak:
             self.ensemble.start()
             self.backends = stack.enter_context(BackendPool(BACKENDS, prefix="soak"))
             self.backends.start()
-            self.client = KazooClient(hosts=self.ensemble.hosts, timeout=10)
+            # Retry connecting for ever: the soak's own session lives through leader kills and quorum loss.
+            self.client = KazooClient(hosts=self.ensemble.hosts, timeout=10,
+                                      connection_retry={"max_tries": -1, "max_delay": 1.0})
             self.client.start(timeout=30)
             stack.callback(self._close_client)
             self.registry = Registry(self.client, "/soak", [b.address for b in self.backends])
@@ -553,7 +593,11 @@ class Soak:
         while time.monotonic() < end:
             pool = faults if self.rng.random() < 0.25 else operations
             action = self.rng.choices([fn for _, fn in pool], weights=[w for w, _ in pool])[0]
-            action()
+            try:
+                action()
+            except Exception as error:  # noqa: BLE001 - the soak's own trouble is reported, not a violation
+                self.report.soak_errors.append(f"{action.__name__}: {type(error).__name__}: {error}")
+                print(f"  soak error in {action.__name__}: {type(error).__name__}: {error}", flush=True)
             time.sleep(self.rng.uniform(0.05, 0.6))
             if time.monotonic() - last_quiet > self.args.quiet_every:
                 self._quiet_point(f"t+{time.monotonic() - START:.0f}s")
@@ -823,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
         "faults": dict(report.faults),
         "faults_total": sum(report.faults.values()),
         "skipped_faults": report.skipped_faults,
+        "soak_errors": report.soak_errors[:20],
         "requests": report.requests,
         "checker_samples": report.samples,
         "sigterm_seconds_max": max(report.sigterm_seconds, default=None),

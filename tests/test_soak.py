@@ -49,6 +49,7 @@ def test_fault_soak_counts_no_violation(zookeeper_installed: None, tmp_path: Pat
     result = json.loads(report.read_text())
     print(json.dumps({key: value for key, value in result.items() if key != "violation_details"}, indent=1))
     assert result["faults_total"] > 0 and result["operations_total"] > 0, result
+    assert not result["soak_errors"], result["soak_errors"]
     assert result["violations"] == 0, (
         f"seed {seed}: {result['violations']} violations:\n"
         + "\n".join(json.dumps(v) for v in result["violation_details"][:20])
