@@ -56,7 +56,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +132,19 @@ def file_servers(text: str | None) -> frozenset[str] | None:
         return None
     lines = [line for line in text.splitlines() if line.strip().startswith("server ")]
     return usable(parse_server_lines(lines))
+
+
+def _most_over(history: Iterable[tuple[float, int]], start: float, end: float, default: int) -> int:
+    """The largest value in effect at any moment of [start, end], from (time, value) change points in order."""
+    before: int | None = None
+    most: int | None = None
+    for when, value in history:
+        if when <= start:
+            before = value
+        elif when <= end:
+            most = value if most is None else max(most, value)
+    values = [value for value in (before, most) if value is not None]
+    return max(values) if values else default
 
 
 @dataclass
@@ -240,16 +253,6 @@ class Registry:
     def usable_now(self, name: str) -> frozenset[str]:
         with self.lock:
             return frozenset(child for child, weight in self.truth[name].items() if weight > 0)
-
-    def small_for(self, name: str, count: int, now: float) -> float:
-        """How long (s) the registry's usable count of ``name`` has been at most ``count`` (0: it is above)."""
-        with self.lock:
-            since: float | None = None
-            for when, value in reversed(self.history[name]):
-                if value > count:
-                    break
-                since = when
-            return 0.0 if since is None else now - since
 
 
 class Soak:
@@ -489,18 +492,32 @@ class Soak:
         channel = self.channels[key]
         count = len(servers)
         name = key[2]
-        recent = [value for when, value in channel.history if when >= now - DROP_HOLD + SLACK]
-        most = max(recent, default=count)
+        most = max(_most_over(channel.history, now - DROP_HOLD + SLACK, now, count), count)
         floor = math.ceil((1 - MAX_DROP) * most - 1e-9)
-        # A drop below the floor is allowed once the registry has been below it for drop_hold.
-        below_for = self.registry.small_for(name, floor - 1, now)
-        collapsed = count == 0 or (count < floor and below_for < DROP_HOLD - SLACK)
+        collapsed = count == 0 or (count < floor and not self._drop_held(name, channel, now))
         if collapsed and not channel.collapsed:
             self.report.violation("collapse", channel="/".join(key), usable=count, most_recent=most,
-                                  registry_below_floor_for=round(below_for, 2))
+                                  registry=list(self.registry.history[name])[-6:])
         channel.collapsed = collapsed
         if not channel.history or channel.history[-1][1] != count:
             channel.history.append((now, count))
+
+    def _drop_held(self, name: str, channel: Channel, now: float) -> bool:
+        """Whether the registry dropped below this channel's floor at least drop_hold ago and stayed below it.
+
+        The floor is the one of the moment the drop began (from the most the
+        channel served within drop_hold before it): a registry that keeps
+        shrinking during a hold is one drop, held since it began.
+        """
+        with self.registry.lock:
+            registry = list(self.registry.history[name])
+        latest = now - DROP_HOLD + SLACK
+        for began in [when for when, _ in registry if now - 120 <= when <= latest] + [latest]:
+            reference = _most_over(channel.history, began - DROP_HOLD - SLACK, began, 0)
+            floor = math.ceil((1 - MAX_DROP) * reference - 1e-9)
+            if _most_over(registry, began, now, 0) < floor:
+                return True
+        return False
 
     def _check_ahead(self, who: str, name: str, servers: frozenset[str], now: float) -> None:
         channel = self.channels[("ahead", who, name)]
