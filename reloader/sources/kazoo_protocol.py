@@ -478,6 +478,39 @@ class WatchingKazooClient(KazooClient):
         self._supports_persistent = True
         return True
 
+    def add_persistent_watch_async(self, path: str, watcher: Watcher, recursive: bool = True) -> Any:
+        """Send the ``AddWatch`` of :meth:`add_persistent_watch` without waiting for it.
+
+        Returns None when the classic mode is in effect (nothing sent), else
+        kazoo's async result: it gives True once the server holds the watch,
+        or raises the server's error. Pass an ``UnimplementedError`` to
+        :meth:`persistent_refused`, which decides what ``auto`` makes of it.
+        """
+        if self.watch_mode == "classic" or (self.watch_mode == "auto" and self._supports_persistent is False):
+            return None
+        full = _prefix_root(self.chroot, path)
+        mode = PERSISTENT_RECURSIVE if recursive else PERSISTENT
+        with self._persistent_lock:
+            entry = self._persistent.get(full)
+            if entry is not None and entry.mode != mode:
+                raise ValueError(f"{path} already has a persistent watch of mode {entry.mode}")
+        result = self.handler.async_result()
+        self._call(AddWatch(full, mode, watcher), result)
+        return result
+
+    def persistent_accepted(self) -> None:
+        """The server accepted an ``AddWatch`` sent by :meth:`add_persistent_watch_async`."""
+        self._supports_persistent = True
+
+    def persistent_refused(self, error: BaseException) -> bool:
+        """Whether ``error`` (an AddWatch's) means classic watches for the rest of this session (``auto``)."""
+        if self.watch_mode == "auto" and isinstance(error, UnimplementedError):
+            if self._supports_persistent is not False:
+                self.logger.warning("ZooKeeper refused AddWatch (a server older than 3.6): classic watches")
+            self._supports_persistent = False
+            return True
+        return False
+
     def remove_persistent_watch(self, path: str, timeout: float | None = None) -> None:
         """Remove the persistent watch on ``path`` and its watchers.
 

@@ -76,6 +76,7 @@ from kazoo.exceptions import (
     OperationTimeoutError,
     SessionExpiredError,
     SessionMovedError,
+    UnimplementedError,
     ZookeeperError,
     ZookeeperStoppedError,
 )
@@ -87,6 +88,7 @@ from reloader.inbox import Inbox
 from reloader.publication import ClusterFreeze
 from reloader.snapshot import MAX_KEPT_DATA, OVERSIZED, Snapshot, Unreadable, is_oversized
 from reloader.sources.kazoo_handler import PollingHandler
+from reloader.sources.kazoo_protocol import Resumption, WatchingKazooClient
 from reloader.sources.watches import WatchBook, ZnodeState, ZnodeWatch, capped, max_children_of
 
 log = logging.getLogger(__name__)
@@ -165,7 +167,7 @@ class ZooKeeperSource:
         sink: SnapshotSink,
         freeze: ClusterFreeze,
         session_timeout: float = 10.0,
-        client_factory: Callable[..., KazooClient] = KazooClient,
+        client_factory: Callable[..., KazooClient] = WatchingKazooClient,
         stopping: Callable[[], bool] = lambda: False,
         client_options: dict[str, Any] | None = None,
     ) -> None:
@@ -179,8 +181,19 @@ class ZooKeeperSource:
         self._caps = {znode.upstream: max_children_of(znode) for znode in cluster.znodes}
         self._last_state: str | None = None
         self._resync_pending = False
+        # Whether the server may have dropped watches this source relies on
+        # (a new session, a refused SetWatches): a full read is due, and until
+        # one thaws the cluster, a resumed session re-reads in full too.
+        self._watches_lost = True
+        # Znodes with a persistent recursive watch in this session, and those
+        # of them whose one-shot children watch (kept alongside, see
+        # _recheck_persistent) fired and was not set again.
+        self._persistent: set[str] = set()
+        self._spent: set[str] = set()
+        watch_mode = {"watch_mode": cluster.watch_mode} if _is_watching(client_factory) else {}
         self._client = client_factory(
             **kazoo_arguments(cluster),
+            **watch_mode,
             timeout=session_timeout,
             # Reconnect forever; a command gives up quickly so that a kazoo
             # callback thread is never stuck retrying while the session is gone.
@@ -192,6 +205,14 @@ class ZooKeeperSource:
     @property
     def label(self) -> str:
         return self.cluster.label
+
+    @property
+    def _watching(self) -> bool:
+        """Whether the client keeps watches across blips (SetWatches) and reports each reconnection."""
+        return isinstance(self._client, WatchingKazooClient)
+
+    def _persistent_mode(self, path: str) -> bool:
+        return path in self._persistent
 
     @property
     def upstreams(self) -> tuple[str, ...]:
@@ -216,6 +237,8 @@ class ZooKeeperSource:
     def start(self) -> None:
         """Start connecting in the background; the first CONNECTED triggers a full read."""
         self._client.add_listener(self._on_session_state)
+        if isinstance(self._client, WatchingKazooClient):
+            self._client.add_resume_listener(self._on_resumption)
         self._client.start_async()
 
     def stop(self) -> None:
@@ -237,7 +260,9 @@ class ZooKeeperSource:
         ZooKeeper read.
         """
         self.cluster = cluster
-        self._watches.reconfigure(cluster.znodes, changed)
+        _, removed = self._watches.reconfigure(cluster.znodes, changed)
+        for watch in removed:
+            self._drop_persistent(watch.path)
         self._caps = {znode.upstream: max_children_of(znode) for znode in cluster.znodes}
 
     # ---- kazoo threads: enqueue only --------------------------------------------
@@ -259,6 +284,12 @@ class ZooKeeperSource:
         elif event.type == EventType.DELETED:
             self._inbox.put(lambda: self._znode_changed(event))
 
+    def _on_resumption(self, resumption: Resumption) -> None:
+        self._inbox.put(lambda: self._resumed(resumption))
+
+    def _on_persistent_event(self, event: WatchedEvent) -> None:
+        self._inbox.put(lambda: self._persistent_event(event))
+
     def _on_child_data(self, event: WatchedEvent) -> None:
         self._inbox.put(lambda: self._child_data_changed(event))
 
@@ -276,16 +307,28 @@ class ZooKeeperSource:
                             self.label, state, len(self.upstreams), extra=extra)
             elif self._last_state is None:
                 log.info("cluster %s: connected; reading %d znodes", self.label, count, extra=extra)
+            elif self._watching:
+                log.warning("cluster %s: session CONNECTED; waiting for the server to confirm the watches "
+                            "of %d znodes before thawing", self.label, count, extra=extra)
             else:
                 log.warning("cluster %s: session CONNECTED; re-reading %d znodes before thawing",
                             self.label, count, extra=extra)
             self._last_state = state
-        # kazoo keeps no watch across a disconnection: lost or back, every
-        # znode's watches are unverified.
-        self._watches.invalidate_all()
-        if state == KazooState.CONNECTED:
-            self.resync()
-        elif state == KazooState.LOST and auth_failed:
+        if self._watching:
+            # The client keeps its watches across a blip and sends them back
+            # (SetWatches) before anything else; the resumption report says
+            # whether the server kept them (see _resumed). CONNECTED alone
+            # proves nothing: the cluster stays frozen until that report.
+            if state == KazooState.LOST:
+                self._watches_lost = True
+                self._watches.invalidate_all()
+        else:
+            # kazoo keeps no watch across a disconnection: lost or back, every
+            # znode's watches are unverified.
+            self._watches.invalidate_all()
+            if state == KazooState.CONNECTED:
+                self.resync()
+        if state == KazooState.LOST and auth_failed:
             # kazoo gives up for good after an authentication failure; a
             # credential fixed on the server side must not need a restart.
             log.error(
@@ -293,6 +336,69 @@ class ZooKeeperSource:
                 "auth:/sasl: settings; trying again in %.0f s", self.label, AUTH_RETRY, extra={"cluster": self.label},
             )
             self._inbox.call_later(AUTH_RETRY, self._restart_client)
+
+    def _resumed(self, resumption: Resumption) -> None:
+        """A connection settled its watches: thaw at once if the server kept them all, else read in full.
+
+        Runs after the events the re-registration fired (kazoo's callback
+        queue keeps their order), so every znode whose watch the server
+        fired is already CHANGED or marked for reading, through the usual
+        event path; the others are current. A znode left half-read by a pass
+        the drop interrupted is UNKNOWN and is recovered before the thaw.
+        """
+        if self._stopping():
+            return
+        extra = {"cluster": self.label}
+        if not resumption.resumed or self._watches_lost:
+            self._watches_lost = True
+            self._persistent.clear()
+            self._spent.clear()
+            self._watches.invalidate_all()
+            if resumption.resumed or resumption.packets:
+                log.warning("cluster %s: the server did not keep this session's watches; re-reading %d znodes",
+                            self.label, len(self._watches), extra=extra)
+        else:
+            log.info("cluster %s: session resumed; the server kept its %d watches (%s)", self.label,
+                     resumption.watches, "the cluster changed meanwhile" if resumption.changed else "nothing changed",
+                     extra=extra)
+            if resumption.changed:
+                self._recheck_persistent()
+        self.resync()
+
+    def _recheck_persistent(self) -> None:
+        """After a blip during which the cluster changed, find what the persistent watches did not say.
+
+        ZooKeeper re-adds a persistent watch without comparing it against the
+        zxid: a change made while the connection was down fires nothing on it.
+        Each persistent znode also keeps the one-shot children watch its list
+        sets (ZooKeeper files it with the recursive watch, at no extra
+        server cost), and that one *is* compared: the server has already fired
+        it for every znode whose child list moved, and those are CHANGED. A
+        znode whose children watch was consumed since its last list (a child
+        came or went while connected, told by the persistent watch) cannot
+        say, and is listed again. What no watch covers is a child's data:
+        every child of a persistent znode has its version checked (one
+        ``exists`` each, pipelined), and only those that moved are read.
+        """
+        for watch in self._watches:
+            if watch.path not in self._persistent or watch.state is ZnodeState.UNKNOWN:
+                continue  # not persistent, or recovered in full anyway
+            if watch.path in self._spent:
+                watch.children_changed()
+            watch.verify_children()
+
+    def _drop_persistent(self, path: str) -> None:
+        """A znode no longer watched: remove its persistent watch, so that the server forgets it."""
+        if path not in self._persistent or not isinstance(self._client, WatchingKazooClient):
+            return
+        self._persistent.discard(path)
+        self._spent.discard(path)
+        try:
+            self._client.remove_persistent_watch(path, timeout=min(self._session_timeout, 2.0))
+        except Exception as error:
+            # It fires for a path nobody watches now; the next session forgets it.
+            log.info("cluster %s: could not remove the persistent watch on %s (%s)", self.label, path,
+                     describe_error(error), extra={"cluster": self.label})
 
     def _restart_client(self) -> None:
         if self._stopping() or self._client.connected:
@@ -340,6 +446,7 @@ class ZooKeeperSource:
             return
         if not self.freeze.open_if(epoch):
             return  # the session changed while we read; its own transition resyncs
+        self._watches_lost = False
         log.info("cluster %s: resynced %d znodes; thawed", self.label, done, extra={"cluster": self.label})
         # What arrived during the resync is read by the next read_changed().
         self._deliver()
@@ -360,8 +467,15 @@ class ZooKeeperSource:
 
     def _children_changed(self, path: str) -> None:
         watch = self._watches.get(path)
-        if watch is not None:
-            watch.children_changed()  # read_changed() reads every changed list at once
+        if watch is None:
+            return
+        if path in self._persistent and self.freeze.is_open:
+            # The persistent watch tells each child's coming and going; this
+            # one-shot watch is kept only for the next resumption (see
+            # _recheck_persistent), and is now spent.
+            self._spent.add(path)
+            return
+        watch.children_changed()  # read_changed() reads every changed list at once
 
     def _child_data_changed(self, event: WatchedEvent) -> None:
         if event.type == EventType.NONE:
@@ -379,6 +493,28 @@ class ZooKeeperSource:
         if watch is not None:
             # Even while frozen: a resync in progress takes every UNKNOWN znode before it thaws.
             watch.invalidate()
+
+    def _persistent_event(self, event: WatchedEvent) -> None:
+        """A persistent recursive watch's event: a child came, went or changed, or the znode itself did."""
+        if event.type not in (EventType.CREATED, EventType.DELETED, EventType.CHANGED):
+            return  # NONE: the session ended; the full read that follows recovers everything
+        watch = self._watches.get(event.path)
+        if watch is not None:
+            if event.type != EventType.CHANGED and event.path in self._persistent:
+                watch.invalidate()  # the znode itself was created or deleted
+            return
+        znode_path, child = posixpath.split(event.path)
+        watch = self._watches.get(znode_path)
+        if watch is None or znode_path not in self._persistent:
+            return  # deeper than a child, or not watched (any more)
+        if event.type == EventType.CHANGED:
+            watch.child_data_changed(child)
+        elif watch.over_cap:
+            watch.children_changed()  # capped: which children are served needs the list
+        elif event.type == EventType.CREATED:
+            watch.child_created(child)
+        else:
+            watch.child_deleted(child)
 
     def _retry_due(self, watch: ZnodeWatch, failures: int) -> None:
         if self._watches.get(watch.path) is watch:
@@ -437,12 +573,18 @@ class ZooKeeperSource:
         gives the pass up); any other failure stays with its znode or child.
         """
         deadline = self._patience()
-        listings: dict[int, Any] = {}
         for watch in watches:
             if watch.state in (ZnodeState.LISTING, ZnodeState.READING):
                 watch.invalidate()  # left half-read by a pass that failed
+        self._add_persistent([watch for watch in watches if watch.needs_list and watch.path not in self._persistent],
+                             deadline, epoch)
+        listings: dict[int, Any] = {}
+        for watch in watches:
             if watch.needs_list:
+                # Also in persistent mode: this one-shot children watch is
+                # what SetWatches compares (see _recheck_persistent).
                 listings[id(watch)] = self._client.get_children_async(watch.path, watch=self._on_children_event)
+                self._spent.discard(watch.path)
                 watch.listing_sent()
         requests = _DataRequests()
         missing = []
@@ -455,6 +597,40 @@ class ZooKeeperSource:
         if missing:
             self._watch_for_creation(missing, deadline, epoch)
         self._collect(requests, deadline, epoch)
+
+    def _add_persistent(self, watches: list[ZnodeWatch], deadline: _Patience, epoch: int) -> None:
+        """Set a persistent recursive watch on each of ``watches`` (pipelined), unless classic is in effect.
+
+        Sent before the lists, and ZooKeeper answers in order: the watch
+        covers every change after the list. A server without persistent
+        watches (older than 3.6) answers UNIMPLEMENTED and closes the
+        connection: with ``watch_mode: auto`` the session goes on with
+        classic watches, and the pass is given up (the reconnection's
+        resync reads it).
+        """
+        client = self._client
+        if not watches or not isinstance(client, WatchingKazooClient):
+            return
+        sent = []
+        for watch in watches:
+            pending = client.add_persistent_watch_async(watch.path, self._on_persistent_event)
+            if pending is None:
+                return  # classic watches in this session
+            sent.append((watch, pending))
+        for watch, pending in sent:
+            try:
+                self._await(pending, deadline, epoch)
+            except UnimplementedError as error:
+                if client.persistent_refused(error):
+                    raise ConnectionDropped("ZooKeeper has no persistent watches; classic watches from now on") from None
+                self._list_failed(watch, error)
+            except SESSION_ERRORS:
+                raise
+            except ZOOKEEPER_ERRORS as error:
+                self._list_failed(watch, error)
+            else:
+                client.persistent_accepted()
+                self._persistent.add(watch.path)
 
     def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: _Patience, epoch: int) -> bool:
         """Adopt the answer of a ``get_children_async`` sent for ``watch``; False if the znode does not exist."""
@@ -523,9 +699,11 @@ class ZooKeeperSource:
         and is read only if its version moved.
         """
         get, exists = self._client.get_async, self._client.exists_async
-        requests.reads.extend((watch, child, get(watch.child_path(child), watch=self._on_child_data))
+        # Under a persistent watch a child needs no watch of its own.
+        data_watch = None if watch.path in self._persistent else self._on_child_data
+        requests.reads.extend((watch, child, get(watch.child_path(child), watch=data_watch))
                               for child in watch.reads())
-        requests.checks.extend((watch, child, exists(watch.child_path(child), watch=self._on_child_data))
+        requests.checks.extend((watch, child, exists(watch.child_path(child), watch=data_watch))
                                for child in watch.checks())
 
     def _collect(self, requests: _DataRequests, deadline: _Patience, epoch: int) -> None:
@@ -549,8 +727,8 @@ class ZooKeeperSource:
             except ZOOKEEPER_ERRORS:
                 stat = None  # read it; the read says what is wrong
             if not watch.verified(child, None if stat is None else stat.mzxid):
-                rereads.append((watch, child, self._client.get_async(watch.child_path(child),
-                                                                     watch=self._on_child_data)))
+                data_watch = None if watch.path in self._persistent else self._on_child_data
+                rereads.append((watch, child, self._client.get_async(watch.child_path(child), watch=data_watch)))
         self._take_reads(rereads, deadline, epoch)
 
     def _take_reads(self, reads: deque[tuple[ZnodeWatch, str, Any]], deadline: _Patience, epoch: int) -> None:
@@ -604,6 +782,11 @@ class ZooKeeperSource:
                 raise
             deadline.answered()
             return result
+
+
+def _is_watching(factory: Callable[..., KazooClient]) -> bool:
+    """Whether ``factory`` takes ``watch_mode``: any but a class that is not a :class:`WatchingKazooClient`."""
+    return not isinstance(factory, type) or issubclass(factory, WatchingKazooClient)
 
 
 def describe_error(error: BaseException) -> str:
