@@ -311,3 +311,21 @@ def test_persistent_watches_survive_a_leader_change(zookeeper_installed: None, h
         finally:
             writer.stop()
             writer.close()
+
+
+@pytest.mark.parametrize("watch_mode", MODES)
+def test_a_znode_deleted_and_created_again_while_connected(
+        quiet_zk: LocalZooKeeper, writer: KazooClient, harnesses: list[Harness], watch_mode: str) -> None:
+    root = f"/recreate-{watch_mode}-{time.monotonic_ns()}"
+    nodes, states = services(writer, root, {"a": 2, "b": 1})
+    harness = Harness(quiet_zk.port, nodes, watch_mode)
+    harnesses.append(harness)
+    harness.start().wait_for(states)
+    transaction = writer.transaction()
+    for child in writer.get_children(nodes["b"]):
+        transaction.delete(f"{nodes['b']}/{child}")
+    transaction.delete(nodes["b"])
+    transaction.commit()
+    wait_until(lambda: harness.worker.source.watches.get(nodes["b"]).exists is False, 10, "b to be found missing")
+    writer.create(f"{nodes['b']}/10.1.0.9:80", b"", makepath=True)
+    harness.wait_for({"b": {"10.1.0.9:80": 1}})

@@ -24,7 +24,9 @@ whose docstring has the states, events and guarantees). This module turns
 what kazoo says into its events, and runs *passes*: one pass takes every
 znode that has something to read, sends every child-list read at once (one
 round), then each znode's data reads and version checks as soon as its list
-is in (a second round), and hands complete views on. Only kazoo's raw
+is in (a second round), and hands complete views on. The client is a
+:class:`~reloader.sources.kazoo_protocol.WatchingKazooClient`; its
+``watch_mode`` (the config's) picks the watches. In classic mode only raw
 one-shot watches are used, each set again by the read that answers it, and
 always with the same bound method per kind, so kazoo (which keeps one
 watcher per path and callable) never stacks them:
@@ -35,6 +37,15 @@ watcher per path and callable) never stacks them:
 * a data watch per child, set by the ``get_async`` that reads its data, or
   by the ``exists`` that checks its version (a children watch does not fire
   when only data changes).
+
+In persistent mode (ZooKeeper 3.6 and later; ``auto`` picks it when the
+server accepts ``AddWatch``) each znode has one persistent recursive watch,
+set before its first list: a child's creation marks that child for reading
+(no list), a data change marks it for reading, a deletion lists the znode
+again (a transaction's events come one by one; the list serves it whole).
+Children get no watch of their own. The znode keeps the one-shot children
+watch its list sets (see :meth:`ZooKeeperSource._recheck_persistent`), and
+never an ``exists`` watch (see :meth:`ZooKeeperSource._watch_for_creation`).
 
 Recovery has one path: a lost or new session, a znode deleted or created, a
 per-node failure whose back-off ended, a batch given up, a znode added by a
@@ -49,11 +60,21 @@ and is tried again with back-off, through the same recovery.
 
 Sessions
 --------
-On SUSPENDED or LOST the cluster freezes at once. On CONNECTED every znode is
-invalidated and the resync recovers them in steps of RESYNC_STEP znodes (a
-stop request or a newer transition is noticed between steps); only if the
-session did not change meanwhile does the cluster thaw and hand the fresh
-views on.
+On SUSPENDED or LOST the cluster freezes at once. CONNECTED alone thaws
+nothing: the client first sends its watches back (SetWatches, before any
+other request) and reports a :class:`~reloader.sources.kazoo_protocol.Resumption`
+after the events the server fired for what changed meanwhile. Those events
+took the usual path (a changed list or child is marked), so when the session
+survived with its watches nothing else is read: the resync only recovers the
+znodes a pass left half-read, then the cluster thaws, and what the events
+marked is read by the next pass. A new session (after an expiry), a server
+that refused the re-registration, or a resumption before the last full read
+finished: every znode is invalidated and the resync recovers them in steps
+of RESYNC_STEP znodes (a stop request or a newer transition is noticed
+between steps); only if the session did not change meanwhile does the
+cluster thaw and hand the fresh views on. A client that is a plain
+``KazooClient`` (no resumption reports) takes that full path on every
+CONNECTED.
 """
 
 from __future__ import annotations
@@ -358,7 +379,7 @@ class ZooKeeperSource:
                 log.warning("cluster %s: the server did not keep this session's watches; re-reading %d znodes",
                             self.label, len(self._watches), extra=extra)
         else:
-            log.info("cluster %s: session resumed; the server kept its %d watches (%s)", self.label,
+            log.info("cluster %s: resumed its session; the server kept its %d watches (%s)", self.label,
                      resumption.watches, "the cluster changed meanwhile" if resumption.changed else "nothing changed",
                      extra=extra)
             if resumption.changed:
@@ -371,9 +392,12 @@ class ZooKeeperSource:
         ZooKeeper re-adds a persistent watch without comparing it against the
         zxid: a change made while the connection was down fires nothing on it.
         Each persistent znode also keeps the one-shot children watch its list
-        sets (ZooKeeper files it with the recursive watch, at no extra
-        server cost), and that one *is* compared: the server has already fired
-        it for every znode whose child list moved, and those are CHANGED. A
+        sets, and that one *is* compared: the server has already fired it for
+        every znode whose child list moved, and those are CHANGED. (It costs
+        the server nothing: ZooKeeper before 3.9 keeps one watch mode per
+        connection and path, so the recursive watch takes its place in the
+        server's children table; the client still holds it and sends it back
+        with SetWatches, which is all it is kept for.) A
         znode whose children watch was consumed since its last list (a child
         came or went while connected, told by the persistent watch) cannot
         say, and is listed again. What no watch covers is a child's data:
@@ -514,7 +538,11 @@ class ZooKeeperSource:
         elif event.type == EventType.CREATED:
             watch.child_created(child)
         else:
-            watch.child_deleted(child)
+            # A list, not child_deleted(): the events of one transaction come
+            # one by one, and a transaction that removes several instances
+            # must not be served half-applied (the shrink guard would let a
+            # first half through). The list reflects the whole transaction.
+            watch.children_changed()
 
     def _retry_due(self, watch: ZnodeWatch, failures: int) -> None:
         if self._watches.get(watch.path) is watch:
@@ -671,8 +699,15 @@ class ZooKeeperSource:
 
         A znode created between the missing list and the ``exists`` is
         invalidated at once: the next pass lists it.
+
+        A znode with a persistent watch gets no ``exists`` watch: its
+        persistent watch reports the creation, and ZooKeeper before 3.9 keeps
+        one watch mode per connection and path (ZOOKEEPER-4466), so a
+        one-shot watch there would replace the persistent one and take it
+        away when it fires.
         """
-        checks = [(watch, self._client.exists_async(watch.path, watch=self._on_znode_event)) for watch in watches]
+        checks = [(watch, self._client.exists_async(
+            watch.path, watch=None if watch.path in self._persistent else self._on_znode_event)) for watch in watches]
         for watch, pending in checks:
             try:
                 stat = self._await(pending, deadline, epoch)
