@@ -47,6 +47,9 @@ from bench._common import (  # noqa: E402
     FloorProcess,
     banner,
     child_name,
+    cpu_seconds,
+    create_many,
+    summary_ms,
     daemon_revision,
     four_letter,
     jvm_memory,
@@ -206,10 +209,43 @@ class Run:
                     self.writer.delete(f"{parent}/10.250.{u % 250}.{i % 250}:9{i % 1000:03d}")
                 else:
                     self.writer.set(f"{parent}/{child_name(u, 1)}", b"")
+            wait_until(lambda: proc.check_alive() or all(file_servers(files, upstream_name(u)) == expected_servers(u)
+                                                         for u in picked), 60, 0.01, "the undo in the files")
+            if self.args.changes:
+                out.update(self.changes(proc, proxy, files, base, n))
         finally:
             out["stop_s"] = proc.stop()
             proxy.close()
         return out
+
+    def changes(self, proc: Any, proxy: ZkFrameProxy, files: Path, base: str, n: int) -> dict[str, Any]:
+        """Per change, while connected: create -> file latency of plain children, and CPU per 1,000 changes."""
+        samples = []
+        for i in range(self.args.samples):
+            u = (i * 104729) % n
+            name, path = f"10.251.{u % 250}.{i % 250}:7{i:03d}", f"{base}/{upstream_name(u)}"
+            began = time.monotonic()
+            self.writer.create(f"{path}/{name}", b"")
+            wait_until(lambda: (name, 1) in file_servers(files, upstream_name(u)), 30, 0.0005, "the created child")
+            samples.append(time.monotonic() - began)
+            self.writer.delete(f"{path}/{name}")
+            wait_until(lambda: (name, 1) not in file_servers(files, upstream_name(u)), 30, 0.002, "the deletion")
+        # 1,000 changes: 500 creates then 500 deletes, spread over the upstreams, pipelined.
+        start = len(proxy.requests)
+        cpu0 = cpu_seconds(proc.pid)
+        made = [(f"{base}/{upstream_name(i % n)}/10.252.{i % 250}.{i // 250}:6000", b"") for i in range(500)]
+        create_many(self.writer, made)
+        wait_until(lambda: proc.check_alive() or all((p.rsplit("/", 1)[1], 1) in file_servers(files, p.split("/")[-2])
+                                                     for p, _ in made), 120, 0.01, "500 creates in the files")
+        pending = [self.writer.delete_async(p) for p, _ in made]
+        for result in pending:
+            result.get(30)
+        wait_until(lambda: proc.check_alive() or all(file_servers(files, upstream_name(u)) == expected_servers(u)
+                                                     for u in range(n)), 120, 0.01, "500 deletes in the files")
+        settle(proxy, quiet=1.0)
+        return {"create_to_file_ms": summary_ms(samples),
+                "cpu_s_per_1000_changes": round(cpu_seconds(proc.pid) - cpu0, 3),
+                "requests_per_1000_changes": requests_since(proxy, start)}
 
     def size(self, n: int) -> dict[str, Any]:
         base = f"/blip/n{n}"
@@ -245,6 +281,11 @@ def markdown(results: dict[str, Any]) -> str:
         row("requests after a blip with k changes", lambda r: f"{r['k_blip']['total']:,}")
         row("of which reads", lambda r: f"{r['k_blip']['reads']:,}")
         row("k-change blip: reconnect -> every changed file right", lambda r: f"{r['k_blip_files_right_after_reconnect_s']} s")
+        row("create -> file, plain child: median (ms)",
+            lambda r: r["create_to_file_ms"]["median_ms"] if "create_to_file_ms" in r else "n/a")
+        row("CPU per 1,000 changes (s; idle settle included)", lambda r: r.get("cpu_s_per_1000_changes", "n/a"))
+        row("requests per 1,000 changes", lambda r: f"{r['requests_per_1000_changes']['total']:,}"
+            if "requests_per_1000_changes" in r else "n/a")
         row("server heap growth, synced (MB, after a full GC)",
             lambda r: r.get("server_heap_mb", {}).get("growth", "n/a"))
         row("initial sync (start -> every file right)", lambda r: f"{r['initial_sync_s']} s")
@@ -258,6 +299,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", default=None, help="comma-separated upstream counts (default 100,1000)")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=40, help="sequential creates timed per subject")
+    parser.add_argument("--no-changes", dest="changes", action="store_false",
+                        help="skip the per-change figures (latency, CPU per 1,000 changes)")
     parser.add_argument("--previous-rev", default="87e1d38")
     parser.add_argument("--subjects", default=",".join(SUBJECTS))
     parser.add_argument("--output", default=None)

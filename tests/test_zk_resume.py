@@ -30,8 +30,8 @@ from reloader.sources.kazoo_protocol import Resumption, WatchingKazooClient
 
 pytestmark = pytest.mark.timeout(90)
 
-READS = {3, 4, 8, 12}  # exists, getData, getChildren, getChildren2
-EXISTS, GET_DATA, LISTS = 3, 4, {8, 12}
+READS = {3, 4, 8, 12, 22}  # exists, getData, getChildren, getChildren2, multiRead
+EXISTS, GET_DATA, LISTS, MULTI_READ = 3, 4, {8, 12}, 22
 ADD_WATCH = 106
 MODES = ["classic", "persistent"]
 
@@ -219,12 +219,13 @@ def test_a_blip_with_changes_reads_what_changed_and_serves_it_within_a_second(
     reads = harness.reads_on(connection)
     # Lists of a and c, and the data of a's, b's and c's new or changed children: nothing of d and e.
     assert sum(op in LISTS for op in reads) == 2
-    assert reads.count(GET_DATA) == 4
+    assert EXISTS not in reads
     if watch_mode == "classic":
-        assert EXISTS not in reads
+        assert reads.count(GET_DATA) == 4 and MULTI_READ not in reads
     else:
-        # A persistent watch is re-added unchecked: every child still known has its version checked.
-        assert reads.count(EXISTS) <= 3 + 3 + 10 + 10
+        # A persistent watch is re-added unchecked: every child still known is
+        # checked, all in one multi-read (which finds b's change); the new ones are read.
+        assert reads.count(GET_DATA) == 3 and reads.count(MULTI_READ) == 1
 
     # Later changes still arrive, on every kind of znode touched.
     writer.delete(f"{nodes['c']}/10.2.0.8:80")
@@ -255,7 +256,11 @@ def test_an_expired_session_reads_in_full(
     harness.wait_for({"a": {**states["a"], "10.0.0.5:80": 1}, "b": states["b"]})
     assert harness.client.client_id[0] != session
     reads = harness.reads_on(connection)
-    assert sum(op in LISTS for op in reads) == 2 and reads.count(GET_DATA) + reads.count(EXISTS) >= 8
+    assert sum(op in LISTS for op in reads) == 2
+    if watch_mode == "classic":
+        assert reads.count(GET_DATA) + reads.count(EXISTS) >= 8  # every child checked or read
+    else:
+        assert reads.count(GET_DATA) == 1 and reads.count(MULTI_READ) == 1  # the new child; the known ones
 
 
 def test_auto_falls_back_to_classic_watches_on_a_server_without_addwatch(
@@ -329,3 +334,27 @@ def test_a_znode_deleted_and_created_again_while_connected(
     wait_until(lambda: harness.worker.source.watches.get(nodes["b"]).exists is False, 10, "b to be found missing")
     writer.create(f"{nodes['b']}/10.1.0.9:80", b"", makepath=True)
     harness.wait_for({"b": {"10.1.0.9:80": 1}})
+
+
+def test_a_multi_read_answers_each_path_in_order_with_its_data_or_its_error(
+        quiet_zk: LocalZooKeeper, writer: KazooClient) -> None:
+    from kazoo.exceptions import NoNodeError
+
+    from reloader.sources.kazoo_protocol import MultiRead
+
+    root = f"/multiread-{time.monotonic_ns()}"
+    writer.create(f"{root}/a", b"5", makepath=True)
+    writer.create(f"{root}/b", b"")
+    client = WatchingKazooClient(hosts=quiet_zk.hosts)
+    client.start(timeout=10)
+    try:
+        paths = [f"{root}/a", f"{root}/gone", f"{root}/b"] * 300  # one request, 900 reads
+        results = client.get_many_async(paths).get(10)
+        assert len(results) == 900
+        (data_a, stat_a), missing, (data_b, _) = results[:3]
+        assert (data_a, data_b) == (b"5", b"") and isinstance(missing, NoNodeError)
+        assert stat_a.mzxid == writer.exists(f"{root}/a").mzxid
+        assert MultiRead.type == 22
+    finally:
+        client.stop()
+        client.close()

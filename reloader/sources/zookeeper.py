@@ -124,6 +124,9 @@ _WAIT_SLICE = 0.25
 AUTH_RETRY = 30.0
 # How long after a failed resync it is tried again (while the session is up).
 RESYNC_RETRY = 1.0
+# How many children one multi-read request checks (a persistent znode's
+# version checks; about 100 bytes of answer each for host:port children).
+MULTI_READ_MAX = 500
 class ReadInterrupted(Exception):
     """A read was abandoned: the session changed, or the daemon is stopping."""
 
@@ -169,6 +172,9 @@ class _DataRequests:
 
     reads: deque[tuple[ZnodeWatch, str, Any]] = field(default_factory=deque)
     checks: deque[tuple[ZnodeWatch, str, Any]] = field(default_factory=deque)
+    # Children of persistent znodes to check, not sent yet; then the multi-reads sent for them.
+    bulk: list[tuple[ZnodeWatch, str]] = field(default_factory=list)
+    bulk_sent: deque[tuple[list[tuple[ZnodeWatch, str]], Any]] = field(default_factory=deque)
 
 
 class SnapshotSink(Protocol):
@@ -401,8 +407,9 @@ class ZooKeeperSource:
         znode whose children watch was consumed since its last list (a child
         came or went while connected, told by the persistent watch) cannot
         say, and is listed again. What no watch covers is a child's data:
-        every child of a persistent znode has its version checked (one
-        ``exists`` each, pipelined), and only those that moved are read.
+        every child of a persistent znode is checked, MULTI_READ_MAX to a
+        ``multiRead`` request (ZooKeeper 3.6+, as persistent watches are):
+        at 1,000 upstreams x 20, 40 requests instead of 20,000.
         """
         for watch in self._watches:
             if watch.path not in self._persistent or watch.state is ZnodeState.UNKNOWN:
@@ -624,6 +631,7 @@ class ZooKeeperSource:
                 self._request_data(watch, requests)
         if missing:
             self._watch_for_creation(missing, deadline, epoch)
+        self._send_bulk(requests)
         self._collect(requests, deadline, epoch)
 
     def _add_persistent(self, watches: list[ZnodeWatch], deadline: _Patience, epoch: int) -> None:
@@ -738,8 +746,21 @@ class ZooKeeperSource:
         data_watch = None if watch.path in self._persistent else self._on_child_data
         requests.reads.extend((watch, child, get(watch.child_path(child), watch=data_watch))
                               for child in watch.reads())
+        if watch.path in self._persistent and isinstance(self._client, WatchingKazooClient):
+            # No watch to set again: check (read) them many to a request.
+            requests.bulk.extend((watch, child) for child in watch.checks())
+            return
         requests.checks.extend((watch, child, exists(watch.child_path(child), watch=data_watch))
                                for child in watch.checks())
+
+    def _send_bulk(self, requests: _DataRequests) -> None:
+        """Send the multi-reads of the persistent znodes' children to check, MULTI_READ_MAX to a request."""
+        client = self._client
+        assert not requests.bulk or isinstance(client, WatchingKazooClient)
+        for start in range(0, len(requests.bulk), MULTI_READ_MAX):
+            chunk = requests.bulk[start:start + MULTI_READ_MAX]
+            requests.bulk_sent.append((chunk, client.get_many_async([w.child_path(c) for w, c in chunk])))
+        requests.bulk = []
 
     def _collect(self, requests: _DataRequests, deadline: _Patience, epoch: int) -> None:
         """Await every request sent, and read what a version check found moved.
@@ -753,6 +774,27 @@ class ZooKeeperSource:
         """
         self._take_reads(requests.reads, deadline, epoch)
         rereads: deque[tuple[ZnodeWatch, str, Any]] = deque()
+        while requests.bulk_sent:
+            chunk, pending = requests.bulk_sent.popleft()
+            try:
+                results = self._await(pending, deadline, epoch)
+            except SESSION_ERRORS:
+                raise
+            except ZOOKEEPER_ERRORS:
+                # The multi-read as a whole was refused: read them one by one.
+                results = [None] * len(chunk)
+            for (watch, child), result in zip(chunk, results):
+                if result is None:
+                    watch.verified(child, None)
+                    rereads.append((watch, child, self._client.get_async(watch.child_path(child))))
+                elif isinstance(result, NoNodeError):
+                    self._adopt(watch, child, None, None)
+                elif isinstance(result, BaseException):
+                    self._adopt(watch, child, Unreadable(f"ZooKeeper refused to read it: {describe_error(result)}"),
+                                None)
+                else:
+                    self._adopt(watch, child, result[0], result[1].mzxid)
+            del results
         while requests.checks:
             watch, child, pending = requests.checks.popleft()
             try:
@@ -782,16 +824,20 @@ class ZooKeeperSource:
             except ZOOKEEPER_ERRORS as error:
                 data = Unreadable(f"ZooKeeper refused to read it: {describe_error(error)}")
             del pending
-            if is_oversized(data):
-                record = watch.known.get(child)
-                if record is not None and record.data is not OVERSIZED:
-                    log.warning(
-                        "znode %s child %r: %d bytes of data, more than any format reads (%d); not kept",
-                        watch.path, child[:120], len(data), MAX_KEPT_DATA,
-                        extra={"upstream": watch.upstreams[0]} if watch.upstreams else {},
-                    )
-            watch.data_read(child, data, version)
+            self._adopt(watch, child, data, version)
             data = None
+
+    def _adopt(self, watch: ZnodeWatch, child: str, data: Any, version: int | None) -> None:
+        """Keep what was read of ``child`` (a too large data is noted, not kept)."""
+        if is_oversized(data):
+            record = watch.known.get(child)
+            if record is not None and record.data is not OVERSIZED:
+                log.warning(
+                    "znode %s child %r: %d bytes of data, more than any format reads (%d); not kept",
+                    watch.path, child[:120], len(data), MAX_KEPT_DATA,
+                    extra={"upstream": watch.upstreams[0]} if watch.upstreams else {},
+                )
+        watch.data_read(child, data, version)
 
     def _abandoned(self, epoch: int) -> bool:
         """True when work begun at session ``epoch`` is no longer wanted."""
