@@ -124,9 +124,15 @@ _WAIT_SLICE = 0.25
 AUTH_RETRY = 30.0
 # How long after a failed resync it is tried again (while the session is up).
 RESYNC_RETRY = 1.0
-# How many children one multi-read request checks (a persistent znode's
-# version checks; about 100 bytes of answer each for host:port children).
+# How many children one multi-read request checks at most (a persistent
+# znode's version checks; about 100 bytes of answer each for host:port
+# children), and how large its answer may be expected to be, from the data
+# last read. A child known to carry more than MULTI_READ_LARGE bytes, or a
+# too large one, is checked on its own (an exists), so that one answer never
+# carries many large children.
 MULTI_READ_MAX = 500
+MULTI_READ_BYTES = 256 * 1024
+MULTI_READ_LARGE = 4096
 class ReadInterrupted(Exception):
     """A read was abandoned: the session changed, or the daemon is stopping."""
 
@@ -746,20 +752,31 @@ class ZooKeeperSource:
         data_watch = None if watch.path in self._persistent else self._on_child_data
         requests.reads.extend((watch, child, get(watch.child_path(child), watch=data_watch))
                               for child in watch.reads())
+        checks = watch.checks()
         if watch.path in self._persistent and isinstance(self._client, WatchingKazooClient):
-            # No watch to set again: check (read) them many to a request.
-            requests.bulk.extend((watch, child) for child in watch.checks())
-            return
+            # No watch to set again: check (read) the small ones many to a request.
+            small = [child for child in checks if _last_size(watch, child) <= MULTI_READ_LARGE]
+            requests.bulk.extend((watch, child) for child in small)
+            checks = sorted(set(checks) - set(small))
         requests.checks.extend((watch, child, exists(watch.child_path(child), watch=data_watch))
-                               for child in watch.checks())
+                               for child in checks)
 
     def _send_bulk(self, requests: _DataRequests) -> None:
         """Send the multi-reads of the persistent znodes' children to check, MULTI_READ_MAX to a request."""
         client = self._client
         assert not requests.bulk or isinstance(client, WatchingKazooClient)
-        for start in range(0, len(requests.bulk), MULTI_READ_MAX):
-            chunk = requests.bulk[start:start + MULTI_READ_MAX]
-            requests.bulk_sent.append((chunk, client.get_many_async([w.child_path(c) for w, c in chunk])))
+        chunks: list[list[tuple[ZnodeWatch, str]]] = [[]]
+        size = 0
+        for watch, child in requests.bulk:
+            expected = _last_size(watch, child) + 100
+            if chunks[-1] and (len(chunks[-1]) >= MULTI_READ_MAX or size + expected > MULTI_READ_BYTES):
+                chunks.append([])
+                size = 0
+            chunks[-1].append((watch, child))
+            size += expected
+        for chunk in chunks:
+            if chunk:
+                requests.bulk_sent.append((chunk, client.get_many_async([w.child_path(c) for w, c in chunk])))
         requests.bulk = []
 
     def _collect(self, requests: _DataRequests, deadline: _Patience, epoch: int) -> None:
@@ -863,6 +880,17 @@ class ZooKeeperSource:
                 raise
             deadline.answered()
             return result
+
+
+def _last_size(watch: ZnodeWatch, child: str) -> int:
+    """The size of ``child``'s data as last read (large for a too large or unreadable one)."""
+    record = watch.known.get(child)
+    data = None if record is None else record.data
+    if data is None:
+        return 0
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return len(data)
+    return MAX_KEPT_DATA  # OVERSIZED, Unreadable: check it on its own
 
 
 def _is_watching(factory: Callable[..., KazooClient]) -> bool:
