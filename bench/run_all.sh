@@ -24,6 +24,7 @@ run() {
 for bench in latency scale heal lua_balancer lua_traffic; do
     run "$bench"
 done
+run blip
 run targets "$@"
 run fleet "$@"
 if [ ${#QUICK[@]} -gt 0 ]; then

@@ -34,6 +34,7 @@ from reloader.pipeline import Pipeline
 from reloader.publication import ClusterFreeze
 from reloader.resolve import HostChecker
 from reloader.snapshot import Snapshot
+from reloader.sources.kazoo_protocol import WatchingKazooClient
 from reloader.sources.zookeeper import ZooKeeperSource
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class ClusterWorker:
         cluster: ClusterConfig,
         publish: Callable[[list[Upstream]], None],
         session_timeout: float,
-        client_factory: Callable[..., KazooClient] = KazooClient,
+        client_factory: Callable[..., KazooClient] = WatchingKazooClient,
         hosts: HostChecker | None = None,
         stopping: threading.Event | None = None,
     ) -> None:

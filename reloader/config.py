@@ -73,6 +73,7 @@ _SETTING_KEYS = {
     "resolve_interval",
     "max_children",
     "stream",
+    "watch_mode",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
     *_TRAFFIC_KEYS,
@@ -193,6 +194,8 @@ class ClusterConfig:
     sasl: Mapping[str, str] | None = field(default=None, repr=False, hash=False)
     tls: TlsConfig | None = None
     cluster_count: int = 1  # how many clusters the config has, for ``label``
+    #: The global ``watch_mode`` (auto, persistent or classic), see reloader/sources/kazoo_protocol.py.
+    watch_mode: str = "auto"
 
     @property
     def label(self) -> str:
@@ -207,7 +210,7 @@ class ClusterConfig:
     def session_key(self) -> tuple[Any, ...]:
         """What identifies one ZooKeeper session: entries with equal keys can share one client."""
         sasl = tuple(sorted(self.sasl.items())) if self.sasl is not None else None
-        return (self.zk_servers, self.auth, sasl, self.tls)
+        return (self.zk_servers, self.auth, sasl, self.tls, self.watch_mode)
 
 
 def kazoo_arguments(cluster: ClusterConfig) -> dict[str, Any]:
@@ -526,6 +529,15 @@ def _parse_max_children(value: Any) -> int:
 def _parse_flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, got {_shown(value)}")
+    return value
+
+
+WATCH_MODES = ("auto", "persistent", "classic")
+
+
+def _parse_watch_mode(value: Any) -> str:
+    if not isinstance(value, str) or value not in WATCH_MODES:
+        raise ValueError(f"must be one of {', '.join(WATCH_MODES)}, got {_shown(value)}")
     return value
 
 
@@ -1097,6 +1109,7 @@ def parse_config(
     )
     listen = problems.check("listen", _parse_listen, settings["listen"]) if settings.get("listen") is not None else None
     prune_files = problems.check("prune_files", _parse_flag, settings.get("prune_files", False))
+    watch_mode = problems.check("watch_mode", _parse_watch_mode, settings.get("watch_mode", "auto"), wants_text=True)
     resolve_interval = problems.check(
         "resolve_interval", _parse_positive_duration, settings.get("resolve_interval", 30)
     )
@@ -1120,7 +1133,7 @@ def parse_config(
     valid = tuple(cluster for cluster in clusters if cluster)
     return Config(
         source=source,
-        clusters=tuple(replace(cluster, cluster_count=len(valid)) for cluster in valid),
+        clusters=tuple(replace(cluster, cluster_count=len(valid), watch_mode=watch_mode or "auto") for cluster in valid),
         files_output_path=files_output_path,
         dyups_url=dyups_url,
         reconcile_interval=reconcile,

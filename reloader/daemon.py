@@ -40,6 +40,7 @@ from reloader.render import render_file, render_file_lua
 from reloader.resolve import HostChecker
 from reloader.runner import OutputRunner
 from reloader.sdnotify import SystemdNotifier
+from reloader.sources.kazoo_protocol import WatchingKazooClient
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Daemon:
     def __init__(
         self,
         config: Config,
-        client_factory: Callable[..., KazooClient] = KazooClient,
+        client_factory: Callable[..., KazooClient] = WatchingKazooClient,
         notifier: SystemdNotifier | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> None:

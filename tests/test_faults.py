@@ -327,9 +327,13 @@ def test_cluster_black_holed_mid_resync_does_not_delay_another(
         wait_until(lambda: all(daemon.read(name) for name in a_nodes), "every file of cluster A", 20,
                    daemon.log_tail)
 
-        # Cut A's connection; the reconnect carries 1500 bytes (the handshake
-        # and the first replies of the re-read), then goes silent.
+        # Cut A's connection and change every znode of A meanwhile; the
+        # reconnect carries 1500 bytes (the handshake and the first of the
+        # events the re-registered watches fire, or replies of the re-read),
+        # then goes silent.
         proxy.refuse()
+        for name, path in a_nodes.items():
+            client_a.create(f"{path}/10.1.{int(name[1:])}.9:80", b"")
         proxy.blackhole_after(1500)
         proxy.pass_through()
         assert proxy.budget_spent.wait(15), f"the daemon never re-read cluster A\n{daemon.log_tail()}"

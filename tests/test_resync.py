@@ -1,12 +1,12 @@
 """Resync after a reconnect, against a real ZooKeeper behind a switchable TCP proxy.
 
-A session can survive a disconnection (SUSPENDED -> CONNECTED, no LOST). kazoo
-(2.11) does not restore watches on such a session: it drops every watcher
-when the connection goes and sends no SetWatches when it comes back. So the
-resync must set every child and data watch again; this checks that what
-changed while the client was away is published, that only the children
-whose data version moved are read again, and that later changes still arrive
-through the watches set again.
+A session can survive a disconnection (SUSPENDED -> CONNECTED, no LOST). The
+client sends its watches back (SetWatches) and the server fires those whose
+nodes changed meanwhile; a persistent watch is re-added without that check,
+so under one every child's version is checked. This checks, in both watch
+modes, that what changed while the client was away is published, that only
+the children whose data moved are read again, and that later changes still
+arrive through the watches kept.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from reloader.config import parse_config
 from reloader.localenv.tcpproxy import TcpProxy
 from reloader.localenv.zookeeper import LocalZooKeeper
 from reloader.model import Upstream
+from reloader.sources.kazoo_protocol import WatchingKazooClient
 
 
-class CountingClient(KazooClient):
+class CountingClient(WatchingKazooClient):
     """The real kazoo client, counting the child data reads it is asked for."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -47,8 +48,9 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.mark.parametrize("watch_mode", ["classic", "persistent"])
 def test_a_surviving_session_reads_only_what_changed_and_publishes_it(
-    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, caplog: pytest.LogCaptureFixture
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, caplog: pytest.LogCaptureFixture, watch_mode: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="reloader.sources.zookeeper")
     path = f"{zk_root}/app1"
@@ -56,7 +58,8 @@ def test_a_surviving_session_reads_only_what_changed_and_publishes_it(
         zk_client.create(f"{path}/10.0.0.{k}:80", b"", makepath=True)
     proxy = TcpProxy(zk.port).start()
     config = parse_config({"zk_servers": proxy.hosts, "zk_nodes": {"app1": path},
-                           "settle_after_reconnect": 0, "max_drop": "100%"}, source="test")
+                           "settle_after_reconnect": 0, "max_drop": "100%", "watch_mode": watch_mode},
+                          source="test")
     published: list[Upstream] = []
     lock = threading.Lock()
     clients: list[CountingClient] = []
@@ -91,8 +94,11 @@ def test_a_surviving_session_reads_only_what_changed_and_publishes_it(
         want = {"10.0.0.1:80": 1, "10.0.0.2:80": 3, "10.0.0.3:80": 1, "10.0.0.4:80": 1}
         wait_until(lambda: latest() == want, 15, "the changes made while away")
         assert client.client_id == session, "the session survived"
-        # The unchanged children were checked by version (exists), not read again.
-        assert sorted(client.data_reads) == [f"{path}/10.0.0.2:80", f"{path}/10.0.0.4:80"]
+        # The unchanged children were checked by version, not read again one
+        # by one: by exists (classic), or all in one multi-read that also
+        # brought the changed one's data (persistent).
+        changed = [f"{path}/10.0.0.2:80"] if watch_mode == "classic" else []
+        assert sorted(client.data_reads) == [*changed, f"{path}/10.0.0.4:80"]
 
         # Later changes still arrive through the watches set again, on the
         # children that were only checked as well as on those read.

@@ -27,6 +27,7 @@ from reloader.formats import MAX_DATA_BYTES
 from reloader.localenv.tcpproxy import TcpProxy
 from reloader.localenv.zookeeper import LocalZooKeeper
 from reloader.model import Upstream
+from reloader.sources.kazoo_protocol import WatchingKazooClient
 from reloader.snapshot import MAX_KEPT_DATA, OVERSIZED, keepable
 from reloader.sources import zookeeper as zookeeper_source
 from reloader.sources.watches import Need, ZnodeState, ZnodeWatch
@@ -46,7 +47,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-class HookedClient(KazooClient):
+class HookedClient(WatchingKazooClient):
     """The real kazoo client; ``on_list`` (if set) is told of every child-list read it is asked for."""
 
     on_list: Callable[[str], None] | None = None
@@ -61,7 +62,8 @@ class Harness:
     """A cluster worker on its own thread, publishing into a list; the worker's ZooKeeper is behind ``proxy``."""
 
     def __init__(self, zk: LocalZooKeeper, nodes: dict[str, Any], session_timeout: float = 8.0,
-                 **settings: Any) -> None:
+                 watch_mode: str = "auto", **settings: Any) -> None:
+        self.watch_mode = watch_mode
         self.proxy = TcpProxy(zk.port).start()
         self.config = self.cluster_config(nodes, **settings)
         self.session_timeout = session_timeout
@@ -73,7 +75,7 @@ class Harness:
 
     def cluster_config(self, nodes: dict[str, Any], **settings: Any) -> ClusterConfig:
         data = {"zk_servers": self.proxy.hosts, "zk_nodes": nodes, "settle_after_reconnect": 0,
-                "max_drop": "100%", **settings}
+                "max_drop": "100%", "watch_mode": self.watch_mode, **settings}
         return parse_config(data, source="test").clusters[0]
 
     def _factory(self, *args: Any, **kwargs: Any) -> HookedClient:
@@ -113,6 +115,13 @@ class Harness:
         while_away()
         self.proxy.pass_through()
 
+    def expire(self, zk: LocalZooKeeper, client_id: tuple[int, bytes]) -> None:
+        """End the session ``client_id`` from another connection: the worker's next connection reads in full."""
+        other = KazooClient(hosts=zk.hosts, client_id=client_id)
+        other.start(timeout=10)
+        other.stop()
+        other.close()
+
     def close(self) -> None:
         self.worker.stop_event.set()
         self.worker.wake()
@@ -121,11 +130,13 @@ class Harness:
         self.proxy.close()
 
 
-@pytest.fixture
-def harnesses() -> Iterator[Callable[..., Harness]]:
+@pytest.fixture(params=["persistent", "classic"])
+def harnesses(request: pytest.FixtureRequest) -> Iterator[Callable[..., Harness]]:
+    """Harnesses in one watch mode; every test that takes them runs in both."""
     made: list[Harness] = []
 
     def make(*args: Any, **kwargs: Any) -> Harness:
+        kwargs.setdefault("watch_mode", request.param)
         made.append(Harness(*args, **kwargs))
         return made[-1]
 
@@ -163,10 +174,17 @@ def test_a_list_refused_after_a_reconnect_still_sets_every_child_data_watch_once
     harness = harnesses(zk, {"app1": path}).start()
     harness.wait_for("app1", {"10.0.0.1:80": 5, "10.0.0.2:80": 1})
 
-    # While the daemon is away, the service znode gets an ACL it cannot read:
-    # the resync's child-list read fails with NoAuth. kazoo dropped every
-    # data watch on the disconnection.
-    harness.blip(lambda: admin.set_acls(path, [make_digest_acl(*OWNER.split(":"), all=True)]))
+    # While the daemon is away, the service znode gets an ACL it cannot read
+    # and the session expires: the resync's child-list read fails with
+    # NoAuth, and the new session holds no watch at all. (A session that
+    # survives keeps its watches: an ACL change alone fires none.)
+    session = harness.clients[0].client_id
+
+    def while_away() -> None:
+        admin.set_acls(path, [make_digest_acl(*OWNER.split(":"), all=True)])
+        harness.expire(zk, session)
+
+    harness.blip(while_away)
     wait_until(lambda: "cannot watch its children" in caplog.text and harness.worker.freeze.is_open, 15,
                "the refused list and the thaw")
 
@@ -223,8 +241,12 @@ def test_a_resync_never_hands_an_upstream_the_view_of_the_znode_a_reload_moved_i
             moved.set()
             harness.reconfigure({"x": b, "y": b, "z": c})
 
+    session = harness.clients[0].client_id
+
     def while_away() -> None:
+        # An expiry: the resync reads every znode, one step each.
         zk_client.create(f"{a}/10.0.1.2:80", b"")
+        harness.expire(zk, session)
         harness.clients[0].on_list = move_x_during_the_resync
 
     harness.blip(while_away)
@@ -241,6 +263,8 @@ def test_a_resync_never_hands_an_upstream_the_view_of_the_znode_a_reload_moved_i
 # ---- issue 18 item 4 --------------------------------------------------------------------
 
 
+# One mode only: 30 children of 1 MB are heavy for the shared 256 MB test server.
+@pytest.mark.parametrize("harnesses", ["persistent"], indirect=True)
 def test_large_child_data_is_not_kept_and_memory_goes_with_the_children(
     zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, harnesses: Callable[..., Harness],
     caplog: pytest.LogCaptureFixture,

@@ -142,7 +142,16 @@ class Schedule:
         """
         path = self.rng.choice(self.paths)
         watch = self.harness.worker.source.watches.get(path)
-        self.harness.blip(lambda: self.admin.set_acls(path, [make_digest_acl(*OWNER.split(":"), all=True)]))
+        # The session expires too: a session that survives keeps its watches
+        # (SetWatches), and an ACL change alone fires none, so nothing would
+        # list the znode again.
+        session = self.harness.clients[-1].client_id
+
+        def away() -> None:
+            self.admin.set_acls(path, [make_digest_acl(*OWNER.split(":"), all=True)])
+            self.harness.expire(self.zk, session)
+
+        self.harness.blip(away)
         if watch is not None:
             wait_until(lambda: watch.state is ZnodeState.FAILED, 15, f"the list of {path} to be refused")
         self.registry_change()

@@ -68,11 +68,23 @@ from typing import Any, NamedTuple
 
 import kazoo
 from kazoo.client import CLOSED_STATES, KazooClient
-from kazoo.exceptions import ConnectionDropped, NoNodeError, NoWatcherError, UnimplementedError
+from kazoo.exceptions import EXCEPTIONS, ConnectionDropped, NoNodeError, NoWatcherError, UnimplementedError
 from kazoo.protocol.connection import PING_XID, WATCH_XID, ConnectionHandler
 from kazoo.protocol.paths import _prefix_root
-from kazoo.protocol.serialization import Exists, ReplyHeader, Watch, int_struct, long_struct, write_string
-from kazoo.protocol.states import EVENT_TYPE_MAP, Callback, EventType, WatchedEvent
+from kazoo.protocol.serialization import (
+    Exists,
+    GetData,
+    MultiHeader,
+    ReplyHeader,
+    Watch,
+    int_struct,
+    long_struct,
+    multiheader_struct,
+    read_buffer,
+    stat_struct,
+    write_string,
+)
+from kazoo.protocol.states import EVENT_TYPE_MAP, Callback, EventType, WatchedEvent, ZnodeStat
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +194,43 @@ class RemoveWatches(NamedTuple):
     @classmethod
     def deserialize(cls, buffer: bytes, offset: int) -> bool:
         return True
+
+
+class MultiRead(NamedTuple):
+    """jute ``MultiOperationRecord`` of ``getData`` operations (opcode 22, ZooKeeper >= 3.6).
+
+    Many reads in one request, with no watch. The answer is one entry per
+    path, in order: ``(data, ZnodeStat)``, or the exception of that read
+    (``NoNodeError``, ``NoAuthError``...).
+    """
+
+    paths: tuple[str, ...]
+
+    type = 22  # type: ignore[assignment]
+
+    def serialize(self) -> bytes:
+        body = bytearray()
+        for path in self.paths:
+            body.extend(MultiHeader(GetData.type, False, -1).serialize() + write_string(path) + b"\x00")
+        return bytes(body + multiheader_struct.pack(-1, True, -1))
+
+    @classmethod
+    def deserialize(cls, buffer: bytes, offset: int) -> list[Any]:
+        results: list[Any] = []
+        header, offset = MultiHeader.deserialize(buffer, offset)
+        while not header.done:
+            if header.type == GetData.type:
+                data, offset = read_buffer(buffer, offset)
+                results.append((data, ZnodeStat._make(stat_struct.unpack_from(buffer, offset))))
+                offset += stat_struct.size
+            elif header.type == -1:
+                err = int_struct.unpack_from(buffer, offset)[0]
+                offset += int_struct.size
+                results.append(EXCEPTIONS[err]())
+            else:
+                raise ValueError(f"unexpected operation {header.type} in a multi-read answer")
+            header, offset = MultiHeader.deserialize(buffer, offset)
+        return results
 
 
 def _length(path: str) -> int:
@@ -477,6 +526,49 @@ class WatchingKazooClient(KazooClient):
             raise
         self._supports_persistent = True
         return True
+
+    def add_persistent_watch_async(self, path: str, watcher: Watcher, recursive: bool = True) -> Any:
+        """Send the ``AddWatch`` of :meth:`add_persistent_watch` without waiting for it.
+
+        Returns None when the classic mode is in effect (nothing sent), else
+        kazoo's async result: it gives True once the server holds the watch,
+        or raises the server's error. Pass an ``UnimplementedError`` to
+        :meth:`persistent_refused`, which decides what ``auto`` makes of it.
+        """
+        if self.watch_mode == "classic" or (self.watch_mode == "auto" and self._supports_persistent is False):
+            return None
+        full = _prefix_root(self.chroot, path)
+        mode = PERSISTENT_RECURSIVE if recursive else PERSISTENT
+        with self._persistent_lock:
+            entry = self._persistent.get(full)
+            if entry is not None and entry.mode != mode:
+                raise ValueError(f"{path} already has a persistent watch of mode {entry.mode}")
+        result = self.handler.async_result()
+        self._call(AddWatch(full, mode, watcher), result)
+        return result
+
+    def get_many_async(self, paths: Sequence[str]) -> Any:
+        """Read the data of every path in one ``multiRead`` request (ZooKeeper >= 3.6), setting no watch.
+
+        kazoo's async result gives a list with, per path in order,
+        ``(data, ZnodeStat)`` or the exception of that read.
+        """
+        result = self.handler.async_result()
+        self._call(MultiRead(tuple(_prefix_root(self.chroot, path) for path in paths)), result)
+        return result
+
+    def persistent_accepted(self) -> None:
+        """The server accepted an ``AddWatch`` sent by :meth:`add_persistent_watch_async`."""
+        self._supports_persistent = True
+
+    def persistent_refused(self, error: BaseException) -> bool:
+        """Whether ``error`` (an AddWatch's) means classic watches for the rest of this session (``auto``)."""
+        if self.watch_mode == "auto" and isinstance(error, UnimplementedError):
+            if self._supports_persistent is not False:
+                self.logger.warning("ZooKeeper refused AddWatch (a server older than 3.6): classic watches")
+            self._supports_persistent = False
+            return True
+        return False
 
     def remove_persistent_watch(self, path: str, timeout: float | None = None) -> None:
         """Remove the persistent watch on ``path`` and its watchers.

@@ -64,6 +64,8 @@ data_read / verified   READING, SYNCED (child marked)               SYNCED when 
                                                                     child is left
 child_created/deleted  SYNCED, READING (a persistent watch's event) same, child
                                                                     added/dropped
+verify_children        any (a resumption under a persistent watch   same, every
+                       after which the zxid moved)                  child checked
 =====================  ===========================================  ===============
 
 Reaching ``SYNCED`` through a pass owes the view to every upstream of the
@@ -226,6 +228,17 @@ class ZnodeWatch:
             self.names = tuple(name for name in self.names if name != child)
             self.needs.pop(child, None)
             self._completed()
+
+    def verify_children(self) -> None:
+        """Nothing says whether a child's data moved (a persistent watch after a blip): check every version.
+
+        ZooKeeper re-adds a persistent watch on a resumed session without
+        comparing it against the zxid, so a data change made while the
+        connection was down fires nothing. The state stays as it is: only
+        the children are marked, and a snapshot waits for their checks.
+        """
+        for name in self.names:
+            self.needs.setdefault(name, Need.VERIFY)
 
     def listing_sent(self) -> None:
         self.state = ZnodeState.LISTING
