@@ -98,6 +98,8 @@ FINAL_DEADLINE = 30.0
 SIGTERM_LIMIT = 5.0
 #: Slack for the checker's own sampling when it compares a drop with the registry's history.
 SLACK = 0.6
+#: A channel not sampled for longer than this has a gap in its history (see _check_collapse).
+GAP = 1.0
 #: The Lua interface's token header (the daemon sends it; the soak reads the state with it).
 TOKEN_HEADER = "X-Reloader-Token"
 
@@ -155,6 +157,8 @@ class Channel:
     ahead_since: float | None = None
     # Set while a collapse is being reported, so that one episode counts once.
     collapsed: bool = False
+    # When this channel was last sampled: a gap (its output stopped or unreachable) breaks its history.
+    seen_at: float | None = None
 
 
 @dataclass
@@ -492,6 +496,12 @@ class Soak:
         channel = self.channels[key]
         count = len(servers)
         name = key[2]
+        if channel.seen_at is not None and now - channel.seen_at > GAP:
+            # Not sampled for a while (a hung dyups, nginx restarting): what it served
+            # meanwhile is unknown, so the state before the gap is no reference.
+            channel.history.clear()
+            channel.collapsed = False
+        channel.seen_at = now
         most = max(_most_over(channel.history, now - DROP_HOLD + SLACK, now, count), count)
         floor = math.ceil((1 - MAX_DROP) * most - 1e-9)
         collapsed = count == 0 or (count < floor and not self._drop_held(name, channel, now))
