@@ -43,11 +43,14 @@ Exit status 0 when no violation was counted, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import errno
 import json
 import math
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -76,7 +79,7 @@ from kazoo.exceptions import (  # noqa: E402
     SessionExpiredError,
 )
 
-from bench._common import Daemon, guard_settings  # noqa: E402
+from bench._common import _EVENT, IN_CLOSE_WRITE, IN_MOVED_TO, Daemon, guard_settings  # noqa: E402
 from bench._dyups_proc import DyupsProcess  # noqa: E402
 from reloader.localenv.backends import BackendPool  # noqa: E402
 from reloader.localenv.ensemble import LocalEnsemble  # noqa: E402
@@ -318,6 +321,8 @@ class Soak:
             self.nginx.start()
             self._quiet_point("start")
             threads = [threading.Thread(target=self._files_sampler, daemon=True),
+                       *(threading.Thread(target=self._files_watcher, args=(who,), daemon=True)
+                         for who in ("lua", "dyups")),
                        threading.Thread(target=self._checker, daemon=True),
                        threading.Thread(target=self._traffic, daemon=True)]
             for thread in threads:
@@ -457,17 +462,57 @@ class Soak:
     def _files_sampler(self) -> None:
         """Every file state, sampled fast, so that 'nginx ahead of the file' can be told apart."""
         while not self.stop.is_set():
-            now = time.monotonic()
             for who in ("lua", "dyups"):
                 for name in UPSTREAMS:
-                    servers = self.read_file(who, name)
-                    if servers is None:
-                        continue
-                    with self.file_lock:
-                        seen = self.file_seen[(who, name)]
-                        if not seen or seen[-1][1] != servers:
-                            seen.append((now, servers))
+                    self._saw_file(who, name, self.read_file(who, name))
             self.stop.wait(0.004)
+
+    def _saw_file(self, who: str, name: str, servers: frozenset[str] | None) -> None:
+        if servers is None:
+            return
+        with self.file_lock:
+            seen = self.file_seen[(who, name)]
+            if not seen or seen[-1][1] != servers:
+                seen.append((time.monotonic(), servers))
+
+    def _files_watcher(self, who: str) -> None:
+        """Read each file the moment the daemon closes its temporary copy or renames it into place.
+
+        A state the daemon replaces within a millisecond or two (a burst of
+        registry changes) would slip between two polls; its temporary file
+        is read here before the rename instead.
+        """
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        directory = self.files_dir(who)
+        if fd < 0 or libc.inotify_add_watch(fd, str(directory).encode(), IN_CLOSE_WRITE | IN_MOVED_TO) < 0:
+            return
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        try:
+            while not self.stop.is_set():
+                if not poller.poll(100):
+                    continue
+                try:
+                    data = os.read(fd, 1 << 20)
+                except BlockingIOError:
+                    continue
+                offset = 0
+                while offset < len(data):
+                    _wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                    offset += _EVENT.size
+                    file = data[offset:offset + length].rstrip(b"\0").decode(errors="replace")
+                    offset += length
+                    name = file.lstrip(".").split(".upstream", 1)[0]
+                    if name not in UPSTREAMS or ".upstream" not in file:
+                        continue
+                    try:
+                        text = (directory / file).read_text()
+                    except OSError:
+                        continue  # already renamed or replaced: the next event reads it
+                    self._saw_file(who, name, file_servers(text))
+        finally:
+            os.close(fd)
 
     def _file_had(self, who: str, name: str, servers: frozenset[str]) -> bool:
         with self.file_lock:
