@@ -33,6 +33,7 @@ from reloader.model import Upstream
 from reloader.outputs.base import FileWritten, Output
 from reloader.outputs.dyups import DyupsOutput
 from reloader.outputs.files import FilesOutput, FileStore, StoredFile
+from reloader.outputs.guard_record import read_owed
 from reloader.outputs.reload import ReloadOutput
 from reloader.overrides import OverrideWatcher
 from reloader.readback import ReadbackError, parse_upstream_block
@@ -437,11 +438,16 @@ class Daemon:
 
     def _read_back_all(self, znodes: Iterable[ZnodeConfig]) -> list[Upstream]:
         states = []
+        owed: dict[str, tuple[tuple[float, int], ...]] | None = None
         for znode in znodes:
             upstream = self._read_back(znode.upstream)
             if upstream is not None:
-                # The config, not an old file, is the authority on directives.
-                states.append(replace(upstream, directives=znode.options.directives))
+                if owed is None:
+                    owed = read_owed(self.store.directory)
+                # The config, not an old file, is the authority on directives; the guard
+                # record keeps what the shrink guard's reference owed when the file was written.
+                states.append(replace(upstream, directives=znode.options.directives,
+                                      owed=owed.get(znode.upstream, ())))
         return states
 
     def _configured(self, stored: StoredFile) -> bool:

@@ -82,6 +82,11 @@ class Upstream:
     slow_start: "SlowStart | None" = None
     panic_threshold: float | None = None
     added: tuple[tuple[tuple[str, int], float], ...] = ()
+    # What the shrink guard's reference still owes to states served before this
+    # one: (wall-clock time until which it counts, usable servers) pairs (see
+    # reloader.publication). Recorded beside the files, never rendered, and no
+    # part of the upstream's identity.
+    owed: tuple[tuple[float, int], ...] = field(default=(), compare=False)
 
     def same_servers(self, other: "Upstream | None") -> bool:
         """True when ``other`` would render to the same nginx state."""

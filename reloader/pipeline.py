@@ -290,6 +290,7 @@ class Pipeline:
             state.guard.published(upstream, live)
             return
         state.guard.published(upstream, live)
+        upstream = state.guard.last_published  # with what the reference still owes (recorded beside the files)
         state.published_at = self._clock()
         held = state.guard.holding
         log.info(

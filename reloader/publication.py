@@ -43,6 +43,15 @@ instance replaced by another is a change of endpoint and no loss at all.
   reference then starts again from the released set, so the same drop is not
   held twice. Servers coming back end the hold at once. ``max_drop`` of 1.0
   or a ``drop_hold`` of 0 turns the shrink guard off.
+* **The reference outlives the process.** Each published upstream carries
+  what of its reference is still owed (:meth:`UpstreamGuard.owed`: usable
+  counts larger than the state published, each with the wall-clock time it
+  stops counting), and the files output records that beside the files
+  before it writes them (``reloader.outputs.guard_record``). At start-up the
+  guard adopts its file *and* that record, so a daemon restarted (or
+  crash-looping) in the middle of a drop holds against what was served
+  before the restart, not against the smaller state it finds in the file.
+  A hold itself starts again at a restart: it is kept longer, never shorter.
 
 A server kept a little too long costs nginx a failed connect and a retry on
 the next server; a server left alone with all the traffic costs an outage.
@@ -54,10 +63,11 @@ Threading: a :class:`ClusterFreeze` is safe from any thread. An
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from reloader.config import GuardSettings
@@ -189,6 +199,25 @@ class ServedHistory:
         self._ended.clear()
         self._current = count
 
+    def replaced(self, now: float, window: float) -> list[tuple[float, int]]:
+        """The replaced states that still count at ``now``: (when each was replaced, its usable count).
+
+        Only counts above the current state's are kept (see :meth:`record`):
+        they are exactly what the reference owes to the past.
+        """
+        self.reference(now, window)
+        return list(self._ended)
+
+    def restore(self, ended_at: float, count: int) -> None:
+        """Add a state of ``count`` usable servers that was replaced at ``ended_at`` (before anything recorded)."""
+        if count <= self._current:
+            return
+        entries = sorted([*self._ended, (ended_at, count)])
+        self._ended.clear()
+        for at, value in entries:
+            if value > self._current:
+                self._push(at, value)
+
     def reference(self, now: float, window: float) -> int:
         """The most usable servers served at any moment in ``[now - window, now]``."""
         while self._ended and self._ended[0][0] < now - window:
@@ -229,11 +258,13 @@ class UpstreamGuard:
         settings: GuardSettings,
         freeze: ClusterFreeze | None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.settings = settings
         self._freeze = freeze
         self._clock = clock
+        self._wall = wall
         #: The upstream last handed to the outputs (or adopted from its file at start-up).
         self.last_published: Upstream | None = None
         self._published_live: dict[Endpoint, Server] = {}
@@ -263,19 +294,50 @@ class UpstreamGuard:
         return self._hold_since is not None
 
     def adopt(self, upstream: Upstream, static_endpoints: Iterable[Endpoint] = ()) -> None:
-        """Take ``upstream`` (read back from its file) as what is published."""
+        """Take ``upstream`` (read back from its file) as what is published.
+
+        ``upstream.owed`` (from the guard record, see :meth:`owed`) restores
+        the reference the previous process held: each count keeps counting
+        until its wall-clock time, never for more than ``drop_hold`` from now
+        (a clock set back between the two processes cannot stretch it).
+        """
         static = set(static_endpoints)
         self.last_published = upstream
         self._published_live = {
             server.endpoint: server for server in upstream.servers if server.endpoint not in static
         }
         self._served.reset(usable_count(self._published_live.values()))
+        window = self.settings.drop_hold
+        if window <= 0:
+            return
+        now, wall = self._clock(), self._wall()
+        for until, count in upstream.owed:
+            left = min(until - wall, window)
+            if left > 0:
+                # Replaced at (now + left - window): it counts until now + left.
+                self._served.restore(now + left - window, count)
+
+    def owed(self) -> tuple[tuple[float, int], ...]:
+        """What the reference still owes to states served before the last publish.
+
+        (wall-clock time until which it counts, usable servers), for the counts
+        above what is published now; empty when the last publish is its own
+        reference. Rounded up to the millisecond so the record is stable text.
+        """
+        window = self.settings.drop_hold
+        if window <= 0 or self.settings.max_drop >= 1.0:
+            return ()
+        now, wall = self._clock(), self._wall()
+        return tuple(
+            (math.ceil((wall + ended_at + window - now) * 1000) / 1000, count)
+            for ended_at, count in self._served.replaced(now, window)
+        )
 
     def published(self, upstream: Upstream, live: Iterable[Server]) -> None:
         """Record that ``upstream``, made of ``live`` plus static servers, went to the outputs."""
-        self.last_published = upstream
         self._published_live = {server.endpoint: server for server in live}
         self._served.record(self._clock(), usable_count(self._published_live.values()))
+        self.last_published = replace(upstream, owed=self.owed())
 
     # ---- the rules -----------------------------------------------------------------
 

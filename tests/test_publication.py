@@ -7,11 +7,14 @@ against real ZooKeeper; here every edge is pinned down exactly.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reloader.config import GuardSettings
-from reloader.model import Server
+from reloader.model import Server, Upstream
 from reloader.publication import ClusterFreeze, ServedHistory, UpstreamGuard
 
 
@@ -363,3 +366,69 @@ def test_during_the_settle_window_a_kept_server_stays_as_last_published_not_as_a
     weights = {int(s.host.rsplit(".", 1)[1]): s.weight for s in decision.live}
     assert all(weights[octet] == 5 for octet in range(1, 11)), weights
     assert all(weights[octet] == 1 for octet in range(11, 21)), weights
+
+
+# ---- the reference across a restart ----------------------------------------------
+
+
+def restarted(guard: UpstreamGuard, settings: GuardSettings, clock: Clock, wall: Clock,
+              downtime: float) -> UpstreamGuard:
+    """A new guard, as a restarted daemon makes it: the file's state and the record's entries, ``downtime`` later."""
+    published = guard.last_published
+    assert published is not None
+    clock.now += 5000.0  # another process: its monotonic clock has nothing to do with the old one's
+    wall.now += downtime
+    fresh = UpstreamGuard("app", settings, None, clock, wall)
+    fresh.adopt(published)
+    return fresh
+
+
+@given(steps=st.lists(st.integers(min_value=1, max_value=10), min_size=1, max_size=6),
+       downtime=st.floats(min_value=0, max_value=40))
+def test_a_restart_holds_against_what_was_served_before_it(steps: list[int], downtime: float) -> None:
+    """Whatever was published before a restart, the restarted guard's reference is what it would have been."""
+    settings = GuardSettings(settle_after_reconnect=0, max_drop=0.5, drop_hold=30)
+    clock, wall = Clock(), Clock()
+    wall.now = 1_800_000_000.0
+    guard = UpstreamGuard("app", settings, None, clock, wall)
+    publish(guard, servers(*range(1, 11)))
+    for count in steps:
+        clock.now += 2
+        wall.now += 2
+        publish(guard, servers(*range(1, count + 1)))
+    before = guard._served.reference(clock.now + downtime, settings.drop_hold)
+    fresh = restarted(guard, settings, clock, wall, downtime)
+    after = fresh._served.reference(clock.now, settings.drop_hold)
+    assert after == before
+
+
+def test_a_record_from_a_clock_set_back_counts_no_longer_than_drop_hold() -> None:
+    settings = GuardSettings(settle_after_reconnect=0, max_drop=0.5, drop_hold=30)
+    clock, wall = Clock(), Clock()
+    guard = UpstreamGuard("app", settings, None, clock, wall)
+    publish(guard, servers(*range(1, 3)))
+    guard.adopt(finalize("app", servers(1, 2), owed=((wall.now + 10_000, 10),)))
+    assert guard._served.reference(clock.now, 30) == 10
+    assert guard._served.reference(clock.now + 30.5, 30) == 2
+
+
+def test_nothing_is_owed_in_steady_state_or_with_the_guard_off() -> None:
+    clock, wall = Clock(), Clock()
+    guard = UpstreamGuard("app", GuardSettings(settle_after_reconnect=0, max_drop=0.5, drop_hold=30), None, clock, wall)
+    publish(guard, servers(*range(1, 5)))
+    assert guard.last_published is not None and guard.last_published.owed == ()
+    publish(guard, servers(1, 2, 3))
+    assert guard.last_published.owed == ((wall.now + 30, 4),)
+    clock.now += 31
+    publish(guard, servers(1, 2, 3, 5))
+    assert guard.last_published.owed == ()
+    off = UpstreamGuard("app", GuardSettings(settle_after_reconnect=0, max_drop=1.0, drop_hold=30), None, clock, wall)
+    publish(off, servers(*range(1, 5)))
+    publish(off, servers(1))
+    assert off.last_published is not None and off.last_published.owed == ()
+
+
+def finalize(name: str, live: list[Server], owed: tuple[tuple[float, int], ...]) -> Upstream:
+    from reloader.assemble import finalize_upstream
+
+    return replace(finalize_upstream(name, tuple(live)), owed=owed)

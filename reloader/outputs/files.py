@@ -43,6 +43,7 @@ from pathlib import Path
 
 from reloader.model import Upstream
 from reloader.outputs.base import FileWritten, Output
+from reloader.outputs.guard_record import GuardRecord
 from reloader.render import render_file
 from reloader.threads import DaemonPool
 
@@ -397,6 +398,8 @@ class FilesOutput(Output):
         self._retry_interval = RETRY_MIN
         self._next_retry = 0.0
         self._clock = clock
+        # What the shrink guard's reference owes, written before the files (see guard_record).
+        self.guard_record = GuardRecord(self.store.directory, atomic_write)
         #: Files written, and writes that failed.
         self.writes = 0
         self.failures = 0
@@ -443,6 +446,16 @@ class FilesOutput(Output):
         Each file is written, or kept for a retry and held back from the
         followers, on its own; the announcement waits for :meth:`end_batch`.
         """
+        try:
+            self.guard_record.update(upstreams)
+        except OSError as error:
+            # The record must never be behind the files: what it would have said
+            # is held back with them, and retried with them.
+            held = set(self.guard_record.changes(upstreams))
+            for upstream in upstreams:
+                if upstream.name in held:
+                    self._write_failed(upstream, self.guard_record.path, error)
+            upstreams = [upstream for upstream in upstreams if upstream.name not in held]
         rendered = [(upstream, self._render(upstream)) for upstream in upstreams]
         if len(rendered) > 1 and self._pool is None:
             # Daemon threads: a hung fsync must not hold up the exit (see reloader.threads).
@@ -452,13 +465,7 @@ class FilesOutput(Output):
             path = self.store.path_for(upstream.name)
             previous = results[upstream.name]
             if isinstance(previous, OSError):
-                self.failures += 1
-                if upstream.name not in self._failed:
-                    log.error("files: cannot write %s: %s; holding it back from the other outputs and retrying",
-                              path, previous.strerror or previous, extra={"upstream": upstream.name})
-                self._failed[upstream.name] = upstream
-                if self._next_retry <= self._clock():
-                    self._next_retry = self._clock() + self._retry_interval
+                self._write_failed(upstream, path, previous)
                 continue
             if self._failed.pop(upstream.name, None) is not None:
                 log.warning("files: wrote %s after earlier failures", path, extra={"upstream": upstream.name})
@@ -467,6 +474,17 @@ class FilesOutput(Output):
                 self._unsynced = True
                 log.info("files: wrote %s", path, extra={"upstream": upstream.name})
             self._announce.append(FileWritten(upstream, previous, text))
+
+    def _write_failed(self, upstream: Upstream, path: Path, error: OSError) -> None:
+        """``upstream``'s file (or the record it needs first, at ``path``) was not written: hold it back, retry."""
+        self.failures += 1
+        if upstream.name not in self._failed:
+            log.error("files: cannot write %s: %s; holding %s back from the other outputs and retrying",
+                      path, error.strerror or error, self.store.path_for(upstream.name).name,
+                      extra={"upstream": upstream.name})
+        self._failed[upstream.name] = upstream
+        if self._next_retry <= self._clock():
+            self._next_retry = self._clock() + self._retry_interval
 
     def close(self) -> None:
         if self._pool is not None:
