@@ -34,6 +34,7 @@ from reloader.pipeline import Pipeline
 from reloader.publication import ClusterFreeze
 from reloader.resolve import HostChecker
 from reloader.snapshot import Snapshot
+from reloader.stall import StallWatch
 from reloader.sources.kazoo_protocol import WatchingKazooClient
 from reloader.sources.zookeeper import ZooKeeperSource
 
@@ -73,8 +74,12 @@ class ClusterWorker:
         client_factory: Callable[..., KazooClient] = WatchingKazooClient,
         hosts: HostChecker | None = None,
         stopping: threading.Event | None = None,
+        stall: StallWatch | None = None,
     ) -> None:
         self.cluster = cluster
+        # Checked before each task: a task that was due while the process was
+        # stopped runs only after the session is in doubt (see reloader.stall).
+        self._stall = stall
         self._session_timeout = session_timeout
         # Set when the daemon stops, or when a config reload retires this cluster.
         self._stopping = stopping or threading.Event()
@@ -101,6 +106,8 @@ class ClusterWorker:
             stopping=self._stopping.is_set,
         )
         self._thread = threading.Thread(target=self._loop, name=f"cluster-{cluster.index}", daemon=True)
+        if stall is not None:
+            stall.subscribe(self._stalled)
 
     @property
     def label(self) -> str:
@@ -214,6 +221,11 @@ class ClusterWorker:
             return f"TLS handshake failed: {error}"
         return "TLS handshake works but ZooKeeper does not answer"
 
+    def _stalled(self, seconds: float) -> None:
+        """The process was stopped for ``seconds`` (any thread, before it goes on)."""
+        if not self._stopping.is_set():
+            self.source.doubt(seconds)
+
     def wake(self) -> None:
         self.inbox.put(lambda: None)
 
@@ -222,6 +234,8 @@ class ClusterWorker:
             for task in self.inbox.drain(MAX_IDLE):
                 if self._stopping.is_set():
                     return  # what is left of the batch is moot; shut down promptly
+                if self._stall is not None:
+                    self._stall.check()
                 try:
                     task()
                 except Exception:  # noqa: BLE001 - the cluster thread must survive any one task
@@ -273,6 +287,8 @@ class ClusterWorker:
         with self._owner_lock:
             self._owned = frozenset()
         self._stopping.set()
+        if self._stall is not None:
+            self._stall.unsubscribe(self._stalled)
         self.wake()
         threading.Thread(target=self.close_session, name=f"retire-{self.cluster.index}", daemon=True).start()
 

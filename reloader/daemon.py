@@ -42,6 +42,7 @@ from reloader.resolve import HostChecker
 from reloader.runner import OutputRunner
 from reloader.sdnotify import SystemdNotifier
 from reloader.sources.kazoo_protocol import WatchingKazooClient
+from reloader.stall import StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,9 @@ class Daemon:
         for runner in self.followers:
             self.files.subscribe(runner.offer_many)
         self.hosts = HostChecker(interval=config.resolve_interval)
+        # A process stopped for half a session timeout may have lost its sessions
+        # without knowing yet: each cluster doubts its own then (reloader.stall).
+        self.stall = StallWatch(threshold=config.zk_session_timeout / 2)
         self._client_factory = client_factory
         self.clusters = [self._make_worker(cluster) for cluster in sessions(config.clusters)]
         self._cluster_of = {name: worker for worker in self.clusters for name in worker.pipeline.upstream_names}
@@ -231,7 +235,7 @@ class Daemon:
     def _make_worker(self, cluster: ClusterConfig) -> ClusterWorker:
         return ClusterWorker(
             cluster, self.files_runner.offer_many, self.config.zk_session_timeout, self._client_factory,
-            hosts=self.hosts, stopping=threading.Event(),
+            hosts=self.hosts, stopping=threading.Event(), stall=self.stall,
         )
 
     @property
@@ -358,6 +362,7 @@ class Daemon:
         self._adopt_files()
         self._apply_drains()  # queued before the first read, so the first publish has them
         self._started_at = time.monotonic()
+        self.stall.start()
         for worker in self.clusters:
             worker.start()
         if self.config.listen is not None:
@@ -562,6 +567,7 @@ class Daemon:
     def _reconfigure_clusters(self, old: Config, new: Config) -> None:
         # A new session timeout only applies to new sessions: start them all anew then.
         reuse = new.zk_session_timeout == old.zk_session_timeout
+        self.stall.threshold = new.zk_session_timeout / 2
         current = {worker.cluster.session_key: worker for worker in self.clusters} if reuse else {}
         old_names = set(self._cluster_of)
         pairs: list[tuple[ClusterConfig, ClusterWorker]] = []
@@ -667,3 +673,4 @@ class Daemon:
         for closer in closers:
             closer.join(max(deadline - time.monotonic(), 0.0))
         self.hosts.close()
+        self.stall.stop()

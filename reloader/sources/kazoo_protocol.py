@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ from kazoo.protocol.serialization import (
     stat_struct,
     write_string,
 )
-from kazoo.protocol.states import EVENT_TYPE_MAP, Callback, EventType, WatchedEvent, ZnodeStat
+from kazoo.protocol.states import EVENT_TYPE_MAP, Callback, EventType, KazooState, WatchedEvent, ZnodeStat
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ def _check_client(client: KazooClient) -> None:
                  "_stopped", "_state", "_connection", "chroot", "handler"):
         if not hasattr(client, name):
             raise KazooInternalsChanged(f"kazoo {kazoo.__version__}: KazooClient has no {name}")
-    for name in ("retry_sleeper", "logger", "sasl_options"):
+    for name in ("retry_sleeper", "logger", "sasl_options", "_socket"):
         if not hasattr(client._connection, name):
             raise KazooInternalsChanged(f"kazoo {kazoo.__version__}: ConnectionHandler has no {name}")
 
@@ -366,6 +367,23 @@ class WatchingConnection(ConnectionHandler):
     """kazoo's connection loop, re-registering watches on reconnect and dispatching persistent events."""
 
     client: WatchingKazooClient
+
+    def drop(self) -> bool:
+        """Break the current connection (any thread); kazoo then reconnects as after any drop.
+
+        Shutting the socket down wakes the connection loop with an end of
+        stream, which it handles as a lost connection: SUSPENDED, a reconnect
+        with the same session, and a resumption report. False when there is
+        no connection to break.
+        """
+        sock = self._socket
+        if sock is None:
+            return False
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return False
+        return True
 
     def _connect(self, host: str, hostip: str, port: int) -> tuple[float, float]:
         client = self.client
@@ -470,6 +488,12 @@ class WatchingKazooClient(KazooClient):
                                               sasl_options=stock.sasl_options)
 
     # -- the caller's interface -------------------------------------------
+
+    def drop_connection(self) -> bool:
+        """Make the client reconnect now, as after a network drop (any thread); False if not connected."""
+        if self._state != KazooState.CONNECTED:
+            return False
+        return self._connection.drop()
 
     @property
     def watch_mode_in_effect(self) -> str | None:

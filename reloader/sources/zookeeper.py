@@ -282,6 +282,37 @@ class ZooKeeperSource:
         finally:
             self._client.close()
 
+    def doubt(self, stalled: float) -> None:
+        """The process was not running for ``stalled`` seconds (any thread): the session is in doubt.
+
+        The session may have expired while the process slept, and kazoo only
+        learns that after its read timeout; until ZooKeeper has answered, the
+        view is not current. So the cluster freezes now, in the calling
+        thread, before anything due (a drop hold's timer) can act on that
+        view, and the connection is broken so that kazoo proves the session
+        the usual way: a reconnect, then the resumption report (or an
+        expiry and a full read) thaws it. A client that cannot be made to
+        reconnect (a plain ``KazooClient``, or one not connected) re-reads
+        in full on this cluster's thread, which proves the session as well.
+        """
+        if self._stopping():
+            return
+        self.freeze.close()
+        epoch = self.freeze.epoch
+        drop = getattr(self._client, "drop_connection", None)
+        if drop is None or not drop():
+            self._inbox.put(lambda: self._reread(epoch))
+        # If neither a transition nor the re-read has thawed it by then, read in full (never frozen for good).
+        self._inbox.call_later(self._session_timeout, lambda: self._reread(epoch))
+
+    def _reread(self, epoch: int) -> None:
+        """Read every znode again and thaw, unless a session transition since ``epoch`` is already doing it."""
+        if self._stopping() or self.freeze.is_open or self.freeze.epoch != epoch:
+            return
+        self._watches_lost = True
+        self._watches.invalidate_all()
+        self.resync()
+
     def reconfigure(self, cluster: ClusterConfig, changed: Iterable[str]) -> None:
         """Watch the znodes of ``cluster`` from now on (same session); cluster thread only.
 
