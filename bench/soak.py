@@ -101,6 +101,10 @@ FINAL_DEADLINE = 30.0
 SIGTERM_LIMIT = 5.0
 #: Slack for the checker's own sampling when it compares a drop with the registry's history.
 SLACK = 0.6
+#: A registry state that lasted less than this may never have been read by a daemon: ZooKeeper's
+#: watches say that something changed, and by the time the daemon reads, it may have changed again.
+#: The checker does not count such a bounce as the registry coming back during a hold (see _drop_held).
+BOUNCE = 0.3
 #: A channel not sampled for longer than this has a gap in its history (see _check_collapse).
 GAP = 1.0
 #: The Lua interface's token header (the daemon sends it; the soak reads the state with it).
@@ -137,6 +141,16 @@ def file_servers(text: str | None) -> frozenset[str] | None:
         return None
     lines = [line for line in text.splitlines() if line.strip().startswith("server ")]
     return usable(parse_server_lines(lines))
+
+
+def _lasting(history: list[tuple[float, int]], now: float, at_least: float) -> list[tuple[float, int]]:
+    """The change points of ``history`` whose state lasted ``at_least`` seconds (the current one: until ``now``)."""
+    kept = []
+    for index, (when, value) in enumerate(history):
+        until = history[index + 1][0] if index + 1 < len(history) else now
+        if until - when >= at_least:
+            kept.append((when, value))
+    return kept
 
 
 def _most_over(history: Iterable[tuple[float, int]], start: float, end: float, default: int) -> int:
@@ -565,7 +579,7 @@ class Soak:
         shrinking during a hold is one drop, held since it began.
         """
         with self.registry.lock:
-            registry = list(self.registry.history[name])
+            registry = _lasting(list(self.registry.history[name]), now, BOUNCE)
         latest = now - DROP_HOLD + SLACK
         for began in [when for when, _ in registry if now - 120 <= when <= latest] + [latest]:
             reference = _most_over(channel.history, began - DROP_HOLD - SLACK, began, 0)

@@ -55,3 +55,19 @@ def test_fault_soak_counts_no_violation(zookeeper_installed: None, tmp_path: Pat
         + "\n".join(json.dumps(v) for v in result["violation_details"][:20])
     )
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_the_checker_does_not_count_a_registry_bounce_no_daemon_could_read() -> None:
+    """A state that lasted less than BOUNCE is not the registry coming back; one that lasted is."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("soak", ROOT / "bench" / "soak.py")
+    assert spec is not None and spec.loader is not None
+    soak = importlib.util.module_from_spec(spec)
+    sys.modules["soak"] = soak
+    spec.loader.exec_module(soak)
+    history = [(0.0, 6), (10.0, 1), (11.0, 6), (11.05, 1), (20.0, 6)]
+    lasting = soak._lasting(history, 20.1, soak.BOUNCE)
+    assert lasting == [(0.0, 6), (10.0, 1), (11.05, 1)]
+    assert soak._most_over(lasting, 10.5, 19.0, 0) == 1
+    assert soak._lasting(history, 20.5, soak.BOUNCE)[-1] == (20.0, 6)
