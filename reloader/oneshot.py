@@ -45,7 +45,8 @@ from typing import Any, TextIO
 
 from reloader.config import ClusterConfig, Config, ZnodeConfig, kazoo_arguments
 from reloader.model import Upstream
-from reloader.outputs.files import FileStore
+from reloader.outputs.files import FileStore, atomic_write
+from reloader.outputs.guard_record import GuardRecord, read_owed
 from reloader.outputs.lua import upstream_document
 from reloader.pipeline import Pipeline
 from reloader.readback import ReadbackError, parse_upstream_block
@@ -183,8 +184,12 @@ class Report:
         return EXIT_UNREAD if self.problems else EXIT_OK
 
 
-def _read_back(store: FileStore, znode: ZnodeConfig) -> tuple[str | None, Upstream | None]:
-    """The file's text, and the state the daemon's start-up would adopt from it (None: none)."""
+def _read_back(store: FileStore, znode: ZnodeConfig,
+               owed: dict[str, tuple[tuple[float, int], ...]]) -> tuple[str | None, Upstream | None]:
+    """The file's text, and the state the daemon's start-up would adopt from it (None: none).
+
+    ``owed`` is the guard record's (reloader.outputs.guard_record), as the daemon's start-up reads it.
+    """
     path = store.path_for(znode.upstream)
     try:
         text = store.read(znode.upstream)
@@ -201,8 +206,9 @@ def _read_back(store: FileStore, znode: ZnodeConfig) -> tuple[str | None, Upstre
     if upstream.name != znode.upstream:
         log.warning("%s is not adopted: it defines upstream %r", path, upstream.name)
         return text, None
-    # As at the daemon's start-up: the config, not an old file, is the authority on directives.
-    return text, replace(upstream, directives=znode.options.directives)
+    # As at the daemon's start-up: the config, not an old file, is the authority on directives,
+    # and the shrink guard's reference is what the record says it owes.
+    return text, replace(upstream, directives=znode.options.directives, owed=owed.get(znode.upstream, ()))
 
 
 def decide(config: Config, reads: list[ClusterRead], hosts: HostChecker | None = None) -> Report:
@@ -210,11 +216,12 @@ def decide(config: Config, reads: list[ClusterRead], hosts: HostChecker | None =
     store = FileStore(config.files_output_path, stream=config.stream_upstreams)
     render = render_file_lua if config.lua_url else render_file
     outcomes: list[Outcome] = []
+    owed = read_owed(store.directory)
     for read in reads:
         published: dict[str, Upstream] = {}
         pipeline = Pipeline(read.cluster.znodes, _recorder(published), hosts=hosts)
         for znode in read.cluster.znodes:
-            current, adopted = _read_back(store, znode)
+            current, adopted = _read_back(store, znode, owed)
             if adopted is not None:
                 pipeline.adopt(adopted)
             kept, held = _unread_note(read, znode), ""
@@ -355,6 +362,9 @@ def write_report(report: Report, config: Config) -> tuple[list[Path], list[str]]
         return [], [f"cannot use {config.files_output_path}: {error.strerror or error}"]
     try:
         store.prepare()
+        # As the daemon does: the guard record first, never behind the files.
+        GuardRecord(store.directory, atomic_write).update(
+            [outcome.upstream for outcome in changed if outcome.upstream is not None])
         for outcome in changed:
             assert outcome.text is not None
             try:

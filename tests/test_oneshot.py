@@ -232,6 +232,29 @@ def test_the_shrink_guard_holds_a_large_drop_and_says_so(
             "the daemon removes them after drop_hold 30s") in err
 
 
+def test_render_reads_and_writes_the_guard_record_as_the_daemon_does(
+    tmp_path: Path, zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str,
+) -> None:
+    """4 -> 2 is written with what the reference owes; 2 -> 1 then is still a drop of 3 of 4."""
+    import json
+
+    register(zk_client, f"{zk_root}/app1", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80")
+    config = one_cluster(tmp_path, zk, f"  app1: {zk_root}/app1\n")
+    assert render(config, write=True)[0] == 0
+    record = tmp_path / "upstreams" / ".reloader-guards.json"
+    assert not record.exists()
+    for host in ("10.0.0.3", "10.0.0.4"):
+        zk_client.delete(f"{zk_root}/app1/{host}:80")
+    assert render(config, write=True)[0] == 0
+    assert [count for _, count in json.loads(record.read_text())["upstreams"]["app1"]] == [4]
+    zk_client.delete(f"{zk_root}/app1/10.0.0.2:80")
+
+    code, out, err = render(config, diff=True)
+
+    assert (code, out) == (0, "")  # the 4 served before still count: held
+    assert "app1: the shrink guard keeps 1 servers the registry no longer lists" in err
+
+
 def test_write_refuses_a_directory_a_daemon_manages(
     tmp_path: Path, zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str,
 ) -> None:
