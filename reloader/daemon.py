@@ -36,6 +36,7 @@ from reloader.outputs.files import FilesOutput, FileStore, StoredFile
 from reloader.outputs.guard_record import read_owed
 from reloader.outputs.reload import ReloadOutput
 from reloader.overrides import OverrideWatcher
+from reloader.pipeline import Pipeline
 from reloader.readback import ReadbackError, parse_upstream_block
 from reloader.render import render_file, render_file_lua
 from reloader.resolve import HostChecker
@@ -189,6 +190,8 @@ class Daemon:
             deliver_many=self.files.publish_many,
         )
         self.followers = [_follower_runner(output) for output in self._make_followers(config)]
+        # The guards hear when the files hold what they published (first, never blocking).
+        self.files.subscribe(self._files_written)
         for runner in self.followers:
             self.files.subscribe(runner.offer_many)
         self.hosts = HostChecker(interval=config.resolve_interval)
@@ -415,6 +418,20 @@ class Daemon:
             self._drains_sent[name] = drains
             worker.inbox.put(lambda worker=worker, name=name, drains=drains: worker.pipeline.set_drains(name, drains))
 
+    def _files_written(self, events: list[FileWritten]) -> None:
+        """On the files runner's thread: tell each upstream's cluster thread that its file caught up."""
+        by_worker: dict[int, tuple[ClusterWorker, list[str]]] = {}
+        for event in events:
+            worker = self._cluster_of.get(event.upstream.name)
+            if worker is not None:
+                by_worker.setdefault(id(worker), (worker, []))[1].append(event.upstream.name)
+        for worker, names in by_worker.values():
+            def confirm(pipeline: Pipeline = worker.pipeline, names: list[str] = names) -> None:
+                for name in names:
+                    pipeline.confirmed(name)
+
+            worker.inbox.put(confirm)
+
     def _telling_nginx(self) -> str:
         config = self.config
         if config.dyups_url:
@@ -615,7 +632,7 @@ class Daemon:
             runner.start()
 
         def rewire() -> None:
-            self.files.set_listeners([runner.offer_many for runner in followers])
+            self.files.set_listeners([self._files_written, *(runner.offer_many for runner in followers)])
             self.files.set_render(render)
 
         self.files_runner.submit(rewire)

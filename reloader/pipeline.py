@@ -230,6 +230,12 @@ class Pipeline:
         state.last_live = tuple(server for server in upstream.servers if server.endpoint not in static)
         return True
 
+    def confirmed(self, upstream: str) -> None:
+        """``upstream``'s file now holds its last publish (or a later one); see UpstreamGuard.confirmed."""
+        state = self._states.get(upstream)
+        if state is not None:
+            state.guard.confirmed()
+
     # ---- the pipeline ------------------------------------------------------------
 
     def update(self, upstream: str, children: Snapshot, origin: str) -> None:

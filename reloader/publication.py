@@ -218,6 +218,17 @@ class ServedHistory:
             if value > self._current:
                 self._push(at, value)
 
+    def extend(self, since: float, until: float) -> None:
+        """The states replaced at ``since`` or later were still served until ``until`` (an output lagged)."""
+        if not self._ended or self._ended[-1][0] < since:
+            return
+        kept = [(at, count) for at, count in self._ended if at < since]
+        lagged = [count for at, count in self._ended if at >= since]
+        self._ended.clear()
+        self._ended.extend(kept)
+        # The largest of them dominates the others from now on (the queue keeps counts falling).
+        self._push(until, max(lagged))
+
     def reference(self, now: float, window: float) -> int:
         """The most usable servers served at any moment in ``[now - window, now]``."""
         while self._ended and self._ended[0][0] < now - window:
@@ -269,6 +280,9 @@ class UpstreamGuard:
         self.last_published: Upstream | None = None
         self._published_live: dict[Endpoint, Server] = {}
         self._served = ServedHistory()
+        # When the files last confirmed a publish (monotonic): states replaced since then
+        # may still be what the files hold (see confirmed).
+        self._confirmed_at = clock()
         self._seen_thaws = freeze.thaws if freeze is not None else 0
         self._settle_until: float | None = None
         self._settle_baseline: dict[Endpoint, Server] = {}
@@ -307,6 +321,7 @@ class UpstreamGuard:
             server.endpoint: server for server in upstream.servers if server.endpoint not in static
         }
         self._served.reset(usable_count(self._published_live.values()))
+        self._confirmed_at = self._clock()
         window = self.settings.drop_hold
         if window <= 0:
             return
@@ -338,6 +353,20 @@ class UpstreamGuard:
         self._published_live = {server.endpoint: server for server in live}
         self._served.record(self._clock(), usable_count(self._published_live.values()))
         self.last_published = replace(upstream, owed=self.owed())
+
+    def confirmed(self) -> None:
+        """The files now hold the last publish (or a later one): what it replaced was served until now.
+
+        A publish replaces a state in the guard's history the moment it is
+        decided, but nginx serves the old state until the file (and then
+        nginx) has the new one; a write that fails (a full disk) or waits
+        leaves the old state served for longer. Every state replaced since
+        the last confirmation therefore counts as served until this one, so
+        the reference is what was really served, never shorter.
+        """
+        now = self._clock()
+        self._served.extend(self._confirmed_at, now)
+        self._confirmed_at = now
 
     # ---- the rules -----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ supervisor mid-incident) would publish the drop the guard was holding.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from kazoo.client import KazooClient
 
 from reloader.localenv.tcpproxy import TcpProxy
 from reloader.localenv.zookeeper import LocalZooKeeper
+from tests.test_faults import tiny_files_dir  # noqa: F401 (a fixture)
 from tests.test_daemon import (  # noqa: F401 (daemons and files_dir are fixtures)
     DaemonProcess,
     cluster,
@@ -133,3 +135,42 @@ def test_a_stalled_daemon_does_not_release_a_held_drop_on_a_stale_view(
         daemon.wait_file("app", everyone)
         assert not daemon.log_lines(r"releasing the held drop|upstream app: 1 servers"), daemon.log_tail()
         daemon.stop()
+
+
+def test_a_state_the_files_kept_longer_counts_until_they_moved_on(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str,
+    daemons: Callable[..., DaemonProcess], tiny_files_dir: Path,
+) -> None:
+    """A full disk keeps the old file (4 servers) past drop_hold after 4 -> 2 was decided.
+
+    nginx served those 4 until the disk had room again, so once the file
+    holds 2, going to 1 is still a drop of 3 of the 4 served within drop_hold,
+    not 1 of the 2 decided long ago.
+    """
+    path = f"{zk_root}/app"
+    four = [f"10.9.3.{i}:80" for i in range(1, 5)]
+    create_children(zk_client, path, {address: b"" for address in four})
+    hold = 2.0
+    daemon = daemons(cluster(zk.hosts, {"app": path}, drop_hold=f"{hold}s", retry_interval=0.2, **GUARDS),
+                     files_dir=tiny_files_dir)
+    daemon.wait_file("app", upstream_file("app", *(f"server {a}" for a in four)))
+    filler = tiny_files_dir / "filler"
+    with filler.open("wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+    transaction = zk_client.transaction()
+    for address in four[:2]:
+        transaction.delete(f"{path}/{address}")
+    transaction.commit()
+    daemon.wait_log(r"(?i)no space left")
+    deadline = time.monotonic() + hold + 0.5
+    wait_until(lambda: time.monotonic() >= deadline, "the decided 4 -> 2 to be older than drop_hold")
+    filler.unlink()
+    daemon.wait_file("app", upstream_file("app", *(f"server {a}" for a in four[2:])))
+    zk_client.delete(f"{path}/{four[2]}")
+    first = daemon.wait_log(r"holding a drop of 3 of 4|upstream app: 1 servers")
+    assert "holding" in first[0], daemon.log_tail()
+    daemon.stop()

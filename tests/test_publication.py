@@ -432,3 +432,24 @@ def finalize(name: str, live: list[Server], owed: tuple[tuple[float, int], ...])
     from reloader.assemble import finalize_upstream
 
     return replace(finalize_upstream(name, tuple(live)), owed=owed)
+
+
+def test_a_state_counts_as_served_until_the_files_hold_what_replaced_it() -> None:
+    """A write that failed (a full disk) left 7 served for longer than the guard decided; 3 is then a drop."""
+    settings = GuardSettings(settle_after_reconnect=0, max_drop=0.5, drop_hold=3)
+    clock = Clock()
+    guard = UpstreamGuard("app", settings, None, clock)
+    from reloader.assemble import finalize_upstream
+
+    guard.adopt(finalize_upstream("app", tuple(servers(*range(1, 8)))))
+    clock.now += 1.8
+    assert len(publish(guard, servers(*range(1, 7)))) == 6  # decided; its write fails
+    clock.now += 2.1
+    assert len(publish(guard, servers(*range(1, 6)))) == 5
+    guard.confirmed()  # the files hold 5 now: 7 was served until this moment
+    clock.now += 0.5
+    assert len(publish(guard, servers(1, 2, 3, 4))) == 4
+    guard.confirmed()
+    clock.now += 0.6
+    assert len(publish(guard, servers(1, 2, 3))) == 4, "7 were in the files 1.1 s ago: 3 is a drop of 4 of 7"
+    assert guard.holding_drop
