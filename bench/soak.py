@@ -21,7 +21,12 @@ The checker counts a violation for:
 * ``collapse``: a file, the Lua state or the dyups state with fewer usable
   servers than ``(1 - max_drop)`` x the most it had within the last
   ``drop_hold``, unless the registry has been that small for ``drop_hold``;
-  or with none at all;
+  or with none at all. As for the guard, a drop held that long and then
+  published ends the reference: what was served before it counts no more.
+  A registry state shorter than ``BOUNCE`` is not the registry coming back
+  (no daemon could be sure to read it); whether a drop in nginx's state was
+  held is judged against what its daemon's file served (nginx's own
+  history has gaps: a hung dyups, a restarting nginx);
 * ``files-first``: the Lua or dyups state naming a set of servers that the
   daemon's file never had (nginx ahead of what survives a restart), seen on
   two samples in a row;
@@ -176,6 +181,9 @@ class Channel:
     collapsed: bool = False
     # When this channel was last sampled: a gap (its output stopped or unreachable) breaks its history.
     seen_at: float | None = None
+    # When it last showed a drop that had been held for drop_hold: as for the guard, what it
+    # served before then is no reference any more (the history itself stays: _drop_held reads it).
+    released_at: float = -math.inf
 
 
 @dataclass
@@ -561,12 +569,22 @@ class Soak:
             channel.history.clear()
             channel.collapsed = False
         channel.seen_at = now
-        most = max(_most_over(channel.history, now - DROP_HOLD + SLACK, now, count), count)
+        most = max(_most_over(channel.history, max(now - DROP_HOLD + SLACK, channel.released_at), now, count), count)
         floor = math.ceil((1 - MAX_DROP) * most - 1e-9)
-        collapsed = count == 0 or (count < floor and not self._drop_held(name, channel, now))
+        # Whether a drop was held is judged against what the daemon's file served before it began:
+        # nginx's own history has holes (a hung dyups, a restarting nginx) and only follows the file.
+        decided = channel if key[0] == "file" else self.channels[("file", key[1], name)]
+        collapsed = count == 0 or (count < floor and not self._drop_held(name, decided, now))
+        if count < floor and not collapsed:
+            # A drop held for drop_hold and then published: as the guard does, the reference
+            # starts again from here, so the same drop is not held (nor counted) twice.
+            channel.released_at = now
         if collapsed and not channel.collapsed:
             self.report.violation("collapse", channel="/".join(key), usable=count, most_recent=most,
-                                  registry=list(self.registry.history[name])[-6:])
+                                  wall=time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() % 1 * 1000):03d}",
+                                  history=[(round(when - now, 3), value) for when, value in list(channel.history)[-8:]],
+                                  registry=[(round(when - now, 3), value)
+                                            for when, value in list(self.registry.history[name])[-8:]])
         channel.collapsed = collapsed
         if not channel.history or channel.history[-1][1] != count:
             channel.history.append((now, count))
