@@ -238,6 +238,20 @@ def test_a_znode_deleted_and_created_again_under_a_root(
     assert harness.client.persistent_watches() == {root: 1}
 
 
+@pytest.mark.parametrize("roots", [False, True], ids=["per-znode", "shared-root"])
+def test_a_configured_znode_under_another_is_both_a_child_of_it_and_a_znode_of_its_own(
+        quiet_zk: LocalZooKeeper, writer: KazooClient, harnesses: list[Harness], roots: bool) -> None:
+    root = base("nested")
+    outer, inner = f"{root}/a", f"{root}/a/10.0.0.2:80"
+    writer.create(f"{outer}/10.0.0.1:80", b"", makepath=True)
+    harness = Harness(quiet_zk.port, {"a": outer, "b": inner}, roots=[root] if roots else None)
+    harnesses.append(harness)
+    harness.start().wait_for({"a": {"10.0.0.1:80": 1}})
+    # One event, two znodes: a gains a child, and b comes into being.
+    writer.create(f"{inner}/10.9.0.1:80", b"", makepath=True)
+    harness.wait_for({"a": {"10.0.0.1:80": 1, "10.0.0.2:80": 1}, "b": {"10.9.0.1:80": 1}})
+
+
 # -- blips and expiry ------------------------------------------------------------------------------------------------
 
 
@@ -334,7 +348,8 @@ def test_an_expired_session_under_a_root_reads_in_full(
 
 
 def test_a_reload_adds_and_removes_znodes_under_a_root_and_the_last_one_takes_its_watch(
-        quiet_zk: LocalZooKeeper, writer: KazooClient, harnesses: list[Harness]) -> None:
+        quiet_zk: LocalZooKeeper, writer: KazooClient, harnesses: list[Harness],
+        caplog: pytest.LogCaptureFixture) -> None:
     root, elsewhere = base("sighup"), base("outside")
     nodes, states = services(writer, root, {"a": 2, "b": 2, "c": 1})
     other, other_states = services(writer, elsewhere, {"x": 2})
@@ -361,12 +376,14 @@ def test_a_reload_adds_and_removes_znodes_under_a_root_and_the_last_one_takes_it
     assert harness.client.persistent_watches() == {root: 1, other["x"]: 1}
 
     # Remove c, the last one: the root's watch goes, on the server too; x keeps its own.
+    caplog.set_level(logging.WARNING, logger="reloader.sources.zookeeper")
     harness.reconfigure({"x": other["x"]}, roots=[root])
     wait_until(lambda: harness.client.persistent_watches() == {other["x"]: 1}, 10, "the root's watch to go")
     assert REMOVE_WATCHES in [r.opcode for r in harness.proxy.requests]
     wait_until(lambda: watch_count(quiet_zk.port) == 2, 10, "x's watch alone")
     writer.create(f"{other['x']}/10.0.0.9:80", b"")
     harness.wait_for({"x": {**other_states["x"], "10.0.0.9:80": 1}})
+    assert any(f"watch root {root} covers no configured znode" in r.getMessage() for r in caplog.records)
 
 
 def test_a_reload_that_adds_or_removes_a_root_moves_its_znodes_between_watches(

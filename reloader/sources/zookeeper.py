@@ -762,11 +762,13 @@ class ZooKeeperSource:
     def _check_roots(self, roots: list[str], deadline: _Patience, epoch: int) -> None:
         """Read each root's data (pipelined, no watch): a root this session may not read is not used.
 
-        ZooKeeper 3.8 accepts a persistent watch on a node it would not let
-        the client read, and, depending on the release, sends its events
-        without an ACL check or filters them per event: either way the root
-        is not what the operator meant to grant. A root that does not exist
-        is used (its watch reports its creation).
+        ZooKeeper 3.8 accepts a persistent watch on a node the client may
+        not read (Debian's 3.8.0, CVE-2024-23944 fix included, then sends the
+        events of the readable nodes under it); whether a release checks
+        the ACL when the watch is added, per event, or not at all differs,
+        so the daemon checks for itself and never relies on a watch over a
+        node it was not granted. A root that does not exist is used (its
+        watch reports its creation).
         """
         checks = [(root, self._client.get_async(root)) for root in roots]
         for root, pending in checks:
