@@ -231,9 +231,11 @@ class ZooKeeperSource:
         # one thaws the cluster, a resumed session re-reads in full too.
         self._watches_lost = True
         # Paths with a persistent recursive watch in this session (a znode's
-        # own, or a root's, see WatchPlan), and the znodes under one whose
-        # one-shot children watch (kept alongside, see _recheck_persistent)
-        # fired and was not set again.
+        # own, or a root's, see WatchPlan); the znodes under one of them
+        # (kept by _cover_changed), and those of them whose one-shot children
+        # watch (kept alongside, see _recheck_persistent) fired and was not
+        # set again.
+        self._held: set[str] = set()
         self._persistent: set[str] = set()
         self._spent: set[str] = set()
         self._plan = WatchPlan(cluster.watch_roots)
@@ -259,12 +261,9 @@ class ZooKeeperSource:
         """Whether the client keeps watches across blips (SetWatches) and reports each reconnection."""
         return isinstance(self._client, WatchingKazooClient)
 
-    def _covered(self, path: str) -> bool:
-        """Whether the znode at ``path`` is under a persistent watch (its own, or its root's) in this session."""
-        return self._plan.cover(path) in self._persistent
-
-    def _watched_persistently(self, path: str) -> bool:
-        return self._watches.get(path) is not None and self._covered(path)
+    def _cover_changed(self) -> None:
+        """Which persistent watches are held, which roots are used or which znodes are watched changed."""
+        self._persistent = {watch.path for watch in self._watches if self._plan.cover(watch.path) in self._held}
 
     @property
     def upstreams(self) -> tuple[str, ...]:
@@ -317,11 +316,12 @@ class ZooKeeperSource:
         _, removed = self._watches.reconfigure(cluster.znodes, changed)
         for watch in self._watches:
             old, new = before.get(watch.path), self._plan.cover(watch.path)
-            if old is not None and old != new and (old in self._persistent or new in self._persistent):
+            if old is not None and old != new and (old in self._held or new in self._held):
                 # A root came or went over it: its events come through another
                 # watch from now on, which its next pass sets before listing it.
                 watch.invalidate()
-        self._spent &= {watch.path for watch in self._watches}
+        self._cover_changed()
+        self._spent &= self._persistent
         self._release(watch.path for watch in removed if watch.path != before.get(watch.path))
         self._warn_unused_roots()
         self._caps = {znode.upstream: max_children_of(znode) for znode in cluster.znodes}
@@ -412,6 +412,7 @@ class ZooKeeperSource:
         extra = {"cluster": self.label}
         if not resumption.resumed or self._watches_lost:
             self._watches_lost = True
+            self._held.clear()
             self._persistent.clear()
             self._spent.clear()
             self._plan.forget_refusals()
@@ -451,7 +452,7 @@ class ZooKeeperSource:
         case it was created meanwhile.
         """
         for watch in self._watches:
-            if not self._covered(watch.path) or watch.state is ZnodeState.UNKNOWN:
+            if watch.path not in self._persistent or watch.state is ZnodeState.UNKNOWN:
                 continue  # not persistent, or recovered in full anyway
             if watch.state is ZnodeState.ABSENT:
                 watch.invalidate()
@@ -474,8 +475,9 @@ class ZooKeeperSource:
         if not isinstance(client, WatchingKazooClient):
             return
         needed = self._plan.needed(watch.path for watch in self._watches)
-        unneeded = self._persistent - needed
-        self._persistent -= unneeded
+        unneeded = self._held - needed
+        self._held -= unneeded
+        self._cover_changed()
         for path in sorted(unneeded | (set(gone) - needed)):
             try:
                 client.remove_watches_async(path)
@@ -558,7 +560,7 @@ class ZooKeeperSource:
         watch = self._watches.get(path)
         if watch is None:
             return
-        if self._covered(path) and self.freeze.is_open:
+        if path in self._persistent and self.freeze.is_open:
             # The persistent watch tells each child's coming and going; this
             # one-shot watch is kept only for the next resumption (see
             # _recheck_persistent), and is now spent.
@@ -592,7 +594,7 @@ class ZooKeeperSource:
         """
         if event.type not in (EventType.CREATED, EventType.DELETED, EventType.CHANGED):
             return  # NONE: the session ended; the full read that follows recovers everything
-        itself, znode_path = targets(event.path, self._watched_persistently)
+        itself, znode_path = targets(event.path, self._persistent.__contains__)
         if itself is not None and event.type != EventType.CHANGED:
             self._watches.get(itself).invalidate()  # type: ignore[union-attr]  # the znode itself came or went
         if znode_path is None:
@@ -673,7 +675,7 @@ class ZooKeeperSource:
         for watch in watches:
             if watch.state in (ZnodeState.LISTING, ZnodeState.READING):
                 watch.invalidate()  # left half-read by a pass that failed
-        self._add_persistent([watch for watch in watches if watch.needs_list and not self._covered(watch.path)],
+        self._add_persistent([watch for watch in watches if watch.needs_list and watch.path not in self._persistent],
                              deadline, epoch)
         listings: dict[int, Any] = {}
         for watch in watches:
@@ -713,11 +715,21 @@ class ZooKeeperSource:
         if not watches or not isinstance(client, WatchingKazooClient) or client.watch_mode_in_effect == "classic":
             return
         plan = self._plan
-        unchecked = {plan.cover(w.path) for w in watches} & plan.roots - plan.refused - self._persistent
+        unchecked = {plan.cover(w.path) for w in watches} & plan.roots - plan.refused - self._held
         self._check_roots(sorted(unchecked), deadline, epoch)
         groups: dict[str, list[ZnodeWatch]] = {}
         for watch in watches:
             groups.setdefault(plan.cover(watch.path), []).append(watch)
+        try:
+            self._add_watches(groups, deadline, epoch)
+        finally:
+            self._cover_changed()
+
+    def _add_watches(self, groups: dict[str, list[ZnodeWatch]], deadline: _Patience, epoch: int) -> None:
+        """Send an ``AddWatch`` per path of ``groups`` (path -> the znodes it covers), then await them all."""
+        client = self._client
+        assert isinstance(client, WatchingKazooClient)
+        plan = self._plan
         while groups:
             sent = []
             for path, members in groups.items():
@@ -740,7 +752,7 @@ class ZooKeeperSource:
                     self._watch_failed(path, members, error, groups)
                 else:
                     client.persistent_accepted()
-                    self._persistent.add(path)
+                    self._held.add(path)
                     if path in plan.roots:
                         log.info("cluster %s: one persistent watch on %s covers %d znodes", self.label, path,
                                  sum(1 for w in self._watches if plan.cover(w.path) == path),
@@ -784,6 +796,7 @@ class ZooKeeperSource:
 
     def _refuse_root(self, root: str, error: BaseException) -> None:
         self._plan.refuse(root)
+        self._cover_changed()
         covered = [w.path for w in self._watches if self._plan.root_of(w.path) == root]
         log.warning(
             "cluster %s: cannot use watch root %s (%s); its %d znodes get a persistent watch each instead "
@@ -839,7 +852,7 @@ class ZooKeeperSource:
         away when it fires.
         """
         checks = [(watch, self._client.exists_async(
-            watch.path, watch=None if self._covered(watch.path) else self._on_znode_event)) for watch in watches]
+            watch.path, watch=None if watch.path in self._persistent else self._on_znode_event)) for watch in watches]
         for watch, pending in checks:
             try:
                 stat = self._await(pending, deadline, epoch)
@@ -867,11 +880,11 @@ class ZooKeeperSource:
         """
         get, exists = self._client.get_async, self._client.exists_async
         # Under a persistent watch a child needs no watch of its own.
-        data_watch = None if self._covered(watch.path) else self._on_child_data
+        data_watch = None if watch.path in self._persistent else self._on_child_data
         requests.reads.extend((watch, child, get(watch.child_path(child), watch=data_watch))
                               for child in watch.reads())
         checks = watch.checks()
-        if self._covered(watch.path) and isinstance(self._client, WatchingKazooClient):
+        if watch.path in self._persistent and isinstance(self._client, WatchingKazooClient):
             # No watch to set again: check (read) the small ones many to a request.
             small = [child for child in checks if _last_size(watch, child) <= MULTI_READ_LARGE]
             requests.bulk.extend((watch, child) for child in small)
@@ -939,7 +952,7 @@ class ZooKeeperSource:
             except ZOOKEEPER_ERRORS:
                 stat = None  # read it; the read says what is wrong
             if not watch.verified(child, None if stat is None else stat.mzxid):
-                data_watch = None if self._covered(watch.path) else self._on_child_data
+                data_watch = None if watch.path in self._persistent else self._on_child_data
                 rereads.append((watch, child, self._client.get_async(watch.child_path(child), watch=data_watch)))
         self._take_reads(rereads, deadline, epoch)
 
