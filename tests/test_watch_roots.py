@@ -207,18 +207,19 @@ def test_a_shared_root_costs_the_server_at_most_1_1_watches_per_upstream_and_ser
     adds = [r for r in harness.proxy.requests if r.opcode == ADD_WATCH]
     assert len(adds) == 1
 
-    # Every kind of change under the root reaches the state; the sibling's churn reads nothing.
+    # Every kind of change under the root reaches the state; the sibling's and the grandchild's
+    # churn read nothing. Events are taken in order: any read they caused is sent before the
+    # reads of the changes after them, which the states wait for.
     reads = len([r for r in harness.proxy.requests if r.opcode in READS])
+    writer.create(f"{nodes['svc1']}/10.1.0.9:80", b"")
     for k in range(5):
         writer.create(f"{root}/unconfigured/x{k}", b"")
         writer.set(f"{root}/unconfigured", str(k).encode())
-    writer.create(f"{nodes['svc1']}/10.1.0.9:80", b"")
-    writer.create(f"{nodes['svc1']}/10.1.0.9:80/grandchild", b"")
+        writer.create(f"{nodes['svc1']}/10.1.0.9:80/grandchild{k}", b"")
     writer.set(f"{nodes['svc2']}/10.2.0.0:80", b"4")
     writer.delete(f"{nodes['svc3']}/10.3.0.0:80")
     harness.wait_for({"svc1": {**states["svc1"], "10.1.0.9:80": 1}, "svc2": {**states["svc2"], "10.2.0.0:80": 4},
                       "svc3": {"10.3.0.1:80": 1, "10.3.0.2:80": 1}})
-    time.sleep(0.3)  # anything the sibling's and the grandchild's events could have caused is sent by now
     sent = [r.opcode for r in harness.proxy.requests if r.opcode in READS][reads:]
     # svc1's new child read, svc2's changed child read, svc3 listed: nothing else.
     assert sorted(sent) == sorted([GET_DATA, GET_DATA, 12 if 12 in sent else 8]), sent
