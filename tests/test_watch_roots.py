@@ -503,7 +503,7 @@ def test_watch_roots_are_validated_and_shared_by_entries_of_one_session() -> Non
     assert roots("/s") == ("/s",)
     for bad, message in (([], "non-empty list"), (["s"], "must start with '/'"), ([1], "must be a string"),
                          (["/s", "/s/a"], "'/s/a' is inside '/s'"), (["/s/"], "must not end with '/'")):
-        with pytest.raises(ConfigError, match=re.escape(f"watch_roots: ") + ".*" + re.escape(message)):
+        with pytest.raises(ConfigError, match=re.escape("watch_roots: ") + ".*" + re.escape(message)):
             roots(bad)
     with pytest.raises(ConfigError, match=r"clusters\[1\]\.watch_roots"):
         parse_config({"clusters": [{"zk_servers": "h:1", "zk_nodes": {"a": "/a"}},
