@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
 from reloader.cluster import ClusterWorker
@@ -89,13 +90,14 @@ class Harness:
     """A cluster worker whose ZooKeeper connection goes through a :class:`ZkFrameProxy`."""
 
     def __init__(self, target_port: int, nodes: dict[str, str], watch_mode: str = "auto",
-                 roots: list[str] | None = None, refuse: dict[int, int] | None = None, **extra: Any) -> None:
+                 roots: list[str] | None = None, refuse: dict[int, int] | None = None,
+                 client_factory: type[WatchingKazooClient] = WatchingKazooClient, **extra: Any) -> None:
         self.proxy = ZkFrameProxy(target_port, refuse=refuse).start()
         self.lock = threading.Lock()
         self.published: list[Upstream] = []
         self.resumptions: list[Resumption] = []
         self.worker = ClusterWorker(cluster_config(self.proxy.hosts, nodes, watch_mode, roots, **extra),
-                                    self._publish, session_timeout=8.0)
+                                    self._publish, session_timeout=8.0, client_factory=client_factory)
         client = self.worker.source.client
         assert isinstance(client, WatchingKazooClient)
         self.client = client
@@ -438,6 +440,42 @@ def test_a_root_the_daemon_may_not_read_falls_back_to_watches_of_their_own_with_
     connection, report = harness.blip()
     assert report.resumed and ADD_WATCH not in harness.requests_on(connection)
     assert len([r for r in caplog.records if "cannot use watch root" in r.getMessage()]) == 1
+
+
+class RefusesAddWatchOn(WatchingKazooClient):
+    """The real client, but the server's answer to an AddWatch on ``refused`` is NoAuth.
+
+    ZooKeeper 3.8.0 (this one) accepts a persistent watch on any path; a
+    release that checks the ACL when the watch is added answers this way.
+    """
+
+    refused = ""
+
+    def add_persistent_watch_async(self, path: str, watcher: Any, recursive: bool = True) -> Any:
+        if path != self.refused:
+            return super().add_persistent_watch_async(path, watcher, recursive)
+        result = self.handler.async_result()
+        result.set_exception(NoAuthError())
+        return result
+
+
+def test_a_root_whose_watch_the_server_refuses_falls_back_in_the_same_pass(
+        quiet_zk: LocalZooKeeper, writer: KazooClient, harnesses: list[Harness],
+        caplog: pytest.LogCaptureFixture) -> None:
+    root = base("refused")
+    nodes, states = services(writer, root, {"a": 2, "b": 1})
+    caplog.set_level(logging.WARNING, logger="reloader.sources.zookeeper")
+    refusing = type("Refusing", (RefusesAddWatchOn,), {"refused": root})
+    harness = Harness(quiet_zk.port, nodes, roots=[root], client_factory=refusing)
+    harnesses.append(harness)
+    harness.start().wait_for(states)
+    assert harness.client.persistent_watches() == {nodes["a"]: 1, nodes["b"]: 1}
+    (warning,) = [r.getMessage() for r in caplog.records if "cannot use watch root" in r.getMessage()]
+    assert root in warning and "NoAuth" in warning
+    # The same pass set the znodes' own watches: nothing failed, nothing waits for a retry.
+    assert not [r for r in caplog.records if "cannot watch its children" in r.getMessage()]
+    writer.set(f"{nodes['b']}/10.1.0.0:80", b"3")
+    harness.wait_for({"b": {"10.1.0.0:80": 3}})
 
 
 @pytest.mark.parametrize("how", ["classic", "no-addwatch"])
