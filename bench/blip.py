@@ -9,14 +9,18 @@ ZooKeeper 3.8, each behind its own :class:`~reloader.localenv.zkproxy.ZkFramePro
 * ``previous``: the daemon at ``--previous-rev`` (default 87e1d38, before
   SetWatches and persistent watches), exported with ``git archive``;
 * ``persistent`` and ``classic``: the daemon in this tree with that ``watch_mode``
-  (``auto`` picks ``persistent`` on ZooKeeper 3.8);
+  (``auto`` picks ``persistent`` on ZooKeeper 3.8): a watch per znode;
+* ``shared-root``: ``persistent`` with ``watch_roots`` set to the znodes'
+  common parent, one recursive watch for them all;
 * ``floor``: ``bench/floor.py watch`` (raw kazoo watches, a full pipelined
   re-read after each reconnect).
 
 Per subject: the server's watches once it is synced (``mntr``
 zk_watch_count, and the paths ``wchc`` lists, both per upstream); a quiet
 blip (every connection reset, nothing changes, the connection comes back):
-the requests sent on the new connection, by kind; a blip with ``--k``
+the requests sent on the new connection, by kind; 1,000 changes under an unconfigured sibling of the
+upstream znodes (what a root's unrelated churn costs: requests and CPU);
+a blip with ``--k``
 changes (half creates, half data changes, each in its own upstream): the
 requests, and the time from the reconnection (the proxy accepting the new
 connection) to the last changed file being right.
@@ -70,7 +74,7 @@ PING, CONNECT = 11, None
 KINDS = {3: "exists", 4: "getData", 8: "getChildren", 12: "getChildren2", 101: "setWatches", 105: "setWatches2",
          106: "addWatch", 18: "removeWatches", 22: "multiRead"}
 READS = {3, 4, 8, 12, 22}
-SUBJECTS = ("previous", "persistent", "classic", "floor")
+SUBJECTS = ("previous", "persistent", "shared-root", "classic", "floor")
 
 
 def requests_since(proxy: ZkFrameProxy, start: int) -> dict[str, Any]:
@@ -124,17 +128,21 @@ class Run:
         self.previous_root = previous_root
         self.writer = zk.client()
 
-    def start(self, subject: str, hosts: str, znodes: dict[str, str], files: Path, tag: str) -> Any:
+    def start(self, subject: str, hosts: str, znodes: dict[str, str], files: Path, tag: str, base: str) -> Any:
         if subject == "floor":
             return FloorProcess(self.workdir, f"{tag}-floor", hosts, znodes, files).start()
         config: dict[str, Any] = {"files_output_path": str(files), "zk_session_timeout": 10,
                                   "settle_after_reconnect": 0, "max_drop": "100%"}
         root = None
+        cluster: dict[str, Any] = {"zk_servers": hosts, "zk_nodes": znodes}
         if subject == "previous":
             root = self.previous_root
+        elif subject == "shared-root":
+            config["watch_mode"] = "persistent"
+            cluster["watch_roots"] = [base]
         else:
             config["watch_mode"] = subject
-        config["clusters"] = [{"zk_servers": hosts, "zk_nodes": znodes}]
+        config["clusters"] = [cluster]
         return Daemon(self.workdir, config, name=f"{tag}-daemon", log_level="INFO", root=root).start()
 
     def heap(self) -> float | None:
@@ -149,7 +157,7 @@ class Run:
         proxy = ZkFrameProxy(self.zk.port).start()
         out: dict[str, Any] = {"loadavg_at_start": loadavg()}
         heap_before = self.heap()
-        proc = self.start(subject, proxy.hosts, znodes, files, f"{n}-{subject}")
+        proc = self.start(subject, proxy.hosts, znodes, files, f"{n}-{subject}", base)
         try:
             began = time.monotonic()
             wait_until(lambda: proc.check_alive() or all(file_servers(files, upstream_name(u)) == expected_servers(u)
@@ -213,6 +221,7 @@ class Run:
                                                          for u in picked), 60, 0.01, "the undo in the files")
             if self.args.changes:
                 out.update(self.changes(proc, proxy, files, base, n))
+            out.update(self.sibling_churn(proc, proxy, base))
         finally:
             out["stop_s"] = proc.stop()
             proxy.close()
@@ -247,6 +256,26 @@ class Run:
                 "cpu_s_per_1000_changes": round(cpu_seconds(proc.pid) - cpu0, 3),
                 "requests_per_1000_changes": requests_since(proxy, start)}
 
+    def sibling_churn(self, proc: Any, proxy: ZkFrameProxy, base: str) -> dict[str, Any]:
+        """500 creates then 500 deletes under an unconfigured sibling of the upstream znodes, pipelined.
+
+        A root's watch sends them all to the daemon, which discards them; a
+        watch per znode never hears of them.
+        """
+        sibling = f"{base}/zz-unconfigured"
+        self.writer.ensure_path(sibling)
+        settle(proxy, quiet=1.0)
+        start = len(proxy.requests)
+        cpu0 = cpu_seconds(proc.pid)
+        made = [(f"{sibling}/n{i}", b"") for i in range(500)]
+        create_many(self.writer, made)
+        for result in [self.writer.delete_async(path) for path, _ in made]:
+            result.get(30)
+        settle(proxy, quiet=1.0)
+        self.writer.delete(sibling)
+        return {"sibling_churn_cpu_s_per_1000": round(cpu_seconds(proc.pid) - cpu0, 3),
+                "sibling_churn_requests": requests_since(proxy, start)}
+
     def size(self, n: int) -> dict[str, Any]:
         base = f"/blip/n{n}"
         populate(self.writer, base, n, CHILDREN)
@@ -275,6 +304,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {label} | " + " | ".join(str(get(r)) for r in subjects.values()) + " |")
 
         row("server watches per upstream, `mntr` zk_watch_count", lambda r: r["watches"]["mntr_per_upstream"])
+        row("server watches in all, `mntr`", lambda r: f"{r['watches']['mntr_watch_count']:,}")
         row("watched paths per upstream, `wchc`", lambda r: r["watches"]["wchc_paths_per_upstream"])
         row("requests after a quiet blip", lambda r: f"{r['quiet_blip']['total']:,}")
         row("of which reads", lambda r: f"{r['quiet_blip']['reads']:,}")
@@ -286,6 +316,9 @@ def markdown(results: dict[str, Any]) -> str:
         row("CPU per 1,000 changes (s; idle settle included)", lambda r: r.get("cpu_s_per_1000_changes", "n/a"))
         row("requests per 1,000 changes", lambda r: f"{r['requests_per_1000_changes']['total']:,}"
             if "requests_per_1000_changes" in r else "n/a")
+        row("1,000 changes under an unconfigured sibling: requests", lambda r: r["sibling_churn_requests"]["total"]
+            if "sibling_churn_requests" in r else "n/a")
+        row("... and CPU (s; idle settle included)", lambda r: r.get("sibling_churn_cpu_s_per_1000", "n/a"))
         row("server heap growth, synced (MB, after a full GC)",
             lambda r: r.get("server_heap_mb", {}).get("growth", "n/a"))
         row("initial sync (start -> every file right)", lambda r: f"{r['initial_sync_s']} s")

@@ -78,7 +78,7 @@ _SETTING_KEYS = {
     *_NETWORK_KEYS,
     *_TRAFFIC_KEYS,
 }
-_CLUSTER_KEYS = {"zk_servers", "zk_nodes", "name", "auth", "sasl", "tls"}
+_CLUSTER_KEYS = {"zk_servers", "zk_nodes", "name", "auth", "sasl", "tls", "watch_roots"}
 _ZNODE_KEYS = {
     "path",
     "format",
@@ -196,6 +196,9 @@ class ClusterConfig:
     cluster_count: int = 1  # how many clusters the config has, for ``label``
     #: The global ``watch_mode`` (auto, persistent or classic), see reloader/sources/kazoo_protocol.py.
     watch_mode: str = "auto"
+    #: Ancestors whose one persistent watch covers every configured znode under
+    #: them (see reloader/sources/watchroots.py); sorted, none inside another.
+    watch_roots: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -539,6 +542,44 @@ def _parse_watch_mode(value: Any) -> str:
     if not isinstance(value, str) or value not in WATCH_MODES:
         raise ValueError(f"must be one of {', '.join(WATCH_MODES)}, got {_shown(value)}")
     return value
+
+
+#: More roots than this is a generated list, not a choice of shared watches.
+MAX_WATCH_ROOTS = 1000
+
+
+def _parse_watch_roots(value: Any) -> tuple[str, ...]:
+    """A list of znode paths, none equal to or inside another (one watch would cover the other's)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty list of znode paths, got {_shown(value)}")
+    if len(value) > MAX_WATCH_ROOTS:
+        raise ValueError(f"{len(value)} roots; at most {MAX_WATCH_ROOTS} are allowed")
+    roots = sorted({_parse_znode_path(root) for root in value})
+    for outer in roots:
+        for inner in roots:
+            if inner != outer and (outer == "/" or inner.startswith(outer + "/")):
+                raise ValueError(f"{_shown(inner)} is inside {_shown(outer)}, whose watch covers it already")
+    return tuple(roots)
+
+
+def _share_watch_roots(clusters: tuple[ClusterConfig, ...]) -> tuple[ClusterConfig, ...]:
+    """Entries that will share one session (same ``session_key``) watch the union of their roots.
+
+    The daemon merges such entries into one (reloader.daemon.sessions), keeping the first entry's
+    settings; a root named by a later entry must not be lost there.
+    """
+    union: dict[tuple[Any, ...], set[str]] = {}
+    for cluster in clusters:
+        union.setdefault(cluster.session_key, set()).update(cluster.watch_roots)
+    shared = []
+    for cluster in clusters:
+        roots = sorted(union[cluster.session_key])
+        # Two entries' roots may nest: the outer one covers the inner one's znodes.
+        roots = [root for root in roots if not any(o != root and (o == "/" or root.startswith(o + "/")) for o in roots)]
+        shared.append(replace(cluster, watch_roots=tuple(roots)))
+    return tuple(shared)
 
 
 def _parse_listen(value: Any) -> tuple[str, int]:
@@ -978,6 +1019,8 @@ def _parse_cluster(
         return None
     znodes = [_parse_znode(problems, _join(nodes_path, name), name, entry, context) for name, entry in nodes.items()]
     parsed_znodes.extend(znode for znode in znodes if znode)
+    watch_roots = problems.check(_join(key_path, "watch_roots"), _parse_watch_roots, value["watch_roots"]) \
+        if value.get("watch_roots") is not None else ()
     if zk_servers is None or len(problems.problems) != count:
         return None
     return ClusterConfig(
@@ -989,6 +1032,7 @@ def _parse_cluster(
         auth=auth,
         sasl=sasl,
         tls=tls,
+        watch_roots=watch_roots or (),
     )
 
 
@@ -1133,7 +1177,8 @@ def parse_config(
     valid = tuple(cluster for cluster in clusters if cluster)
     return Config(
         source=source,
-        clusters=tuple(replace(cluster, cluster_count=len(valid), watch_mode=watch_mode or "auto") for cluster in valid),
+        clusters=_share_watch_roots(tuple(replace(cluster, cluster_count=len(valid), watch_mode=watch_mode or "auto")
+                                          for cluster in valid)),
         files_output_path=files_output_path,
         dyups_url=dyups_url,
         reconcile_interval=reconcile,

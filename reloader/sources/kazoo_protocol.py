@@ -618,6 +618,29 @@ class WatchingKazooClient(KazooClient):
             for watcher in stale:
                 self.handler.dispatch_callback(Callback("watch", watcher, (event,)))
 
+    def remove_watches_async(self, path: str) -> Any:
+        """Forget every watch on ``path`` (one-shot or persistent) and send the server's RemoveWatches; no wait.
+
+        Returns kazoo's async result (``NoWatcherError`` when the server held
+        none), or None when the client held nothing there (nothing is sent).
+        The one-shot watchers get a ``NONE`` event at once. Forgotten before
+        the server answers: an event already on its way finds no watcher, and
+        a reconnection never sends these watches back.
+        """
+        full = _prefix_root(self.chroot, path)
+        with self._persistent_lock:
+            persistent = self._persistent.pop(full, None)
+        stale = list(self._child_watchers.pop(full, ())) + list(self._data_watchers.pop(full, ()))
+        self._absent.discard(full)
+        if persistent is None and not stale:
+            return None
+        result = self.handler.async_result()
+        self._call(RemoveWatches(full, _WATCHER_TYPE_ANY), result)
+        event = WatchedEvent(EventType.NONE, self._state, path)
+        for watcher in stale:
+            self.handler.dispatch_callback(Callback("watch", watcher, (event,)))
+        return result
+
     # -- hooks into kazoo ---------------------------------------------------
 
     def _reset_watchers(self) -> None:

@@ -47,6 +47,17 @@ Children get no watch of their own. The znode keeps the one-shot children
 watch its list sets (see :meth:`ZooKeeperSource._recheck_persistent`), and
 never an ``exists`` watch (see :meth:`ZooKeeperSource._watch_for_creation`).
 
+With ``watch_roots`` (see :mod:`reloader.sources.watchroots`), one
+persistent recursive watch on a root covers every configured znode under
+it instead of one per znode: its events carry the full path and go to the
+znode the path is, or is a child of; the rest (unconfigured siblings,
+grandchildren) is discarded. A root is checked readable before it is
+watched; one that is not (an ACL) is not used: its znodes get watches of
+their own, with a warning naming the root. Which watch covers a znode can
+change (a reload adds or removes a root, a root is refused): the znode is
+then invalidated, and its next pass sets the new watch before it lists. A
+persistent watch no configured znode needs any more is removed.
+
 Recovery has one path: a lost or new session, a znode deleted or created, a
 per-node failure whose back-off ended, a batch given up, a znode added by a
 config reload all *invalidate* the znode, and the next pass lists it,
@@ -111,6 +122,7 @@ from reloader.snapshot import MAX_KEPT_DATA, OVERSIZED, Snapshot, Unreadable, is
 from reloader.sources.kazoo_handler import PollingHandler
 from reloader.sources.kazoo_protocol import Resumption, WatchingKazooClient
 from reloader.sources.watches import WatchBook, ZnodeState, ZnodeWatch, capped, max_children_of
+from reloader.sources.watchroots import WatchPlan, targets
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +230,16 @@ class ZooKeeperSource:
         # (a new session, a refused SetWatches): a full read is due, and until
         # one thaws the cluster, a resumed session re-reads in full too.
         self._watches_lost = True
-        # Znodes with a persistent recursive watch in this session, and those
-        # of them whose one-shot children watch (kept alongside, see
-        # _recheck_persistent) fired and was not set again.
+        # Paths with a persistent recursive watch in this session (a znode's
+        # own, or a root's, see WatchPlan); the znodes under one of them
+        # (kept by _cover_changed), and those of them whose one-shot children
+        # watch (kept alongside, see _recheck_persistent) fired and was not
+        # set again.
+        self._held: set[str] = set()
         self._persistent: set[str] = set()
         self._spent: set[str] = set()
+        self._plan = WatchPlan(cluster.watch_roots)
+        self._warn_unused_roots()
         watch_mode = {"watch_mode": cluster.watch_mode} if _is_watching(client_factory) else {}
         self._client = client_factory(
             **kazoo_arguments(cluster),
@@ -244,8 +261,9 @@ class ZooKeeperSource:
         """Whether the client keeps watches across blips (SetWatches) and reports each reconnection."""
         return isinstance(self._client, WatchingKazooClient)
 
-    def _persistent_mode(self, path: str) -> bool:
-        return path in self._persistent
+    def _cover_changed(self) -> None:
+        """Which persistent watches are held, which roots are used or which znodes are watched changed."""
+        self._persistent = {watch.path for watch in self._watches if self._plan.cover(watch.path) in self._held}
 
     @property
     def upstreams(self) -> tuple[str, ...]:
@@ -323,10 +341,20 @@ class ZooKeeperSource:
         owed that znode's current view, handed on after this task without a
         ZooKeeper read.
         """
+        before = {watch.path: self._plan.cover(watch.path) for watch in self._watches}
         self.cluster = cluster
+        self._plan.reconfigure(cluster.watch_roots)
         _, removed = self._watches.reconfigure(cluster.znodes, changed)
-        for watch in removed:
-            self._drop_persistent(watch.path)
+        for watch in self._watches:
+            old, new = before.get(watch.path), self._plan.cover(watch.path)
+            if old is not None and old != new and (old in self._held or new in self._held):
+                # A root came or went over it: its events come through another
+                # watch from now on, which its next pass sets before listing it.
+                watch.invalidate()
+        self._cover_changed()
+        self._spent &= self._persistent
+        self._release(watch.path for watch in removed if watch.path != before.get(watch.path))
+        self._warn_unused_roots()
         self._caps = {znode.upstream: max_children_of(znode) for znode in cluster.znodes}
 
     # ---- kazoo threads: enqueue only --------------------------------------------
@@ -415,8 +443,10 @@ class ZooKeeperSource:
         extra = {"cluster": self.label}
         if not resumption.resumed or self._watches_lost:
             self._watches_lost = True
+            self._held.clear()
             self._persistent.clear()
             self._spent.clear()
+            self._plan.forget_refusals()
             self._watches.invalidate_all()
             if resumption.resumed or resumption.packets:
                 log.warning("cluster %s: the server did not keep this session's watches; re-reading %d znodes",
@@ -447,26 +477,50 @@ class ZooKeeperSource:
         every child of a persistent znode is checked, MULTI_READ_MAX to a
         ``multiRead`` request (ZooKeeper 3.6+, as persistent watches are):
         at 1,000 upstreams x 20, 40 requests instead of 20,000.
+
+        A znode found missing has no watch the server compares (no
+        ``exists`` watch under a persistent one): it is listed again, in
+        case it was created meanwhile.
         """
         for watch in self._watches:
             if watch.path not in self._persistent or watch.state is ZnodeState.UNKNOWN:
                 continue  # not persistent, or recovered in full anyway
+            if watch.state is ZnodeState.ABSENT:
+                watch.invalidate()
+                continue
             if watch.path in self._spent:
                 watch.children_changed()
             watch.verify_children()
 
-    def _drop_persistent(self, path: str) -> None:
-        """A znode no longer watched: remove its persistent watch, so that the server forgets it."""
-        if path not in self._persistent or not isinstance(self._client, WatchingKazooClient):
+    def _release(self, gone: Iterable[str] = ()) -> None:
+        """Remove the persistent watches no configured znode needs now, and every watch on the ``gone`` paths.
+
+        A znode's own watch goes with its znode; a root's with the last
+        znode under it; a removed znode under a root leaves a one-shot
+        children watch, which goes too. Sent and not awaited (ZooKeeper
+        applies them in order; one that fails, with its connection, is not
+        sent back by the next SetWatches either): a hung server holds up
+        nothing here.
+        """
+        client = self._client
+        if not isinstance(client, WatchingKazooClient):
             return
-        self._persistent.discard(path)
-        self._spent.discard(path)
-        try:
-            self._client.remove_persistent_watch(path, timeout=min(self._session_timeout, 2.0))
-        except Exception as error:
-            # It fires for a path nobody watches now; the next session forgets it.
-            log.info("cluster %s: could not remove the persistent watch on %s (%s)", self.label, path,
-                     describe_error(error), extra={"cluster": self.label})
+        needed = self._plan.needed(watch.path for watch in self._watches)
+        unneeded = self._held - needed
+        self._held -= unneeded
+        self._cover_changed()
+        for path in sorted(unneeded | (set(gone) - needed)):
+            try:
+                client.remove_watches_async(path)
+            except Exception as error:
+                # It fires for a path nobody watches now; the next session forgets it.
+                log.info("cluster %s: could not remove the watches on %s (%s)", self.label, path,
+                         describe_error(error), extra={"cluster": self.label})
+
+    def _warn_unused_roots(self) -> None:
+        for root in self._plan.unused(watch.path for watch in self._watches):
+            log.warning("cluster %s: watch root %s covers no configured znode; it is not watched", self.label,
+                        root, extra={"cluster": self.label})
 
     def _restart_client(self) -> None:
         if self._stopping() or self._client.connected:
@@ -563,18 +617,22 @@ class ZooKeeperSource:
             watch.invalidate()
 
     def _persistent_event(self, event: WatchedEvent) -> None:
-        """A persistent recursive watch's event: a child came, went or changed, or the znode itself did."""
+        """A persistent recursive watch's event: a child came, went or changed, or the znode itself did.
+
+        The watch may be a root's, shared by many znodes: the event goes to
+        the znode its path is and to the one it is a child of (both, when
+        configured znodes nest); anything else is discarded.
+        """
         if event.type not in (EventType.CREATED, EventType.DELETED, EventType.CHANGED):
             return  # NONE: the session ended; the full read that follows recovers everything
-        watch = self._watches.get(event.path)
-        if watch is not None:
-            if event.type != EventType.CHANGED and event.path in self._persistent:
-                watch.invalidate()  # the znode itself was created or deleted
-            return
-        znode_path, child = posixpath.split(event.path)
+        itself, znode_path = targets(event.path, self._persistent.__contains__)
+        if itself is not None and event.type != EventType.CHANGED:
+            self._watches.get(itself).invalidate()  # type: ignore[union-attr]  # the znode itself came or went
+        if znode_path is None:
+            return  # not a watched znode's child: a sibling under a root, a grandchild, or not watched (any more)
         watch = self._watches.get(znode_path)
-        if watch is None or znode_path not in self._persistent:
-            return  # deeper than a child, or not watched (any more)
+        assert watch is not None
+        child = posixpath.basename(event.path)
         if event.type == EventType.CHANGED:
             watch.child_data_changed(child)
         elif watch.over_cap:
@@ -672,38 +730,111 @@ class ZooKeeperSource:
         self._collect(requests, deadline, epoch)
 
     def _add_persistent(self, watches: list[ZnodeWatch], deadline: _Patience, epoch: int) -> None:
-        """Set a persistent recursive watch on each of ``watches`` (pipelined), unless classic is in effect.
+        """Set the persistent recursive watch that covers each of ``watches`` (pipelined), unless classic is in effect.
 
-        Sent before the lists, and ZooKeeper answers in order: the watch
-        covers every change after the list. A server without persistent
-        watches (older than 3.6) answers UNIMPLEMENTED and closes the
-        connection: with ``watch_mode: auto`` the session goes on with
-        classic watches, and the pass is given up (the reconnection's
-        resync reads it).
+        One ``AddWatch`` per cover: a root's is sent once for all its znodes
+        (after the root was found readable, see :meth:`_check_roots`), any
+        other znode gets its own. Sent before the lists, and ZooKeeper
+        answers in order: the watch covers every change after the list. A
+        root the server refuses is not used, and its znodes get watches of
+        their own in the same pass. A server without persistent watches
+        (older than 3.6) answers UNIMPLEMENTED and closes the connection:
+        with ``watch_mode: auto`` the session goes on with classic watches,
+        and the pass is given up (the reconnection's resync reads it).
         """
         client = self._client
-        if not watches or not isinstance(client, WatchingKazooClient):
+        if not watches or not isinstance(client, WatchingKazooClient) or client.watch_mode_in_effect == "classic":
             return
-        sent = []
+        plan = self._plan
+        unchecked = {plan.cover(w.path) for w in watches} & plan.roots - plan.refused - self._held
+        self._check_roots(sorted(unchecked), deadline, epoch)
+        groups: dict[str, list[ZnodeWatch]] = {}
         for watch in watches:
-            pending = client.add_persistent_watch_async(watch.path, self._on_persistent_event)
-            if pending is None:
-                return  # classic watches in this session
-            sent.append((watch, pending))
-        for watch, pending in sent:
+            groups.setdefault(plan.cover(watch.path), []).append(watch)
+        try:
+            self._add_watches(groups, deadline, epoch)
+        finally:
+            self._cover_changed()
+
+    def _add_watches(self, groups: dict[str, list[ZnodeWatch]], deadline: _Patience, epoch: int) -> None:
+        """Send an ``AddWatch`` per path of ``groups`` (path -> the znodes it covers), then await them all."""
+        client = self._client
+        assert isinstance(client, WatchingKazooClient)
+        plan = self._plan
+        while groups:
+            sent = []
+            for path, members in groups.items():
+                pending = client.add_persistent_watch_async(path, self._on_persistent_event)
+                if pending is None:
+                    return  # classic watches in this session
+                sent.append((path, members, pending))
+            groups = {}
+            for path, members, pending in sent:
+                try:
+                    self._await(pending, deadline, epoch)
+                except UnimplementedError as error:
+                    if client.persistent_refused(error):
+                        raise ConnectionDropped("ZooKeeper has no persistent watches; classic watches from now on") \
+                            from None
+                    self._watch_failed(path, members, error, groups)
+                except SESSION_ERRORS:
+                    raise
+                except ZOOKEEPER_ERRORS as error:
+                    self._watch_failed(path, members, error, groups)
+                else:
+                    client.persistent_accepted()
+                    self._held.add(path)
+                    if path in plan.roots:
+                        log.info("cluster %s: one persistent watch on %s covers %d znodes", self.label, path,
+                                 sum(1 for w in self._watches if plan.cover(w.path) == path),
+                                 extra={"cluster": self.label})
+
+    def _watch_failed(self, path: str, members: list[ZnodeWatch], error: BaseException,
+                      retry: dict[str, list[ZnodeWatch]]) -> None:
+        """The server refused the persistent watch on ``path``: a root is given up (its znodes go to ``retry``
+        with their own paths), a znode's own watch fails like its list."""
+        if path in self._plan.roots and path not in self._plan.refused:
+            self._refuse_root(path, error)
+        for watch in members:
+            cover = self._plan.cover(watch.path)
+            if cover != path:
+                retry.setdefault(cover, []).append(watch)
+            else:
+                self._list_failed(watch, error)
+
+    def _check_roots(self, roots: list[str], deadline: _Patience, epoch: int) -> None:
+        """Read each root's data (pipelined, no watch): a root this session may not read is not used.
+
+        ZooKeeper 3.8 accepts a persistent watch on a node the client may
+        not read (Debian's 3.8.0, CVE-2024-23944 fix included, then sends the
+        events of the readable nodes under it); whether a release checks
+        the ACL when the watch is added, per event, or not at all differs,
+        so the daemon checks for itself and never relies on a watch over a
+        node it was not granted. A root that does not exist is used (its
+        watch reports its creation).
+        """
+        checks = [(root, self._client.get_async(root)) for root in roots]
+        for root, pending in checks:
             try:
                 self._await(pending, deadline, epoch)
-            except UnimplementedError as error:
-                if client.persistent_refused(error):
-                    raise ConnectionDropped("ZooKeeper has no persistent watches; classic watches from now on") from None
-                self._list_failed(watch, error)
+            except NoNodeError:
+                pass
             except SESSION_ERRORS:
                 raise
             except ZOOKEEPER_ERRORS as error:
-                self._list_failed(watch, error)
-            else:
-                client.persistent_accepted()
-                self._persistent.add(watch.path)
+                self._refuse_root(root, error)
+            del pending
+
+    def _refuse_root(self, root: str, error: BaseException) -> None:
+        self._plan.refuse(root)
+        self._cover_changed()
+        covered = [w.path for w in self._watches if self._plan.root_of(w.path) == root]
+        log.warning(
+            "cluster %s: cannot use watch root %s (%s); its %d znodes get a persistent watch each instead "
+            "(two server watches per znode, not one shared); fix its ACL and restart the daemon to share it",
+            self.label, root, describe_error(error, cluster=self.cluster, path=root), len(covered),
+            extra={"cluster": self.label},
+        )
 
     def _take_listing(self, watch: ZnodeWatch, listing: Any, deadline: _Patience, epoch: int) -> bool:
         """Adopt the answer of a ``get_children_async`` sent for ``watch``; False if the znode does not exist."""
