@@ -10,8 +10,10 @@ ZooKeeper 3.8, each behind its own :class:`~reloader.localenv.zkproxy.ZkFramePro
   SetWatches and persistent watches), exported with ``git archive``;
 * ``persistent`` and ``classic``: the daemon in this tree with that ``watch_mode``
   (``auto`` picks ``persistent`` on ZooKeeper 3.8);
-* ``floor``: ``bench/floor.py watch`` (raw kazoo watches, a full pipelined
-  re-read after each reconnect).
+* ``floor``: ``bench/floor.py watch --batch-fsync`` (raw kazoo watches, a
+  full pipelined re-read after each reconnect; files written as durably as
+  the daemon writes them: each fsynced and renamed, one directory fsync per
+  batch).
 
 Per subject: the server's watches once it is synced (``mntr``
 zk_watch_count, and the paths ``wchc`` lists, both per upstream); a quiet
@@ -137,7 +139,8 @@ class Run:
 
     def start(self, subject: str, hosts: str, znodes: dict[str, str], files: Path, tag: str) -> Any:
         if subject == "floor":
-            return FloorProcess(self.workdir, f"{tag}-floor", hosts, znodes, files).start()
+            # The daemon's durable sequence: each file fsynced and renamed, one directory fsync per batch.
+            return FloorProcess(self.workdir, f"{tag}-floor", hosts, znodes, files, batch_fsync=True).start()
         config: dict[str, Any] = {"files_output_path": str(files), "zk_session_timeout": 10,
                                   "settle_after_reconnect": 0, "max_drop": "100%"}
         root = None
