@@ -210,8 +210,6 @@ class FileStore:
 
     def __init__(self, directory: Path, stream: Iterable[str] = ()) -> None:
         self.directory = Path(directory)
-        # The directory as a string: a batch builds its paths without pathlib.
-        self._directory = str(self.directory)
         # Replaced whole (never changed in place): other threads read it without the lock.
         self._stream: frozenset[str] = frozenset(stream)
         self._lock = threading.Lock()
@@ -232,7 +230,7 @@ class FileStore:
 
     def path_text(self, name: str) -> str:
         """``str(path_for(name))``, without building a Path (a batch needs several per file)."""
-        return os.path.join(self._directory, file_name(name, name in self._stream))
+        return os.path.join(str(self.directory), file_name(name, name in self._stream))
 
     def prepare(self) -> None:
         """Create the directory if needed and remove leftover temporary files; OSError names it otherwise."""
@@ -343,7 +341,7 @@ class FileStore:
         The temporary name ends in ".tmp", so neither ``include DIR/*.upstream;``
         nor ``include DIR/*.stream;`` can ever pick up a half-written file.
         """
-        temporary = os.path.join(self._directory, f"{self._temporary_prefix % name}{next(self._serial)}.tmp")
+        temporary = os.path.join(str(self.directory), f"{self._temporary_prefix % name}{next(self._serial)}.tmp")
         handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             _write_fully(handle, text.encode("utf-8"))
