@@ -26,7 +26,7 @@ connection) to the last changed file being right.
 Per change, while connected, two ways. *One after the other*, in each
 subject's own run above: sequential creates (create -> file) and 1,000
 changes (CPU). *Side by side* (``--paired-rounds``, on by default): every
-subject but ``previous`` runs at once, each on its own copy of the tree (so
+subject runs at once, each on its own copy of the tree (so
 no subject hears another's changes), and the samples alternate between them
 (one create each, in a rotating order; then one burst of 1,000 changes
 each, ``--paired-rounds`` times): a load that comes and goes on a shared
@@ -299,7 +299,7 @@ class Run:
                     cpu[subject].append(self.burst(procs[subject], files[subject], bases[subject], n))
             for subject in subjects:
                 out["subjects"][subject] = {"create_to_file_ms": summary_ms(latency[subject]),
-                                            "cpu_s_per_1000_changes": sorted(cpu[subject])}
+                                            "cpu_s_per_1000_changes": cpu[subject]}  # in the order run
             floor = out["subjects"].get("floor")
             if floor is not None:
                 for subject, figures in out["subjects"].items():
@@ -342,7 +342,7 @@ class Run:
                   f"({r['quiet_blip']['by_kind']}); k={r['k']} blip {r['k_blip']['total']} requests "
                   f"({r['k_blip']['by_kind']}), files right {r['k_blip_files_right_after_reconnect_s']} s "
                   f"after the reconnect", flush=True)
-        side = [subject for subject in self.args.subjects if subject != "previous"]
+        side = [subject for subject in self.args.subjects if subject != "previous" or self.previous_root is not None]
         if self.args.changes and self.args.paired_rounds > 0 and len(side) > 1:
             banner(f"{n} x {CHILDREN}: side by side ({', '.join(side)})")
             result["side_by_side"] = self.paired(n, side)
