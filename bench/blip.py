@@ -12,8 +12,10 @@ ZooKeeper 3.8, each behind its own :class:`~reloader.localenv.zkproxy.ZkFramePro
   (``auto`` picks ``persistent`` on ZooKeeper 3.8): a watch per znode;
 * ``shared-root``: ``persistent`` with ``watch_roots`` set to the znodes'
   common parent, one recursive watch for them all;
-* ``floor``: ``bench/floor.py watch`` (raw kazoo watches, a full pipelined
-  re-read after each reconnect).
+* ``floor``: ``bench/floor.py watch --batch-fsync`` (raw kazoo watches, a
+  full pipelined re-read after each reconnect; files written as durably as
+  the daemon writes them: each fsynced and renamed, one directory fsync per
+  batch).
 
 Per subject: the server's watches once it is synced (``mntr``
 zk_watch_count, and the paths ``wchc`` lists, both per upstream); a quiet
@@ -24,6 +26,16 @@ a blip with ``--k``
 changes (half creates, half data changes, each in its own upstream): the
 requests, and the time from the reconnection (the proxy accepting the new
 connection) to the last changed file being right.
+
+Per change, while connected, two ways. *One after the other*, in each
+subject's own run above: sequential creates (create -> file) and 1,000
+changes (CPU). *Side by side* (``--paired-rounds``, on by default): every
+subject runs at once, each on its own copy of the tree (so
+no subject hears another's changes), and the samples alternate between them
+(one create each, in a rotating order; then one burst of 1,000 changes
+each, ``--paired-rounds`` times): a load that comes and goes on a shared
+machine falls on every subject alike, so the ratios against the floor are
+taken from these.
 
     bench/blip.py                # 100 and 1,000 upstreams
     bench/blip.py --quick        # 100 upstreams
@@ -36,6 +48,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -130,7 +143,8 @@ class Run:
 
     def start(self, subject: str, hosts: str, znodes: dict[str, str], files: Path, tag: str, base: str) -> Any:
         if subject == "floor":
-            return FloorProcess(self.workdir, f"{tag}-floor", hosts, znodes, files).start()
+            # The daemon's durable sequence: each file fsynced and renamed, one directory fsync per batch.
+            return FloorProcess(self.workdir, f"{tag}-floor", hosts, znodes, files, batch_fsync=True).start()
         config: dict[str, Any] = {"files_output_path": str(files), "zk_session_timeout": 10,
                                   "settle_after_reconnect": 0, "max_drop": "100%"}
         root = None
@@ -276,6 +290,73 @@ class Run:
         return {"sibling_churn_cpu_s_per_1000": round(cpu_seconds(proc.pid) - cpu0, 3),
                 "sibling_churn_requests": requests_since(proxy, start)}
 
+    def paired(self, n: int, subjects: list[str]) -> dict[str, Any]:
+        """Per-change figures of ``subjects`` running side by side, each on its own tree, samples alternated."""
+        out: dict[str, Any] = {"loadavg_at_start": loadavg(), "subjects": {}}
+        procs: dict[str, Any] = {}
+        bases = {subject: f"/blip/p{n}-{subject}" for subject in subjects}
+        files = {subject: self.workdir / f"{n}-paired-{subject}" for subject in subjects}
+        try:
+            for subject in subjects:
+                populate(self.writer, bases[subject], n, CHILDREN)
+                files[subject].mkdir()
+                procs[subject] = self.start(subject, self.zk.hosts, zk_nodes(bases[subject], n), files[subject],
+                                            f"{n}-paired-{subject}", bases[subject])
+            for subject, proc in procs.items():
+                wait_until(lambda: proc.check_alive() or all(
+                    file_servers(files[subject], upstream_name(u)) == expected_servers(u) for u in range(n)),
+                    300, 0.2, f"{subject} synced (side by side)")
+            time.sleep(1.0)
+            latency: dict[str, list[float]] = {subject: [] for subject in subjects}
+            for i in range(self.args.samples):
+                order = subjects[i % len(subjects):] + subjects[:i % len(subjects)]
+                for subject in order:
+                    u = (i * 104729) % n
+                    name, path = f"10.251.{u % 250}.{i % 250}:7{i:03d}", f"{bases[subject]}/{upstream_name(u)}"
+                    began = time.monotonic()
+                    self.writer.create(f"{path}/{name}", b"")
+                    wait_until(lambda: (name, 1) in file_servers(files[subject], upstream_name(u)), 30, 0.0005,
+                               "the created child")
+                    latency[subject].append(time.monotonic() - began)
+                    self.writer.delete(f"{path}/{name}")
+                    wait_until(lambda: (name, 1) not in file_servers(files[subject], upstream_name(u)), 30, 0.002,
+                               "the deletion")
+            cpu: dict[str, list[float]] = {subject: [] for subject in subjects}
+            for round_ in range(self.args.paired_rounds):
+                order = subjects[round_ % len(subjects):] + subjects[:round_ % len(subjects)]
+                for subject in order:
+                    cpu[subject].append(self.burst(procs[subject], files[subject], bases[subject], n))
+            for subject in subjects:
+                out["subjects"][subject] = {"create_to_file_ms": summary_ms(latency[subject]),
+                                            "cpu_s_per_1000_changes": cpu[subject]}  # in the order run
+            floor = out["subjects"].get("floor")
+            if floor is not None:
+                for subject, figures in out["subjects"].items():
+                    figures["create_to_file_x_floor"] = round(
+                        figures["create_to_file_ms"]["median_ms"] / floor["create_to_file_ms"]["median_ms"], 2)
+                    figures["cpu_x_floor"] = round(
+                        statistics.median(figures["cpu_s_per_1000_changes"])
+                        / statistics.median(floor["cpu_s_per_1000_changes"]), 2)
+        finally:
+            for proc in procs.values():
+                proc.stop()
+        out["loadavg_at_end"] = loadavg()
+        return out
+
+    def burst(self, proc: Any, files: Path, base: str, n: int) -> float:
+        """CPU seconds of ``proc`` for 500 creates then 500 deletes, pipelined, until its files are right + 1 s."""
+        cpu0 = cpu_seconds(proc.pid)
+        made = [(f"{base}/{upstream_name(i % n)}/10.252.{i % 250}.{i // 250}:6000", b"") for i in range(500)]
+        create_many(self.writer, made)
+        wait_until(lambda: proc.check_alive() or all((p.rsplit("/", 1)[1], 1) in file_servers(files, p.split("/")[-2])
+                                                     for p, _ in made), 120, 0.01, "500 creates in the files")
+        for result in [self.writer.delete_async(p) for p, _ in made]:
+            result.get(30)
+        wait_until(lambda: proc.check_alive() or all(file_servers(files, upstream_name(u)) == expected_servers(u)
+                                                     for u in range(n)), 120, 0.01, "500 deletes in the files")
+        time.sleep(1.0)  # as the sequential figure's settle: what the subject does right after counts too
+        return round(cpu_seconds(proc.pid) - cpu0, 3)
+
     def size(self, n: int) -> dict[str, Any]:
         base = f"/blip/n{n}"
         populate(self.writer, base, n, CHILDREN)
@@ -290,6 +371,13 @@ class Run:
                   f"({r['quiet_blip']['by_kind']}); k={r['k']} blip {r['k_blip']['total']} requests "
                   f"({r['k_blip']['by_kind']}), files right {r['k_blip_files_right_after_reconnect_s']} s "
                   f"after the reconnect", flush=True)
+        side = [subject for subject in self.args.subjects if subject != "previous" or self.previous_root is not None]
+        if self.args.changes and self.args.paired_rounds > 0 and len(side) > 1:
+            banner(f"{n} x {CHILDREN}: side by side ({', '.join(side)})")
+            result["side_by_side"] = self.paired(n, side)
+            for subject, figures in result["side_by_side"]["subjects"].items():
+                print(f"  {subject}: create -> file {figures['create_to_file_ms']}, CPU per 1,000 changes "
+                      f"{figures['cpu_s_per_1000_changes']}", flush=True)
         return result
 
 
@@ -297,6 +385,8 @@ def markdown(results: dict[str, Any]) -> str:
     """The section of docs/benchmarks.md these results make (printed; pasted below the keep marker)."""
     lines = []
     for n, subjects in results["sizes"].items():
+        subjects = dict(subjects)
+        side = subjects.pop("side_by_side", None)
         lines += [f"**{int(n):,} upstreams x {results['children']}** (k = {next(iter(subjects.values()))['k']} changes)", "",
                   "| | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
 
@@ -324,6 +414,22 @@ def markdown(results: dict[str, Any]) -> str:
         row("initial sync (start -> every file right)", lambda r: f"{r['initial_sync_s']} s")
         lines += ["", "Requests by kind, k-change blip: " + "; ".join(
             f"{name}: {r['k_blip']['by_kind']}" for name, r in subjects.items()), ""]
+        if side:
+            figures = side["subjects"]
+            lines += [f"Side by side, samples alternated (load average {side['loadavg_at_start']} at the start, "
+                      f"{side['loadavg_at_end']} at the end):", "",
+                      "| | " + " | ".join(figures) + " |", "|---|" + "---|" * len(figures)]
+            lines.append("| create -> file, plain child: median (ms) | " + " | ".join(
+                f"{f['create_to_file_ms']['median_ms']} ({f.get('create_to_file_x_floor', '-')}x)"
+                for f in figures.values()) + " |")
+            lines.append("| create -> file: p90 (ms) | " + " | ".join(
+                str(f["create_to_file_ms"]["p90_ms"]) for f in figures.values()) + " |")
+            lines.append("| CPU per 1,000 changes: median of the bursts (s) | " + " | ".join(
+                f"{statistics.median(f['cpu_s_per_1000_changes'])} ({f.get('cpu_x_floor', '-')}x)"
+                for f in figures.values()) + " |")
+            lines.append("| ... every burst (s) | " + " | ".join(
+                ", ".join(str(v) for v in f["cpu_s_per_1000_changes"]) for f in figures.values()) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -335,6 +441,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=40, help="sequential creates timed per subject")
     parser.add_argument("--no-changes", dest="changes", action="store_false",
                         help="skip the per-change figures (latency, CPU per 1,000 changes)")
+    parser.add_argument("--paired-rounds", type=int, default=5,
+                        help="bursts of 1,000 changes per subject side by side (0: no side-by-side figures)")
     parser.add_argument("--previous-rev", default="87e1d38")
     parser.add_argument("--subjects", default=",".join(SUBJECTS))
     parser.add_argument("--output", default=None)

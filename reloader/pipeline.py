@@ -6,9 +6,11 @@ A source hands a complete snapshot of a znode's children to
 1. **parses** each child with the configured format (a child that is
    malformed or unreadable is skipped with one warning; its siblings are
    served). A child whose name and data are the same as in the upstream's
-   previous snapshot reuses that parse: a change to one child of a large
-   upstream costs one parse. What is kept is bounded by the current children
-   and dropped when the upstream's configuration changes. Then, at this one
+   previous snapshot reuses that parse, and the policy's verdict on its IP
+   address (which depends on the address and the policy only): a change to
+   one child of a large upstream costs one parse and one verdict. What is
+   kept is bounded by the current children and dropped when the upstream's
+   configuration (its policy among it) changes. Then, at this one
    place, every child's address passes the **address policy**
    (:mod:`reloader.netpolicy`: nothing may point nginx at the host) and a
    host name becomes the **addresses** it resolves to (:mod:`reloader.resolve`):
@@ -46,7 +48,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Hashable, Iterable, Mapping
+from typing import Callable, Hashable, Iterable, Mapping, NamedTuple
 
 from reloader.addresses import is_ip_literal
 from reloader.assemble import desired_live, finalize_upstream, overweight
@@ -69,6 +71,18 @@ Schedule = Callable[[float, Callable[[], None]], None]
 Post = Callable[[Callable[[], None]], None]
 
 
+class _Parsed(NamedTuple):
+    """What one child of the last snapshot gave: its data, the parse, and the policy's verdict."""
+
+    data: ChildData
+    result: ParseResult
+    # Whether the server's host is an IP address (judged here, once) rather
+    # than a host name (judged by what it resolves to, at every decision).
+    literal: bool = False
+    # For an IP address: why the policy refuses it, or None.
+    refusal: str | None = None
+
+
 @dataclass
 class _UpstreamState:
     config: ZnodeConfig
@@ -83,8 +97,8 @@ class _UpstreamState:
     # When the registry last said something about it, and when it was last published.
     updated_at: float | None = None
     published_at: float | None = None
-    # Per child of the last snapshot, the data it had and what parsing it gave.
-    parsed: dict[str, tuple[ChildData, ParseResult]] = field(default_factory=dict)
+    # Per child of the last snapshot, the data it had, what parsing it gave and the policy's verdict.
+    parsed: dict[str, _Parsed] = field(default_factory=dict)
     # Children of the last snapshot that could not be read, with why.
     unreadable: dict[str, str] = field(default_factory=dict)
     # The host names its children use (each resolved through the HostChecker).
@@ -211,7 +225,7 @@ class Pipeline:
             elif state.config != znode:
                 state.config = znode
                 state.guard.settings = znode.guards
-                state.parsed = {}  # the format or its options may have changed
+                state.parsed = {}  # the format, its options or the address policy may have changed
                 changed.append(name)
         # Warnings remembered for a way of reading a znode that no upstream uses any more are dropped.
         in_use = {_warn_key(state.config.path, state.config) for state in self._states.values()}
@@ -363,24 +377,22 @@ class Pipeline:
         """Parse the snapshot's children (reusing the parse of unchanged ones) into ``state``."""
         znode = state.config
         known = state.parsed
-        parsed: dict[str, tuple[ChildData, ParseResult]] = {}
+        parsed: dict[str, _Parsed] = {}
         unreadable: dict[str, str] = {}
+        names: set[str] = set()
         for child, data in children.items():
             if isinstance(data, Unreadable):
                 unreadable[child] = data.reason
                 continue
             seen = known.get(child)
-            if seen is not None and (seen[0] is data or seen[0] == data):
-                parsed[child] = seen
-            else:
-                parsed[child] = (data, parse_instance(child, data, znode.format, znode.format_options))
+            if seen is None or not (seen.data is data or seen.data == data):
+                seen = _judged(data, parse_instance(child, data, znode.format, znode.format_options), znode)
+            parsed[child] = seen
+            if not seen.literal and not isinstance(seen.result, Skip):
+                names.add(seen.result.host)
         state.parsed = parsed
         state.unreadable = unreadable
-        names = frozenset(
-            result.host for _, result in parsed.values()
-            if not isinstance(result, Skip) and not is_ip_literal(result.host)
-        )
-        self._use_names(znode.upstream, names)
+        self._use_names(znode.upstream, frozenset(names))
 
     def _servers(self, state: _UpstreamState) -> list[Server]:
         """The servers of the last snapshot, each address judged by the policy, names resolved; warns once."""
@@ -391,10 +403,17 @@ class Pipeline:
         still_bad: dict[str, str] = dict(state.unreadable)
         servers: list[Server] = []
         resolutions = self._resolutions(state.names)
-        for child, (_, result) in state.parsed.items():
+        for child, (_, result, literal, refusal) in state.parsed.items():
             if isinstance(result, Skip):
                 if not result.quiet:
                     still_bad[child] = result.reason
+                continue
+            if literal:
+                # Judged when parsed: the verdict depends on the address and the policy only.
+                if refusal is not None:
+                    still_bad[child] = refusal
+                else:
+                    servers.append(result)
                 continue
             reason, resolved = self._addresses(state, result, resolutions)
             if reason is not None:
@@ -512,6 +531,13 @@ class Pipeline:
         for name in self._name_users:
             self._hosts.resolve(name, self._answered)
         self._schedule_refresh()
+
+
+def _judged(data: ChildData, result: ParseResult, znode: ZnodeConfig) -> _Parsed:
+    """A child's parse, with the policy's verdict on its address when that is an IP address."""
+    if isinstance(result, Skip) or not is_ip_literal(result.host):
+        return _Parsed(data, result)
+    return _Parsed(data, result, True, znode.networks.refusal(result.host))
 
 
 def _warn_key(origin: str, znode: ZnodeConfig) -> Hashable:

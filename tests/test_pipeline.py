@@ -218,6 +218,45 @@ def test_only_children_that_changed_are_parsed_again(monkeypatch: pytest.MonkeyP
     assert calls == ["10.0.0.1:80"], "a changed format parses everything again"
 
 
+def test_only_addresses_that_changed_are_judged_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy's verdict is kept with the parse: one changed child costs one verdict, not one per child.
+
+    A changed policy (a config reload) judges every address again, so a child
+    allowed before is refused at once.
+    """
+    from reloader.netpolicy import NetworkPolicy, parse_networks
+
+    judged: list[str] = []
+    real_refusal = NetworkPolicy.refusal
+
+    def counting_refusal(self: NetworkPolicy, host: str) -> str | None:
+        judged.append(host)
+        return real_refusal(self, host)
+
+    monkeypatch.setattr(NetworkPolicy, "refusal", counting_refusal)
+    pipeline, out = make()
+    children = {f"10.0.0.{k}:80": b"" for k in range(1, 21)}
+    pipeline.update("app", children, "/services/app")
+    assert len(judged) == 20
+    judged.clear()
+    pipeline.update("app", {**children, "10.0.0.99:80": b"", "127.0.0.1:80": b""}, "/services/app")
+    assert sorted(judged) == ["10.0.0.99", "127.0.0.1"], "two new children: two verdicts"
+    assert len(out.published[-1].servers) == 21, "the loopback child is still refused"
+    judged.clear()
+    pipeline.update("app", {**children, "10.0.0.99:80": b"", "127.0.0.1:80": b"", "10.0.0.5:80": b"3"},
+                    "/services/app")
+    assert judged == ["10.0.0.5"], "a child whose data changed is parsed and judged again"
+    judged.clear()
+    znode = pipeline._states["app"].config
+    denying = NetworkPolicy(denied=parse_networks(["10.0.0.0/28"]))
+    pipeline.reconfigure([ZnodeConfig(upstream="app", path=znode.path, key_path=znode.key_path,
+                                      options=znode.options, guards=GUARDS_OFF, networks=denying)])
+    pipeline.update("app", {**children, "10.0.0.99:80": b"", "127.0.0.1:80": b"", "10.0.0.5:80": b"3"},
+                    "/services/app")
+    assert len(judged) == 22, "a changed policy judges every address again"
+    served = {server.host for server in out.published[-1].servers}
+    assert served == {f"10.0.0.{k}" for k in range(16, 21)} | {"10.0.0.99"}, served
+
 def test_a_znode_read_in_two_formats_warns_once_per_format(caplog: pytest.LogCaptureFixture) -> None:
     recorder = Recorder()
     znodes = [ZnodeConfig(upstream=name, path="/services/shared", key_path=f"zk_nodes.{name}", format=fmt,

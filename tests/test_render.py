@@ -323,6 +323,41 @@ def test_a_batch_is_written_file_by_file_a_failure_holds_back_only_its_upstream(
     output.close()
 
 
+def test_a_batch_fsyncs_its_files_in_a_few_shares_and_an_fsync_failure_holds_back_only_its_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's fsyncs go to the pool in at most FSYNC_THREADS tasks, and each error reaches its own file."""
+    from reloader.threads import DaemonPool
+
+    tasks: list[int] = []
+    real_submit = DaemonPool.submit
+
+    def counting_submit(self: DaemonPool, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        tasks.append(len(args[0]) if args and isinstance(args[0], list) else 1)
+        return real_submit(self, fn, *args, **kwargs)
+
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if ".app7.upstream." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(DaemonPool, "submit", counting_submit)
+    monkeypatch.setattr(files_module.os, "fsync", failing_fsync)
+    events: list[FileWritten] = []
+    output = FilesOutput(tmp_path, listeners=[events.extend])
+    batch = [Upstream(f"app{n}", (Server("10.0.0.1", 80 + n),), live_count=1) for n in range(1, 11)]
+    output.publish_many(batch)
+    output.end_batch()
+    assert len(tasks) == files_module.FSYNC_THREADS and sum(tasks) == 10, tasks
+    assert output.pending == ("app7",)
+    assert sorted(event.upstream.name for event in events) == sorted(f"app{n}" for n in range(1, 11) if n != 7)
+    for upstream in batch:
+        assert output.read(upstream.name) == (None if upstream.name == "app7" else render_file(upstream))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "no temporary file is left"
+    output.close()
+
 def test_files_output_retries_a_failed_write(tmp_path: Path) -> None:
     directory = tmp_path / "not-yet"
     output = FilesOutput(directory)
