@@ -12,7 +12,10 @@ settings:
   passes only (``reconcile_interval`` 5 s; the default window of 60 s is 12
   passes, two whole cycles of the full read every 6th pass);
 * ``default``: ``reassert_interval`` 60 s (the default) over a window of two
-  re-asserts, each of which re-POSTs all 1,000 upstreams.
+  re-asserts, each of which re-POSTs all 1,000 upstreams;
+* ``files`` (``--settings files``): no dyups at all, the same window: what
+  the daemon costs idle without any output to reconcile, the floor under
+  the other two.
 
 The server's request log says what each window read: GETs of ``/list`` and
 ``/detail`` and their bytes, and POSTs.
@@ -29,6 +32,7 @@ do not stand for a real nginx.
 from __future__ import annotations
 
 import argparse
+import http.client
 import logging
 import shutil
 import signal
@@ -60,25 +64,42 @@ BASE = "/idle"
 CHILDREN = 20
 
 
+def answer_sizes(url: str) -> dict[str, int]:
+    """Bytes of the server's ``GET /detail`` and ``GET /list`` answers (what a full and a quick pass read)."""
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    sizes = {}
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        for path in ("/detail", "/list"):
+            conn.request("GET", path)
+            sizes[path] = len(conn.getresponse().read())
+    finally:
+        conn.close()
+    return sizes
+
+
 def run_setting(label: str, args: argparse.Namespace, zk: LocalZooKeeper, workdir: Path, znodes: dict[str, str],
-                reassert: float, window: float) -> dict[str, Any]:
+                reassert: float | None, window: float) -> dict[str, Any]:
     names = set(znodes)
     files = workdir / f"files-{label}"
     files.mkdir()
     watcher = RenameWatcher(files)
-    out: dict[str, Any] = {"setting": label, "reconcile_interval_s": args.reconcile, "reassert_interval_s": reassert,
+    out: dict[str, Any] = {"setting": label, "reconcile_interval_s": args.reconcile if reassert is not None else None,
+                           "reassert_interval_s": reassert,
                            "loadavg_at_start": loadavg()}
     banner(f"idle dyups, {label}: {args.upstreams} x {CHILDREN}, reassert {reassert} s, window {window} s; load {out['loadavg_at_start']}")
     with DyupsProcess(generation="stable", workers=2) as dyups:
-        config = {"files_output_path": str(files), "zk_session_timeout": 10, "dyups_url": dyups.url,
-                  "reconcile_interval": args.reconcile, "reassert_interval": reassert,
-                  "clusters": [{"zk_servers": zk.hosts, "zk_nodes": znodes}]}
+        config: dict[str, Any] = {"files_output_path": str(files), "zk_session_timeout": 10}
+        if reassert is not None:  # None: files only, the daemon's idle cost without any output to reconcile
+            config.update({"dyups_url": dyups.url, "reconcile_interval": args.reconcile, "reassert_interval": reassert})
+        config["clusters"] = [{"zk_servers": zk.hosts, "zk_nodes": znodes}]
         daemon = Daemon(workdir, config, name=f"{label}-daemon").start()
         try:
             if not watcher.wait_for(all_renamed(names, 0.0), 180):
                 daemon.check_alive()
                 raise RuntimeError(f"{label}: initial files missing")
-            wait_posted(daemon, dyups, list(znodes), 0.0, "initial POSTs")
+            if reassert is not None:
+                wait_posted(daemon, dyups, list(znodes), 0.0, "initial POSTs")
             # The first passes after the initial POSTs compare every block (nothing was verified yet):
             # the tail of the start, not idle work.
             cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
@@ -94,6 +115,8 @@ def run_setting(label: str, args: argparse.Namespace, zk: LocalZooKeeper, workdi
             out["requests"] = dyups.requests() - requests0
             out["posts"] = len([t for t, _ in dyups.posts_since(t0) if t <= t1])
             out["gets"] = out["requests"] - out["posts"]
+            if reassert is not None:
+                out["answer_bytes"] = answer_sizes(dyups.url)
             out["vmrss_mb"] = round(daemon.status().get("VmRSS", 0) / 1024, 1)
             out["daemon_errors"] = daemon.errors()[:5]
             daemon.check_alive()
@@ -135,6 +158,8 @@ def main() -> int:
         for label in args.settings.split(","):
             if label == "reconcile":
                 results.append(run_setting(label, args, zk, workdir, znodes, 600.0, window))
+            elif label == "files":
+                results.append(run_setting(label, args, zk, workdir, znodes, None, window))
             elif label == "default":
                 # Two re-asserts in the window: it starts 12 s (settle) after the POSTs; a re-assert is due 60 s
                 # after the output started, then every 60 s.
