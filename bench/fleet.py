@@ -11,12 +11,25 @@ change). Two layouts:
 
 For each layout it records, on the server the daemons talk to: sessions and
 watches (the four-letter words ``mntr``, ``wchs``, ``cons``), the JVM's heap
-(``jcmd GC.heap_info``) and RSS; the fleet's cold start (all daemons started
-at once -> every daemon has every file); the fan-out time of one change (the
-create acknowledged -> every daemon's file renamed); and after a kill -9 and
-restart of that server, the reconnect spread (the ``est`` times of the
-daemons' sessions in ``cons``) and the time to truth (server accepting
-sessions again -> every daemon's file shows a change made at that moment).
+(``jcmd GC.run``, then ``GC.heap_info``: live data only) before any daemon
+and with all of them synced, and RSS; the fleet's cold start (all daemons
+started at once -> every daemon has every file); the fan-out time of one
+change (the create acknowledged -> every daemon's file renamed). Then two
+blips:
+
+* a kill -9 and restart of that server: the reconnect spread (the ``est``
+  times of the daemons' sessions in ``cons``) and the time to truth (server
+  accepting sessions again -> every daemon's file shows a change made at
+  that moment);
+* in the ensemble, a kill -9 of the leader (the observer drops its sessions
+  until it follows the new leader): the time to truth from the moment the
+  ensemble took the change (and from the kill).
+
+For each blip: the reads the server counted (``mntr`` ``zk_cnt_readlatency``;
+``zk_packets_received`` restarts with the server), each daemon's own
+reconnect -> truth, and the CPU the daemons used until truth (all daemons
+share this machine's cores, so that CPU is the basis for a daemon on a host
+of its own).
 
     bench/fleet.py                   # 20 daemons x 1,000 upstreams x 20, both layouts
     bench/fleet.py --quick           # 4 daemons x 100 upstreams
