@@ -11,12 +11,25 @@ change). Two layouts:
 
 For each layout it records, on the server the daemons talk to: sessions and
 watches (the four-letter words ``mntr``, ``wchs``, ``cons``), the JVM's heap
-(``jcmd GC.heap_info``) and RSS; the fleet's cold start (all daemons started
-at once -> every daemon has every file); the fan-out time of one change (the
-create acknowledged -> every daemon's file renamed); and after a kill -9 and
-restart of that server, the reconnect spread (the ``est`` times of the
-daemons' sessions in ``cons``) and the time to truth (server accepting
-sessions again -> every daemon's file shows a change made at that moment).
+(``jcmd GC.run``, then ``GC.heap_info``: live data only) before any daemon
+and with all of them synced, and RSS; the fleet's cold start (all daemons
+started at once -> every daemon has every file); the fan-out time of one
+change (the create acknowledged -> every daemon's file renamed). Then two
+blips:
+
+* a kill -9 and restart of that server: the reconnect spread (the ``est``
+  times of the daemons' sessions in ``cons``) and the time to truth (server
+  accepting sessions again -> every daemon's file shows a change made at
+  that moment);
+* in the ensemble, a kill -9 of the leader (the observer drops its sessions
+  until it follows the new leader): the time to truth from the moment the
+  ensemble took the change (and from the kill).
+
+For each blip: the reads the server counted (``mntr`` ``zk_cnt_readlatency``;
+``zk_packets_received`` restarts with the server), each daemon's own
+reconnect -> truth, and the CPU the daemons used until truth (all daemons
+share this machine's cores, so that CPU is the basis for a daemon on a host
+of its own).
 
     bench/fleet.py                   # 20 daemons x 1,000 upstreams x 20, both layouts
     bench/fleet.py --quick           # 4 daemons x 100 upstreams
@@ -154,14 +167,193 @@ def server_figures(port: int, jvm_pid: int | None, daemons: list[Daemon]) -> dic
 
 def daemon_est_times(port: int, daemons: list[Daemon]) -> list[float]:
     """Wall-clock seconds at which each daemon's current connection was established (``cons`` est)."""
+    return [t for t in daemon_est_by_daemon(port, daemons) if t is not None]
+
+
+def daemon_est_by_daemon(port: int, daemons: list[Daemon]) -> list[float | None]:
+    """Per daemon (in order): when its current connection was established (``cons`` est), or None."""
     connections = cons(port)
-    times = []
+    times: list[float | None] = []
     for d in daemons:
+        found = None
         for p in local_ports(d.pid):
             fields = connections.get(p)
             if fields and fields.get("est", "").isdigit():
-                times.append(int(fields["est"]) / 1000)
+                found = int(fields["est"]) / 1000
+        times.append(found)
     return times
+
+
+def daemon_cpu(daemons: list[Daemon]) -> list[float]:
+    return [cpu_seconds(d.pid) for d in daemons]
+
+
+def catch_up(got: list[float | None], est: list[float | None], cpu0: list[float], cpu1: list[float],
+             mono_minus_wall: float) -> dict[str, Any]:
+    """What each daemon spent between its reconnect and its file being right: wall time and CPU.
+
+    The wall time is what a daemon on a host of its own would need at most
+    (here 20 of them share 2 cores); its CPU is the work that needs a core.
+    """
+    after = [g - (e + mono_minus_wall) for g, e in zip(got, est) if g is not None and e is not None]
+    cpu = [b - a for a, b in zip(cpu0, cpu1)]
+    out: dict[str, Any] = {"daemon_cpu_s": {"median": round(sorted(cpu)[len(cpu) // 2], 2), "max": round(max(cpu), 2),
+                                            "sum": round(sum(cpu), 2)} if cpu else None}
+    if after:
+        out["reconnect_to_truth_s"] = {"median": round(sorted(after)[len(after) // 2], 2),
+                                       "max": round(max(after), 2), "min": round(min(after), 2)}
+    return out
+
+
+
+# ---------------------------------------------------------------------------
+# blips
+# ---------------------------------------------------------------------------
+
+
+def requests_seen(port: int) -> dict[str, int]:
+    """Request counters of one server (``mntr``): packets received, reads, connection requests.
+
+    ``zk_packets_received`` counts every request a client sent (pings included) and
+    restarts from 0 with the server process, and on an observer each time it
+    follows a leader anew; ``zk_cnt_readlatency`` counts reads and lives as long as the JVM.
+    """
+    m = mntr(port)
+    keys = {"packets_received": "zk_packets_received", "reads": "zk_cnt_readlatency",
+            "connection_requests": "zk_connection_request_count"}
+    return {name: int(m.get(key, "0") or 0) for name, key in keys.items()}
+
+
+def requests_delta(before: dict[str, int], after: dict[str, int], seconds: float, idle_rate: float) -> dict[str, Any]:
+    """Requests between two ``requests_seen``; a counter that went back started again at 0 (a restart)."""
+    out: dict[str, Any] = {}
+    for key in before:
+        reset = after[key] < before[key]
+        out[key] = after[key] if reset else after[key] - before[key]
+        if reset:
+            out[f"{key}_counter_restarted"] = True
+    out["window_s"] = round(seconds, 2)
+    # What the pings of the same window would have sent anyway.
+    out["packets_minus_idle_pings"] = max(0, round(out["packets_received"] - idle_rate * seconds))
+    return out
+
+
+def write_probe(client: Any, path: str, timeout: float = 60) -> float:
+    """Create ``path`` through the bench's own session, retried while the servers are not serving; ack time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create(path, b"")
+            return time.monotonic()
+        except KazooException:
+            # The bench's own session may have expired while the server was down; kazoo opens a new one.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def truth(got: list[float | None], t_ref: float) -> dict[str, float] | None:
+    times = [g - t_ref for g in got if g is not None]
+    if not times:
+        return None
+    return {"median": round(sorted(times)[len(times) // 2], 2), "max": round(max(times), 2), "min": round(min(times), 2)}
+
+
+def blip_restart(layout: str, args: argparse.Namespace, ensemble: LocalEnsemble | None, zk: WatchedZooKeeper | None,
+                 serve: Any, client: Any, daemons: list[Daemon], watchers: list[RenameWatcher], dirs: list[Path],
+                 idle_rate: float) -> dict[str, Any]:
+    """kill -9 and restart of the server the daemons talk to; a change made the moment it serves again."""
+    before = requests_seen(serve.port)
+    heap_before = jvm_memory(serve.pid).get("heap_used_mb") if serve.pid else None
+    t_kill = time.monotonic()
+    if ensemble:
+        ensemble.kill(len(ensemble.nodes) - 1)
+        time.sleep(args.down_s)
+        ensemble.start(node=len(ensemble.nodes) - 1)
+    else:
+        assert zk is not None
+        zk.kill()
+        time.sleep(args.down_s)
+        zk.restart()
+    t_ready, wall_ready = time.monotonic(), time.time()
+    storm_cpu0 = cpu_seconds(serve.pid) if serve.pid else 0.0
+    cpu0 = daemon_cpu(daemons)
+    probe = upstream_name(args.upstreams - 1)
+    child = "10.241.0.1:9200"
+    t_ack = write_probe(client, f"{BASE}/{probe}/{child}")
+    got = wait_every(watchers, dirs, f"{probe}.upstream", child, t_ready, args.timeout)
+    t_truth = time.monotonic()
+    cpu1 = daemon_cpu(daemons)
+    storm_cpu = round(cpu_seconds(serve.pid) - storm_cpu0, 2) if serve.pid else None
+    est_each = daemon_est_by_daemon(serve.port, daemons)
+    est = [e for e in est_each if e is not None]
+    time.sleep(args.settle_s)
+    after = requests_seen(serve.port)
+    reached = [g for g in got if g is not None]
+    out = {
+        "down_s": round(t_ready - t_kill, 2),
+        "daemons_at_truth": len(reached),
+        "time_to_truth_s": truth(got, t_ready),
+        "time_to_truth_from_ack_s": truth(got, t_ack),
+        "reconnected_sessions": len(est),
+        "reconnect_after_ready_s": {"first": round(min(est) - wall_ready, 2), "last": round(max(est) - wall_ready, 2),
+                                    "spread": round(max(est) - min(est), 2)} if est else None,
+        "server_cpu_s": storm_cpu,
+        **catch_up(got, est_each, cpu0, cpu1, t_ready - wall_ready),
+        # The restarted server's counters start at 0: everything it received from serving again to settled.
+        "requests": requests_delta(before, after, time.monotonic() - t_ready, idle_rate),
+        "heap_used_mb_before": heap_before,
+        "loadavg_after": loadavg(),
+        "truth_wait_s": round(t_truth - t_ready, 2),
+    }
+    print(f"restart ({layout}): {len(est)} sessions re-established over {out['reconnect_after_ready_s']}; "
+          f"time to truth {out['time_to_truth_s']} ({len(reached)}/{args.daemons} daemons); requests {out['requests']}; "
+          f"reconnect -> truth {out.get('reconnect_to_truth_s')}, daemon CPU {out['daemon_cpu_s']}")
+    return out
+
+
+def blip_leader_kill(args: argparse.Namespace, ensemble: LocalEnsemble, serve: Any, client: Any, daemons: list[Daemon],
+                     watchers: list[RenameWatcher], dirs: list[Path], idle_rate: float) -> dict[str, Any]:
+    """kill -9 of the ensemble's leader; a change written as soon as the new leader takes writes."""
+    before = requests_seen(serve.port)
+    old = ensemble.leader()
+    cpu0 = daemon_cpu(daemons)
+    t_kill, wall_kill = time.monotonic(), time.time()
+    ensemble.kill(old)
+    probe = upstream_name(args.upstreams - 2)
+    child = "10.241.0.2:9200"
+    t_ack = write_probe(client, f"{BASE}/{probe}/{child}")
+    new = ensemble.leader()
+    got = wait_every(watchers, dirs, f"{probe}.upstream", child, t_kill, args.timeout)
+    t_truth = time.monotonic()
+    cpu1 = daemon_cpu(daemons)
+    est_each = daemon_est_by_daemon(serve.port, daemons)
+    est = [e for e in est_each if e is not None]
+    time.sleep(args.settle_s)
+    after = requests_seen(serve.port)
+    reached = [g for g in got if g is not None]
+    out = {
+        "old_leader": old, "new_leader": new,
+        "write_accepted_after_kill_s": round(t_ack - t_kill, 2),
+        "daemons_at_truth": len(reached),
+        # From the moment the change was acknowledged (the ensemble takes writes again): the issue's measure,
+        # as for a restart (from the server serving again); and from the kill, the election included.
+        "time_to_truth_s": truth(got, t_ack),
+        "time_to_truth_from_kill_s": truth(got, t_kill),
+        "reconnected_sessions": len(est),
+        "reconnect_after_kill_s": {"first": round(min(est) - wall_kill, 2), "last": round(max(est) - wall_kill, 2),
+                                   "spread": round(max(est) - min(est), 2)} if est else None,
+        "requests": requests_delta(before, after, time.monotonic() - t_kill, idle_rate),
+        **catch_up(got, est_each, cpu0, cpu1, t_kill - wall_kill),
+        "loadavg_after": loadavg(),
+        "truth_wait_s": round(t_truth - t_kill, 2),
+    }
+    print(f"leader kill: node {old} -> {new}, writes after {out['write_accepted_after_kill_s']} s; time to truth "
+          f"{out['time_to_truth_s']} from the ack, {out['time_to_truth_from_kill_s']} from the kill "
+          f"({len(reached)}/{args.daemons}); requests {out['requests']}; "
+          f"reconnect -> truth {out.get('reconnect_to_truth_s')}, daemon CPU {out['daemon_cpu_s']}")
+    ensemble.start(node=old)  # whole again for the figures after
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -192,7 +384,8 @@ def wait_every(watchers: list[RenameWatcher], dirs: list[Path], name: str, needl
 
 def run_layout(layout: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"layout": layout, "daemons": args.daemons, "upstreams": args.upstreams,
-                           "children_per_upstream": CHILDREN, "loadavg_at_start": loadavg()}
+                           "children_per_upstream": CHILDREN, "watch_mode": "auto (the default)",
+                           "loadavg_at_start": loadavg()}
     banner(f"fleet, {layout}: {args.daemons} daemons x {args.upstreams} upstreams x {CHILDREN}; load {out['loadavg_at_start']}")
     ensemble: LocalEnsemble | None = None
     zk: WatchedZooKeeper | None = None
@@ -259,6 +452,10 @@ def run_layout(layout: str, args: argparse.Namespace, workdir: Path) -> dict[str
         if ensemble:
             leader = ensemble.nodes[ensemble.leader()]
             out["steady_leader"] = server_figures(leader.port, leader.pid, [])
+        heap0 = out["before_daemons"].get("jvm", {}).get("heap_used_mb")
+        heap1 = out["steady"].get("jvm", {}).get("heap_used_mb")
+        if heap0 is not None and heap1 is not None:
+            out["heap_growth_mb"] = round(heap1 - heap0, 1)
         rss = [d.status().get("VmRSS", 0) / 1024 for d in daemons]
         out["daemon_vmrss_mb"] = {"median": round(sorted(rss)[len(rss) // 2], 1), "max": round(max(rss), 1)}
         w = out["steady"]["wchs"]
@@ -282,50 +479,19 @@ def run_layout(layout: str, args: argparse.Namespace, workdir: Path) -> dict[str
         out["fanout_all_daemons"] = summary_ms(fan)
         out["fanout_per_daemon"] = summary_ms(per_daemon)
         print(f"fan-out to all {args.daemons}: median {out['fanout_all_daemons']['median_ms']} ms, max {out['fanout_all_daemons']['max_ms']} ms")
+        # The idle request rate (pings), subtracted from each blip's request count below.
+        idle0, t_idle0 = requests_seen(serve.port), time.monotonic()
+        time.sleep(args.idle_s)
+        idle1 = requests_seen(serve.port)
+        idle_rate = (idle1["packets_received"] - idle0["packets_received"]) / (time.monotonic() - t_idle0)
+        out["idle_packets_per_s"] = round(idle_rate, 1)
         # Restart of the server the daemons talk to; a change made the moment it serves again.
-        t_kill = time.monotonic()
-        storm_cpu0 = 0.0
-        if ensemble:
-            ensemble.kill(len(ensemble.nodes) - 1)
-            time.sleep(args.down_s)
-            ensemble.start(node=len(ensemble.nodes) - 1)
-        else:
-            assert zk is not None
-            zk.kill()
-            time.sleep(args.down_s)
-            zk.restart()
-        t_ready, wall_ready = time.monotonic(), time.time()
-        storm_cpu0 = cpu_seconds(serve.pid) if serve.pid else 0.0
-        probe = upstream_name(args.upstreams - 1)
-        child = "10.241.0.1:9200"
-        # The bench's own session may have expired while the server was down; kazoo opens a new one.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.create(f"{BASE}/{probe}/{child}", b"")
-                break
-            except KazooException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        got = wait_every(watchers, dirs, f"{probe}.upstream", child, t_ready, args.timeout)
-        storm_cpu = round(cpu_seconds(serve.pid) - storm_cpu0, 2) if serve.pid else None
-        est = daemon_est_times(serve.port, daemons)
-        truth = [g - t_ready for g in got if g is not None]
-        out["restart"] = {
-            "down_s": round(t_ready - t_kill, 2),
-            "daemons_at_truth": len(truth),
-            "time_to_truth_s": {"median": round(sorted(truth)[len(truth) // 2], 2), "max": round(max(truth), 2),
-                                "min": round(min(truth), 2)} if truth else None,
-            "reconnected_sessions": len(est),
-            "reconnect_after_ready_s": {"first": round(min(est) - wall_ready, 2), "last": round(max(est) - wall_ready, 2),
-                                        "spread": round(max(est) - min(est), 2)} if est else None,
-            "server_cpu_s": storm_cpu,
-            "loadavg_after": loadavg(),
-        }
+        out["restart"] = blip_restart(layout, args, ensemble, zk, serve, client, daemons, watchers, dirs, idle_rate)
         out["after_restart"] = server_figures(serve.port, serve.pid, daemons)
-        print(f"restart: {len(est)} sessions re-established over {out['restart']['reconnect_after_ready_s']}; "
-              f"time to truth {out['restart']['time_to_truth_s']} ({len(truth)}/{args.daemons} daemons)")
+        if ensemble:
+            # kill -9 of the leader: the observer drops its sessions until it has followed the new leader.
+            out["leader_kill"] = blip_leader_kill(args, ensemble, serve, client, daemons, watchers, dirs, idle_rate)
+            out["after_leader_kill"] = server_figures(serve.port, serve.pid, daemons)
         out["daemon_errors"] = sum((d.errors()[:2] for d in daemons), [])[:5]
     finally:
         for d in daemons:
@@ -351,6 +517,8 @@ def main() -> int:
     parser.add_argument("--session-timeout", type=float, default=10.0)
     parser.add_argument("--down-s", type=float, default=1.0, help="how long the server stays down")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--idle-s", type=float, default=5.0, help="window for the idle request rate (pings)")
+    parser.add_argument("--settle-s", type=float, default=3.0, help="wait after truth before counting a blip's requests")
     parser.add_argument("--daemon-rev", help="bench the daemon of this git revision (exported), not the working tree")
     parser.add_argument("--name", default="fleet", help="result name: bench/results/NAME[-quick].json (default fleet)")
     args = parser.parse_args()

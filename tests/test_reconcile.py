@@ -96,6 +96,29 @@ def test_wiped_state_is_restored_within_the_reconcile_interval(
         print(f"{generation}: heal times after wipe {[round(t, 2) for t in heal_times]} s")
 
 
+@pytest.mark.parametrize("wipe", ["restart", "reload"])
+def test_a_wipe_whose_files_define_the_same_name_is_healed_within_the_reconcile_interval(
+    wipe: str, zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, tmp_path: Any
+) -> None:
+    """nginx comes back serving its files' app1: /list still names it, so only the closed connection tells.
+
+    Idle passes read /list alone (the full /detail every 6th pass), so a heal
+    within one reconcile interval shows the quick pass saw the reload or restart.
+    """
+    path = register(zk_client, zk_root)
+    stale = ("server 10.9.9.9:80",)
+    with DyupsServer(file_upstreams={"app1": list(stale)}) as dyups, \
+            running_daemon(settings_for(zk.hosts, path, dyups, tmp_path)):
+        wait_until(lambda: served(dyups) == WANTED, 10, "the first POST")
+        lists = sum(1 for r in dyups.requests_log if r.path == "/list")
+        wait_until(lambda: sum(1 for r in dyups.requests_log if r.path == "/list") >= lists + 2, 4 * RECONCILE,
+                   "quick passes")
+        getattr(dyups, f"simulate_{wipe}")()
+        assert served(dyups) == stale
+        took = wait_until(lambda: served(dyups) == WANTED, RECONCILE + 1, "the file's app1 to be replaced")
+        print(f"{wipe} under the same name healed in {took:.2f} s")
+
+
 @pytest.mark.parametrize("generation", ["stable", "wip"])
 def test_an_upstream_changed_behind_the_daemons_back_is_put_back(
     generation: str, zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, tmp_path: Any

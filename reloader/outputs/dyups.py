@@ -22,7 +22,11 @@ particular to dyups (see the project's dyups protocol notes):
   back to the engine in the batch's order.
 * The live table comes from ``GET /detail`` (stable, Tengine) or ``GET
   /list`` (2020 master), split into blocks; a block whose text is unchanged
-  since a clean pass is not parsed again. ``/detail`` answers from one
+  since a clean pass is not parsed again. On stable and Tengine an idle
+  pass reads only the names of ``GET /list`` and checks that the adapter's
+  connection did not end (a reload or restart closes it), and ``/detail``
+  only when either moved, or every ``full_every`` passes (the engine's
+  quick passes). ``/detail`` answers from one
   worker, hence the engine's periodic re-assert. Names compare
   case-insensitively, as nginx's do. Upstreams the config does not manage
   are never touched.
@@ -49,6 +53,7 @@ from reloader.addresses import is_ip_literal
 from reloader.model import Server, Upstream
 from reloader.outputs.dyups_state import (
     AnswerTooLarge,
+    CountingClient,
     Dropped,
     InterfaceDown,
     KeepAliveClient,
@@ -143,7 +148,8 @@ class DyupsAdapter(Adapter):
         self._backoff = backoff
         self._sleep = sleep
         self._random = random.Random()
-        self._http = KeepAliveClient(self.base_url, connect_timeout, read_timeout, max_answer=max_answer)
+        # It counts its connections' ends: the quick digest of an idle pass (see quick_digest).
+        self._http = CountingClient(self.base_url, connect_timeout, read_timeout, max_answer=max_answer)
         self._reader = LiveStateReader(self._http)
 
     def url_for(self, name: str) -> str:
@@ -242,6 +248,17 @@ class DyupsAdapter(Adapter):
             self._reader.forget_api()
             raise LiveError(str(error)) from error
         return digest_of(f"{api}\n{text}".encode()), (api, text)
+
+    def quick_digest(self) -> bytes | None:
+        try:
+            quick = self._reader.quick()
+        except (InterfaceDown, NoAnswer) as error:
+            self._reader.forget_api()
+            raise Unreachable(str(error)) from error
+        except (TransportError, LiveStateError) as error:
+            self._reader.forget_api()
+            raise LiveError(str(error)) from error
+        return None if quick is None else digest_of(quick.encode())
 
     def blocks(self, answer: Any) -> dict[str, Any]:
         api, text = answer

@@ -16,6 +16,12 @@ fetches the raw table, and splits it into one text block per upstream
 seen before; :func:`parse_block` parses one. :func:`fingerprint` reduces a
 server to what both sides can express, so that the desired state and the
 live state compare equal exactly when nginx serves what was asked for.
+:meth:`LiveStateReader.quick` is the cheap read of an idle pass on stable
+and Tengine: the names of ``GET /list`` and how many times the connection
+ended (:class:`CountingClient`). nginx closes its idle kept-alive
+connections when it reloads, and a restart closes every connection, so a
+reload or restart that put other upstreams in place under the same names
+(the files') still moves it.
 Nothing here is cached at module level: whatever is remembered between
 reconcile passes belongs to the caller.
 """
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
 from reloader.durations import parse_duration
 from reloader.model import Server
@@ -42,7 +48,7 @@ from reloader.readback import ReadbackError, parse_server_statement
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Answer", "AnswerTooLarge", "Dropped", "InterfaceDown", "KeepAliveClient", "LiveStateError",
+    "Answer", "AnswerTooLarge", "CountingClient", "Dropped", "InterfaceDown", "KeepAliveClient", "LiveStateError",
     "LiveStateReader", "NoAnswer", "TransportError", "fingerprint", "fingerprints", "parse_block",
     "parse_detail", "parse_list_blocks", "split_blocks",
 ]
@@ -144,6 +150,25 @@ def parse_list_blocks(text: str) -> dict[str, tuple[Server, ...]]:
 
 # ---- the connection (shared with the Lua interface: reloader.outputs.http) ------------
 
+class CountingClient(KeepAliveClient):
+    """A :class:`KeepAliveClient` that counts how often its connection ended (``closes``).
+
+    Every end of a connection goes through :meth:`close`: the peer closed an
+    idle one, a request broke, an answer said ``Connection: close``. A
+    request after a change of the count went over a new connection, maybe to
+    a reloaded or restarted nginx. Counting a close too many only costs one
+    full read.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        super().close()
+
+
 class LiveStateReader:
     """Reads the live upstream table from a dyups interface."""
 
@@ -179,6 +204,25 @@ class LiveStateReader:
         if response.status not in (200, 204):
             raise LiveStateError(f"GET /list answered {response.status}")
         return "list", response.text if response.status == 200 else ""
+
+    def quick(self) -> str | None:
+        """The cheap view of an idle pass: the connection's close count and ``GET /list``'s names.
+
+        Only on the stable and Tengine API (``/list`` names only); None
+        elsewhere, without a request: the 2020 master's ``/list`` is the
+        whole table already, and before the first :meth:`fetch` the API is
+        not known. Raises :class:`TransportError` or :class:`LiveStateError`.
+        """
+        if self.api != "detail":
+            return None
+        response = self._get("/list")
+        if response.status not in (200, 204):
+            raise LiveStateError(f"GET /list answered {response.status}")
+        # Read after the request: a connection that ended before it counts already.
+        closes = getattr(self._client, "closes", None)
+        if closes is None:
+            return None  # a client that does not count: no cheap read can be trusted
+        return f"{closes}\n{response.text if response.status == 200 else ''}"
 
     @staticmethod
     def parse(api: str, text: str) -> dict[str, tuple[Server, ...]]:

@@ -20,6 +20,14 @@ Guarantees of :class:`PushOutput`:
   re-POSTed, one log line each, saying why. An answer byte-equal to that of
   the last clean pass, with the desired state unchanged, is skipped by its
   digest; an adapter may also skip unchanged blocks one by one.
+* **quick passes**: an adapter with a cheap read (:meth:`Adapter.quick_digest`:
+  dyups' names-only ``GET /list`` plus its connection's history) makes an
+  idle pass cost that read alone. The full table is read only when the
+  quick digest differs from the one read just before the last clean pass,
+  when the desired state moved or anything is owed, after the interface was
+  unreachable, and in any case every ``full_every`` passes (a change behind
+  the daemon's back that keeps every name and every connection is repaired
+  within ``full_every`` x ``reconcile_interval``, or by the re-assert).
 * **re-assert**: every ``reassert_interval`` every managed upstream is
   re-POSTed regardless (an interface may answer from one worker only).
 * **refused for good**: a state nginx refuses (an adapter's ``refused``
@@ -62,6 +70,8 @@ from reloader.outputs.base import FileWritten, Output
 
 log = logging.getLogger(__name__)
 
+#: A reconcile pass reads the full live table at least every this many passes (see quick passes).
+FULL_EVERY = 6
 #: First wait before a refused state is tried again, and the longest one.
 REFUSED_RETRY = 30.0
 REFUSED_RETRY_MAX = 600.0
@@ -139,6 +149,17 @@ class Adapter(ABC):
         """A digest of one live block, to skip comparing it again (None: always compare)."""
         return None
 
+    def quick_digest(self) -> bytes | None:
+        """A cheap digest that changes whenever the live table may have; None: no cheap read here.
+
+        Read before each full :meth:`fetch`; while it stays equal to the one
+        read before the last clean pass, an idle pass reads nothing else.
+        Anything that can take state away behind the daemon's back, short of
+        an edit that keeps every name on an unchanged connection, must move
+        it. Raises Unreachable or LiveError, as :meth:`fetch` does.
+        """
+        return None
+
     def step(self, upstream: Upstream) -> Any:
         """What of ``upstream``'s body changes with time alone (a slow-start step), or None.
 
@@ -178,6 +199,7 @@ class PushOutput(Output):
         reassert_interval: float = 60.0,
         refused_retry: float = REFUSED_RETRY,
         refused_retry_max: float = REFUSED_RETRY_MAX,
+        full_every: int = FULL_EVERY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.adapter = adapter
@@ -209,6 +231,11 @@ class PushOutput(Output):
         # The whole answer of the last clean pass, and the desired state's generation then.
         self._generation = 0
         self._clean_answer: tuple[bytes, int] | None = None
+        # Quick passes: the quick digest read just before the last clean full
+        # pass, and how many passes were skipped on it since.
+        self._full_every = max(1, full_every)
+        self._quick_clean: bytes | None = None
+        self._quick_skipped = 0
         # Slow start: the step each ramping upstream was last POSTed at (see Adapter.step).
         self._steps: dict[str, Any] = {}
         now = clock()
@@ -315,10 +342,19 @@ class PushOutput(Output):
     def reconcile(self) -> dict[str, str]:
         """Compare live and desired state, re-POST what drifted; returns {name: reason} repaired."""
         try:
+            quick = self._quick_digest()
+            if (quick is not None and quick == self._quick_clean and not self._pending
+                    and self._clean_answer is not None and self._clean_answer[1] == self._generation
+                    and self._quick_skipped < self._full_every - 1):
+                # Nothing moved on either side since the last clean pass, as far as the cheap read tells.
+                self._quick_skipped += 1
+                self._live_error = None
+                return {}
             digest, answer = self.adapter.fetch()
             self._mark_reachable()
             if self._clean_answer == (digest, self._generation) and not self._pending:
                 self._live_error = None
+                self._clean_pass(quick)
                 return {}
             blocks = self.adapter.blocks(answer)
             del answer
@@ -374,9 +410,28 @@ class PushOutput(Output):
             self._push(list(self._pending))
         if not repairs and not removed and not owed:
             self._clean_answer = (digest, self._generation)
+            self._clean_pass(quick)
         else:
             self._clean_answer = None
+            self._quick_clean = None
         return repairs
+
+    def _quick_digest(self) -> bytes | None:
+        """The adapter's quick digest (None when it has none, or its read failed: read everything)."""
+        if self._full_every <= 1:
+            return None
+        try:
+            quick = self.adapter.quick_digest()
+        except LiveError:
+            return None  # the full read says what is wrong
+        if quick is not None:
+            self._mark_reachable()
+        return quick
+
+    def _clean_pass(self, quick: bytes | None) -> None:
+        """A full pass found everything clean: quick passes may skip on ``quick`` from now on."""
+        self._quick_clean = quick
+        self._quick_skipped = 0
 
     def _remove_unmanaged(self, blocks: dict[str, Any]) -> bool:
         unmanaged = sorted(name for name in blocks if name not in self.desired)
@@ -517,6 +572,7 @@ class PushOutput(Output):
     def _mark_unreachable(self, detail: str) -> None:
         self._next_retry = self._clock() + self._retry_interval
         self._clean_answer = None
+        self._quick_clean = None
         if self._reachable:
             self._reachable = False
             self._log.warning(
