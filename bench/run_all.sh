@@ -25,6 +25,7 @@ for bench in latency scale heal lua_balancer lua_traffic; do
     run "$bench"
 done
 run blip
+run idle_dyups
 run targets "$@"
 run fleet "$@"
 if [ ${#QUICK[@]} -gt 0 ]; then
