@@ -385,6 +385,7 @@ def wait_every(watchers: list[RenameWatcher], dirs: list[Path], name: str, needl
 def run_layout(layout: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"layout": layout, "daemons": args.daemons, "upstreams": args.upstreams,
                            "children_per_upstream": CHILDREN, "watch_mode": "auto (the default)",
+                           "watch_roots": [BASE] if args.watch_roots else [],
                            "loadavg_at_start": loadavg()}
     banner(f"fleet, {layout}: {args.daemons} daemons x {args.upstreams} upstreams x {CHILDREN}; load {out['loadavg_at_start']}")
     ensemble: LocalEnsemble | None = None
@@ -422,8 +423,11 @@ def run_layout(layout: str, args: argparse.Namespace, workdir: Path) -> dict[str
         t_start = time.monotonic()
         jvm_cpu0 = cpu_seconds(serve.pid) if serve.pid else 0.0
         for i in range(args.daemons):
+            cluster: dict[str, Any] = {"zk_servers": serve.hosts, "zk_nodes": znodes}
+            if args.watch_roots:
+                cluster["watch_roots"] = [BASE]  # one recursive watch for every upstream znode
             config = {"files_output_path": str(dirs[i]), "zk_session_timeout": args.session_timeout,
-                      "clusters": [{"zk_servers": serve.hosts, "zk_nodes": znodes}]}
+                      "clusters": [cluster]}
             daemons.append(Daemon(workdir, config, name=f"{layout}-daemon-{i:02d}").start())
         # Fleet cold start: every daemon has every file.
         done: list[float | None] = [None] * args.daemons
@@ -519,6 +523,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--idle-s", type=float, default=5.0, help="window for the idle request rate (pings)")
     parser.add_argument("--settle-s", type=float, default=3.0, help="wait after truth before counting a blip's requests")
+    parser.add_argument("--watch-roots", action="store_true",
+                        help="every daemon watches the upstream znodes' common parent (watch_roots)")
     parser.add_argument("--daemon-rev", help="bench the daemon of this git revision (exported), not the working tree")
     parser.add_argument("--name", default="fleet", help="result name: bench/results/NAME[-quick].json (default fleet)")
     args = parser.parse_args()
