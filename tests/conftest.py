@@ -96,6 +96,25 @@ def zk_root(zk_client: KazooClient, request: pytest.FixtureRequest) -> str:
     return path
 
 
+@pytest.fixture(scope="module")
+def quiet_zk(zookeeper_installed: None) -> Iterator[LocalZooKeeper]:
+    """A server of the test module's own: no other module's session moves its zxid (a blip's
+    resumption then checks nothing) or adds to its watch count."""
+    server = LocalZooKeeper()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def writer(quiet_zk: LocalZooKeeper) -> Iterator[KazooClient]:
+    """A plain kazoo client of ``quiet_zk``, for the test's own writes."""
+    client = quiet_zk.client()
+    yield client
+    client.stop()
+    client.close()
+
+
 @pytest.fixture
 def zk_factory(zookeeper_installed: None) -> Iterator[Callable[..., LocalZooKeeper]]:
     """Start private ZooKeeper servers; all are stopped at teardown.

@@ -122,23 +122,6 @@ def opcodes(requests: list[Any]) -> list[int | None]:
 # -- fixtures -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def quiet_zk(zookeeper_installed: None) -> Iterator[LocalZooKeeper]:
-    """A private server: no other test's session closes or expires during a blip (each is a transaction)."""
-    server = LocalZooKeeper()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def writer(quiet_zk: LocalZooKeeper) -> Iterator[KazooClient]:
-    client = quiet_zk.client()
-    yield client
-    client.stop()
-    client.close()
-
-
 @pytest.fixture
 def root(writer: KazooClient, request: pytest.FixtureRequest) -> str:
     path = f"/{request.node.name[:40]}-{time.monotonic_ns()}"

@@ -60,23 +60,6 @@ def watch_count(port: int) -> int:
     return int(count)
 
 
-@pytest.fixture(scope="module")
-def quiet_zk(zookeeper_installed: None) -> Iterator[LocalZooKeeper]:
-    """A private server: its watch count is this module's alone, and no other session moves the zxid."""
-    server = LocalZooKeeper()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def writer(quiet_zk: LocalZooKeeper) -> Iterator[KazooClient]:
-    client = quiet_zk.client()
-    yield client
-    client.stop()
-    client.close()
-
-
 def cluster_config(hosts: str, nodes: dict[str, str], watch_mode: str = "auto",
                    roots: list[str] | None = None, **extra: Any) -> ClusterConfig:
     settings: dict[str, Any] = {"zk_servers": hosts, "zk_nodes": nodes, "settle_after_reconnect": 0,

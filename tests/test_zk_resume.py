@@ -44,23 +44,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-@pytest.fixture(scope="module")
-def quiet_zk(zookeeper_installed: None) -> Iterator[LocalZooKeeper]:
-    """A private server: no other test's session moves the zxid during a blip."""
-    server = LocalZooKeeper()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def writer(quiet_zk: LocalZooKeeper) -> Iterator[KazooClient]:
-    client = quiet_zk.client()
-    yield client
-    client.stop()
-    client.close()
-
-
 class Harness:
     """A cluster worker whose ZooKeeper connection goes through a :class:`ZkFrameProxy`."""
 
