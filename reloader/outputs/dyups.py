@@ -239,26 +239,23 @@ class DyupsAdapter(Adapter):
         return outcome
 
     def fetch(self) -> tuple[bytes, Any]:
-        try:
-            api, text = self._reader.fetch()
-        except (InterfaceDown, NoAnswer) as error:
-            self._reader.forget_api()
-            raise Unreachable(str(error)) from error
-        except (TransportError, LiveStateError) as error:
-            self._reader.forget_api()
-            raise LiveError(str(error)) from error
+        api, text = self._read(self._reader.fetch)
         return digest_of(f"{api}\n{text}".encode()), (api, text)
 
     def quick_digest(self) -> bytes | None:
+        quick = self._read(self._reader.quick)
+        return None if quick is None else digest_of(quick.encode())
+
+    def _read(self, read: Callable[[], Any]) -> Any:
+        """One read of the live state, its failures in the push engine's terms (the API is probed again after)."""
         try:
-            quick = self._reader.quick()
+            return read()
         except (InterfaceDown, NoAnswer) as error:
             self._reader.forget_api()
             raise Unreachable(str(error)) from error
         except (TransportError, LiveStateError) as error:
             self._reader.forget_api()
             raise LiveError(str(error)) from error
-        return None if quick is None else digest_of(quick.encode())
 
     def blocks(self, answer: Any) -> dict[str, Any]:
         api, text = answer
