@@ -343,6 +343,7 @@ class Daemon:
             "outputs": outputs,
             "config_reloads": self.config_reloads,
             "config_reload_failures": self.config_reload_failures,
+            "process_stalls": self.stall.stalls,
             "overrides_problem": self.drains.problem,
         }
 

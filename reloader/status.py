@@ -188,6 +188,9 @@ class SnapshotCollector(Collector):
             [], float(snapshot.get("config_reloads") or 0))
         families.counter("config_reload_failures", "Config reloads refused (the new file was invalid).",
                          []).add_metric([], float(snapshot.get("config_reload_failures") or 0))
+        families.counter("process_stalls", "Times the whole process did not run for half a session timeout or "
+                         "more (SIGSTOP, a paused VM, a starved host); each froze every cluster until ZooKeeper "
+                         "answered again.", []).add_metric([], float(snapshot.get("process_stalls") or 0))
 
     @staticmethod
     def _clusters(families: _Families, snapshot: Mapping[str, Any]) -> None:

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
+from reloader.localenv.ports import free_port
 from reloader.localenv.tcpproxy import TcpProxy
 from reloader.localenv.zookeeper import LocalZooKeeper
 from tests.test_faults import tiny_files_dir  # noqa: F401 (a fixture)
+from tests.test_status import scrape
 from tests.test_daemon import (  # noqa: F401 (daemons and files_dir are fixtures)
     DaemonProcess,
     cluster,
@@ -109,8 +111,9 @@ def test_a_stalled_daemon_does_not_release_a_held_drop_on_a_stale_view(
     four = [f"10.9.2.{i}:80" for i in range(1, 5)]
     create_children(zk_client, path, {address: b"" for address in four})
     hold = 2.0
+    port = free_port()
     with TcpProxy(zk.port).start() as proxy:
-        config = cluster(proxy.hosts, {"app": path}, drop_hold=f"{hold}s", **GUARDS)
+        config = cluster(proxy.hosts, {"app": path}, drop_hold=f"{hold}s", listen=f"127.0.0.1:{port}", **GUARDS)
         daemon = daemons(config)
         everyone = upstream_file("app", *(f"server {a}" for a in four))
         daemon.wait_file("app", everyone)
@@ -130,6 +133,7 @@ def test_a_stalled_daemon_does_not_release_a_held_drop_on_a_stale_view(
             os.kill(daemon.pid, signal.SIGCONT)
         first = daemon.wait_log(r"releasing the held drop|the process was stalled")
         assert "the process was stalled" in first[0], daemon.log_tail()
+        assert scrape(port)[("nginx_upstream_reloader_process_stalls_total", frozenset())] == 1
         proxy.pass_through()
         daemon.wait_log(r"thawed")
         daemon.wait_file("app", everyone)

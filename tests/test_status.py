@@ -240,7 +240,7 @@ def test_status_command_metric_names_and_the_http_contract(
                 assert each.name.endswith("_total"), each.name
             assert set(each.labels) <= {"cluster", "upstream", "output", "state", "hosts", "result", "event"}
     expected = {
-        "ready", "healthy", "config_reloads", "config_reload_failures",
+        "ready", "healthy", "config_reloads", "config_reload_failures", "process_stalls",
         "cluster_info", "cluster_up", "cluster_state", "cluster_frozen", "cluster_frozen_seconds", "cluster_read_in_full",
         "cluster_thaws", "cluster_upstreams", "cluster_last_change_age_seconds",
         "upstream_servers", "upstream_live_servers_published", "upstream_live_instances",
