@@ -607,11 +607,14 @@ def fleet_section(r: dict[str, Any], before: dict[str, Any] | None = None,
         for x in other["layouts"]:
             lk = x.get("leader_kill")
             rs = x.get("restart") or {}
-            lines.append(f"The same with {x['daemons']} daemon{'s' if x['daemons'] != 1 else ''} ({x['server']}, "
+            roots = f" and `watch_roots: {x['watch_roots']}`" if x.get("watch_roots") else ""
+            lines.append(f"The same with {x['daemons']} daemon{'s' if x['daemons'] != 1 else ''}{roots} ({x['server']}, "
                          f"`{other.get('daemon_revision', '?')}`): cold start "
                          f"{fig(x['cold_start_all_daemons_s'], 's')}; restart: time to truth {_truth(rs)}, reads {_reads(rs, x['daemons'])}"
                          + (f"; leader kill: {_truth(lk)} (from the kill {_truth(lk, 'time_to_truth_from_kill_s')}), "
-                            f"reads {_reads(lk, x['daemons'])}" if lk else "") + f"; heap {_growth(x)}; load at start "
+                            f"reads {_reads(lk, x['daemons'])}" if lk else "")
+                         + (f"; watches (`mntr`) {int(x['steady']['mntr']['zk_watch_count']):,}" if x.get("watch_roots") else "")
+                         + f"; heap {_growth(x)}; load at start "
                          f"{' / '.join(str(v) for v in x.get('loadavg_at_start', []))}.")
     lines += ["All daemons share this machine's 2 cores here, so the cold start and the time to truth are bound by",
               "the daemons' own CPU; on a real fleet each daemon has its host, and the server CPU is what adds up.", ""]
@@ -728,7 +731,8 @@ def main() -> int:
         lines += targets_section(before, None)
     if fleet:
         fleet_before = load("fleet-before", args.quick)
-        others = [x for x in (load("fleet-5daemons", args.quick), load("fleet-1daemon", args.quick)) if x]
+        others = [x for x in (load("fleet-5daemons", args.quick), load("fleet-1daemon", args.quick),
+                              load("fleet-roots", args.quick)) if x]
         lines += fleet_section(fleet, fleet_before, others)
     idle = load("idle-dyups", args.quick)
     if idle:
