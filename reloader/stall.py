@@ -17,9 +17,13 @@ told once per stall, synchronously, in the thread that noticed, before that
 thread goes on. A thread that is merely busy (a long resync, a slow fsync)
 does not stop the heartbeat, so it never looks like a stall.
 
-Guarantees: :meth:`check` is cheap (one clock read and a lock) and never
-blocks on anything but that lock; subscribers run outside the lock; a stall
-is reported at most once; the heartbeat thread never holds up the exit.
+Guarantees: a stall is reported at most once, and no :meth:`check` returns
+while one is being reported: a thread that checks in the moment another
+noticed the stall waits until every subscriber has been told, so it never
+goes on as if nothing had happened. :meth:`check` is otherwise cheap (a
+clock read and two uncontended locks); subscribers must not block (they
+freeze and hand work on) and must not call back into the watch. The
+heartbeat thread never holds up the exit.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class StallWatch:
         self.interval = interval
         self._clock = clock
         self._lock = threading.Lock()
+        # Held by a check from its clock read until its subscribers have run (see check).
+        self._checking = threading.Lock()
         self._last = clock()
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
@@ -64,24 +70,29 @@ class StallWatch:
                 self._listeners.remove(listener)
 
     def check(self) -> float:
-        """Beat; if the previous beat is older than the threshold, report the stall. Its length, else 0."""
-        with self._lock:
-            now = self._clock()
-            gap = now - self._last
-            self._last = now
-            if gap <= self.threshold:
-                return 0.0
-            self.stalls += 1
-            self.longest = max(self.longest, gap)
-            listeners = list(self._listeners)
-        log.warning("the process was stalled for %.1f s (stopped, or starved of CPU); every cluster doubts its "
-                    "session until ZooKeeper answers again", gap)
-        for listener in listeners:
-            try:
-                listener(gap)
-            except Exception:  # noqa: BLE001 - one subscriber must not keep the others from hearing
-                log.exception("a stall subscriber failed")
-        return gap
+        """Beat; if the previous beat is older than the threshold, report the stall. Its length, else 0.
+
+        Returns only once the stall noticed by this or any other thread has
+        been reported to every subscriber.
+        """
+        with self._checking:
+            with self._lock:
+                now = self._clock()
+                gap = now - self._last
+                self._last = now
+                if gap <= self.threshold:
+                    return 0.0
+                self.stalls += 1
+                self.longest = max(self.longest, gap)
+                listeners = list(self._listeners)
+            log.warning("the process was stalled for %.1f s (stopped, or starved of CPU); every cluster doubts "
+                        "its session until ZooKeeper answers again", gap)
+            for listener in listeners:
+                try:
+                    listener(gap)
+                except Exception:  # noqa: BLE001 - one subscriber must not keep the others from hearing
+                    log.exception("a stall subscriber failed")
+            return gap
 
     def start(self) -> StallWatch:
         if self._thread is None:

@@ -135,7 +135,7 @@ def test_a_stalled_daemon_does_not_release_a_held_drop_on_a_stale_view(
         assert "the process was stalled" in first[0], daemon.log_tail()
         assert scrape(port)[("nginx_upstream_reloader_process_stalls_total", frozenset())] == 1
         proxy.pass_through()
-        daemon.wait_log(r"thawed")
+        daemon.wait_log(r"thawed", count=2)  # the start-up's, then the one after the stall
         daemon.wait_file("app", everyone)
         assert not daemon.log_lines(r"releasing the held drop|upstream app: 1 servers"), daemon.log_tail()
         daemon.stop()

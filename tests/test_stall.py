@@ -58,3 +58,31 @@ def test_the_heartbeat_keeps_a_busy_thread_from_looking_stalled() -> None:
 def test_the_threshold_must_exceed_the_beat() -> None:
     with pytest.raises(ValueError):
         StallWatch(threshold=0.1, interval=0.1)
+
+
+def test_no_check_returns_while_another_thread_is_reporting_the_stall() -> None:
+    """The cluster thread checking in the moment the heartbeat noticed the stall waits for the freeze."""
+    clock = Clock()
+    watch = StallWatch(threshold=1.0, interval=0.1, clock=clock)
+    reporting, release = threading.Event(), threading.Event()
+    frozen: list[bool] = []
+
+    def freeze(gap: float) -> None:
+        reporting.set()
+        release.wait(5)
+        frozen.append(True)
+
+    watch.subscribe(freeze)
+    clock.now += 5.0
+    noticer = threading.Thread(target=watch.check)
+    noticer.start()
+    assert reporting.wait(5)
+    seen: list[bool] = []
+    other = threading.Thread(target=lambda: (watch.check(), seen.append(bool(frozen))))
+    other.start()
+    other.join(0.2)
+    assert other.is_alive(), "a check returned while the stall was still being reported"
+    release.set()
+    other.join(5)
+    noticer.join(5)
+    assert seen == [True]

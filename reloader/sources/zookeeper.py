@@ -320,8 +320,9 @@ class ZooKeeperSource:
         drop = getattr(self._client, "drop_connection", None)
         if drop is None or not drop():
             self._inbox.put(lambda: self._reread(epoch))
-        # If neither a transition nor the re-read has thawed it by then, read in full (never frozen for good).
-        self._inbox.call_later(self._session_timeout, lambda: self._reread(epoch))
+        # If neither a transition nor the re-read has thawed it by then, read in full (never frozen
+        # for good). Scheduled from this cluster's own thread: the schedule is that thread's alone.
+        self._inbox.put(lambda: self._inbox.call_later(self._session_timeout, lambda: self._reread(epoch)))
 
     def _reread(self, epoch: int) -> None:
         """Read every znode again and thaw, unless a session transition since ``epoch`` is already doing it."""
