@@ -494,7 +494,7 @@ class FilesOutput(Output):
                 log.info("files: wrote %s", path, extra={"upstream": upstream.name})
             self._announce.append(FileWritten(upstream, previous, text))
 
-    def _write_failed(self, upstream: Upstream, path: Path, error: OSError) -> None:
+    def _write_failed(self, upstream: Upstream, path: Path | str, error: OSError) -> None:
         """``upstream``'s file (or the record it needs first, at ``path``) was not written: hold it back, retry."""
         self.failures += 1
         if upstream.name not in self._failed:
