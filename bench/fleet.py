@@ -296,8 +296,7 @@ def blip_restart(layout: str, args: argparse.Namespace, ensemble: LocalEnsemble 
         "time_to_truth_s": truth(got, t_ready),
         "time_to_truth_from_ack_s": truth(got, t_ack),
         "reconnected_sessions": len(est),
-        "reconnect_after_ready_s": {"first": round(min(est) - wall_ready, 2), "last": round(max(est) - wall_ready, 2),
-                                    "spread": round(max(est) - min(est), 2)} if est else None,
+        "reconnect_after_ready_s": reconnect_spread(est, wall_ready),
         "server_cpu_s": storm_cpu,
         **catch_up(got, est_each, cpu0, cpu1, t_ready - wall_ready),
         # The restarted server's counters start at 0: everything it received from serving again to settled.
@@ -341,8 +340,7 @@ def blip_leader_kill(args: argparse.Namespace, ensemble: LocalEnsemble, serve: A
         "time_to_truth_s": truth(got, t_ack),
         "time_to_truth_from_kill_s": truth(got, t_kill),
         "reconnected_sessions": len(est),
-        "reconnect_after_kill_s": {"first": round(min(est) - wall_kill, 2), "last": round(max(est) - wall_kill, 2),
-                                   "spread": round(max(est) - min(est), 2)} if est else None,
+        "reconnect_after_kill_s": reconnect_spread(est, wall_kill),
         "requests": requests_delta(before, after, time.monotonic() - t_kill, idle_rate),
         **catch_up(got, est_each, cpu0, cpu1, t_kill - wall_kill),
         "loadavg_after": loadavg(),
@@ -380,6 +378,14 @@ def wait_every(watchers: list[RenameWatcher], dirs: list[Path], name: str, needl
                     found[i] = t
         time.sleep(0.005)
     return found
+
+
+def reconnect_spread(established: list[float], origin: float) -> dict[str, float] | None:
+    """When the first and the last session came back, counted from ``origin`` (wall clock), and the spread."""
+    if not established:
+        return None
+    return {"first": round(min(established) - origin, 2), "last": round(max(established) - origin, 2),
+            "spread": round(max(established) - min(established), 2)}
 
 
 def run_layout(layout: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
