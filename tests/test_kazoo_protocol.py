@@ -33,6 +33,7 @@ from reloader.sources.kazoo_protocol import (
     TESTED_KAZOO,
     AddWatch,
     KazooInternalsChanged,
+    MultiRead,
     RemoveWatches,
     Resumption,
     SetWatches,
@@ -218,6 +219,31 @@ def test_requests_serialize_as_zookeepers_jute_records() -> None:
     assert bytes(AddWatch("/svc", 1, print).serialize()) == _s("/svc") + struct.pack("!i", 1)
     assert bytes(RemoveWatches("/svc", 3).serialize()) == _s("/svc") + struct.pack("!i", 3)
     assert "é" and bytes(AddWatch("/é", 0).serialize()) == _s("/é") + struct.pack("!i", 0)
+
+
+def test_a_multi_read_serializes_and_parses_as_zookeepers_jute_records() -> None:
+    # MultiOperationRecord: per op a MultiHeader (type, done, err) and a
+    # GetDataRequest (path, watch=false); the end mark (-1, true, -1).
+    def header(kind: int, done: bool, err: int) -> bytes:
+        return struct.pack("!i?i", kind, done, err)
+
+    assert MultiRead.type == 22
+    assert bytes(MultiRead(("/a/b", "/é")).serialize()) == (
+        header(4, False, -1) + _s("/a/b") + b"\x00" + header(4, False, -1) + _s("/é") + b"\x00"
+        + header(-1, True, -1))
+    assert bytes(MultiRead(()).serialize()) == header(-1, True, -1)
+    # The answer: per op a header, then data + Stat (11 fields), or an error code.
+    stat = struct.pack("!qqqqiiiqiiq", 1, 77, 3, 4, 5, 6, 7, 0, 1, 0, 9)
+    answer = (b"junk" + header(4, False, 0) + struct.pack("!i", 1) + b"7" + stat
+              + header(-1, False, -101) + struct.pack("!i", -101)
+              + header(4, False, 0) + struct.pack("!i", -1) + stat
+              + header(4, False, 0) + struct.pack("!i", 0) + stat
+              + header(-1, True, -1))
+    (data, first), missing, (null, _), (empty, _) = MultiRead.deserialize(answer, 4)
+    assert (data, first.mzxid, first.pzxid, null, empty) == (b"7", 77, 9, None, b"")
+    assert type(missing).__name__ == "NoNodeError"
+    with pytest.raises(ValueError, match="unexpected operation 5"):
+        MultiRead.deserialize(header(5, False, 0) + header(-1, True, -1), 0)
 
 
 def test_set_watches_split_into_packets_of_at_most_128_kb_in_order() -> None:

@@ -484,3 +484,40 @@ def test_a_cluster_publishes_nothing_more_for_an_upstream_a_reload_took_away() -
         assert handed == ["y"], "a retired cluster hands nothing over"
     finally:
         worker.close_session()
+
+
+# ---- the reconnection back-off ---------------------------------------------------------------
+
+
+def test_a_daemon_tries_to_reconnect_at_least_every_1_4_s_however_long_the_outage() -> None:
+    """kazoo's connection retry as the source sets it: 0.1 s doubling to 1 s, +-40 % jitter.
+
+    With a longer cap, a daemon whose step had grown during an outage waited
+    that long with the server back (3-7 s per step with the old 5 s cap):
+    the fleet's time to truth after a server restart (docs/sizing.md).
+    """
+    from kazoo.exceptions import ConnectionLoss
+    from kazoo.retry import KazooRetry
+
+    config = parse_config({"zk_servers": "127.0.0.1:1", "zk_nodes": {"x": "/a"}}, source="test")
+    worker = ClusterWorker(config.clusters[0], lambda batch: None, 5.0)
+    try:
+        retry = worker.source._client._conn_retry  # what its connection loop copies
+        assert isinstance(retry, KazooRetry) and retry.max_tries == -1
+        slept: list[float] = []
+        sleeper = retry.copy()
+        sleeper.sleep_func = slept.append
+        sleeper.interrupt = None  # the client is not started
+
+        def refused() -> None:
+            if len(slept) < 200:
+                raise ConnectionLoss("refused")
+
+        sleeper(refused)
+    finally:
+        worker.close_session()
+    assert len(slept) == 200
+    assert max(slept) <= 1.4, max(slept)
+    # kazoo compounds the jitter (each step doubles the last sleep): at worst 0.14 + 0.39 + 1.1 + 1.4.
+    assert sum(slept[:4]) <= 3.1, "the first tries come quickly"
+    assert sum(slept) >= 200 * 0.6 * 0.6, "and the server is not hammered: about one try a second"

@@ -341,3 +341,12 @@ def test_a_multi_read_answers_each_path_in_order_with_its_data_or_its_error(
     finally:
         client.stop()
         client.close()
+    # Under a chroot, the paths are relative to it.
+    rooted = WatchingKazooClient(hosts=f"{quiet_zk.hosts}{root}")
+    rooted.start(timeout=10)
+    try:
+        (data_a, _), missing = rooted.get_many_async(["/a", "/gone"]).get(10)
+        assert data_a == b"5" and isinstance(missing, NoNodeError)
+    finally:
+        rooted.stop()
+        rooted.close()

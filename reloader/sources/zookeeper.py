@@ -136,6 +136,13 @@ _WAIT_SLICE = 0.25
 AUTH_RETRY = 30.0
 # How long after a failed resync it is tried again (while the session is up).
 RESYNC_RETRY = 1.0
+# kazoo's reconnection back-off: 0.1 s doubling to 1 s, each step with +-40 %
+# jitter. The Java client waits up to 1 s before each attempt too. A longer
+# cap is what made a fleet late after a server restart: a daemon whose step
+# had grown to 3-5 s during a 2 s outage waited that long with the server
+# back (docs/sizing.md). Each try against a server that is down is one
+# refused TCP connection.
+CONNECTION_RETRY = {"max_tries": -1, "delay": 0.1, "max_delay": 1.0}
 # How many children one multi-read request checks at most (a persistent
 # znode's version checks; about 100 bytes of answer each for host:port
 # children), and how large its answer may be expected to be, from the data
@@ -190,8 +197,9 @@ class _DataRequests:
 
     reads: deque[tuple[ZnodeWatch, str, Any]] = field(default_factory=deque)
     checks: deque[tuple[ZnodeWatch, str, Any]] = field(default_factory=deque)
-    # Children of persistent znodes to check, not sent yet; then the multi-reads sent for them.
-    bulk: list[tuple[ZnodeWatch, str]] = field(default_factory=list)
+    # Children of persistent znodes to check, not sent yet (with the size of
+    # their data as last read); then the multi-reads sent for them.
+    bulk: list[tuple[ZnodeWatch, str, int]] = field(default_factory=list)
     bulk_sent: deque[tuple[list[tuple[ZnodeWatch, str]], Any]] = field(default_factory=deque)
 
 
@@ -247,7 +255,7 @@ class ZooKeeperSource:
             timeout=session_timeout,
             # Reconnect forever; a command gives up quickly so that a kazoo
             # callback thread is never stuck retrying while the session is gone.
-            connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 5.0},
+            connection_retry=dict(CONNECTION_RETRY),
             command_retry={"max_tries": 2, "delay": 0.1, "max_delay": 1.0},
             **{"handler": PollingHandler(), **(client_options or {})},
         )
@@ -923,9 +931,14 @@ class ZooKeeperSource:
         checks = watch.checks()
         if watch.path in self._persistent and isinstance(self._client, WatchingKazooClient):
             # No watch to set again: check (read) the small ones many to a request.
-            small = [child for child in checks if _last_size(watch, child) <= MULTI_READ_LARGE]
-            requests.bulk.extend((watch, child) for child in small)
-            checks = sorted(set(checks) - set(small))
+            large = []
+            for child in checks:
+                size = _last_size(watch, child)
+                if size <= MULTI_READ_LARGE:
+                    requests.bulk.append((watch, child, size))
+                else:
+                    large.append(child)
+            checks = large
         requests.checks.extend((watch, child, exists(watch.child_path(child), watch=data_watch))
                                for child in checks)
 
@@ -934,17 +947,24 @@ class ZooKeeperSource:
         client = self._client
         assert not requests.bulk or isinstance(client, WatchingKazooClient)
         chunks: list[list[tuple[ZnodeWatch, str]]] = [[]]
+        paths: list[list[str]] = [[]]
         size = 0
-        for watch, child in requests.bulk:
-            expected = _last_size(watch, child) + 100
+        prefixes: dict[int, str] = {}
+        for watch, child, last in requests.bulk:
+            expected = last + 100
             if chunks[-1] and (len(chunks[-1]) >= MULTI_READ_MAX or size + expected > MULTI_READ_BYTES):
                 chunks.append([])
+                paths.append([])
                 size = 0
             chunks[-1].append((watch, child))
+            prefix = prefixes.get(id(watch))
+            if prefix is None:
+                prefix = prefixes[id(watch)] = watch.child_path("")
+            paths[-1].append(prefix + child)
             size += expected
-        for chunk in chunks:
+        for chunk, chunk_paths in zip(chunks, paths):
             if chunk:
-                requests.bulk_sent.append((chunk, client.get_many_async([w.child_path(c) for w, c in chunk])))
+                requests.bulk_sent.append((chunk, client.get_many_async(chunk_paths)))
         requests.bulk = []
 
     def _collect(self, requests: _DataRequests, deadline: _Patience, epoch: int) -> None:
@@ -977,7 +997,9 @@ class ZooKeeperSource:
                 elif isinstance(result, BaseException):
                     why = describe_error(result, cluster=self.cluster, path=watch.child_path(child))
                     self._adopt(watch, child, Unreadable(f"ZooKeeper refused to read it: {why}"), None)
-                else:
+                elif not watch.verified(child, result[1].mzxid):
+                    # Moved: keep the data just read. (Unmoved, nearly all of a
+                    # sweep: the data is the same, nothing to keep.)
                     self._adopt(watch, child, result[0], result[1].mzxid)
             del results
         while requests.checks:
