@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -621,6 +622,127 @@ def fleet_section(r: dict[str, Any], before: dict[str, Any] | None = None,
     return lines
 
 
+def _median(values: Any) -> float | None:
+    return statistics.median(values) if isinstance(values, list) and values else values
+
+
+def _worst_truth(run: dict[str, Any] | None, server: str, blip: str) -> float | None:
+    for x in (run or {}).get("layouts", []):
+        if x["server"].startswith(server) and x.get(blip):
+            return (x[blip].get("time_to_truth_s") or {}).get("max")
+    return None
+
+
+def _heap_growth(run: dict[str, Any] | None, server: str) -> float | None:
+    for x in (run or {}).get("layouts", []):
+        if x["server"].startswith(server):
+            before = x.get("before_daemons", {}).get("jvm", {}).get("heap_used_mb")
+            after = x.get("steady", {}).get("jvm", {}).get("heap_used_mb")
+            return None if before is None or after is None else round(after - before, 1)
+    return None
+
+
+def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | None, roots: dict[str, Any] | None,
+                         fleet_before: dict[str, Any] | None, idle: dict[str, Any] | None,
+                         idle_before: dict[str, Any] | None) -> list[str]:
+    """Every target of ZooKeeper's load beside the daemon before, the floor and now, from the results of one run."""
+    if not blip:
+        return []
+    lines = [
+        f"## ZooKeeper's load: every target against before and the floor{quick_note(blip)}",
+        "",
+        "From `bench/blip.py` (one daemon; *before* is the daemon at "
+        f"`{blip.get('previous_rev', '?')}`, before watch re-registration; the floor is `bench/floor.py` with raw",
+        "kazoo watches), `bench/fleet.py` (20 daemons; *before* from `fleet-before.json`, "
+        f"`{(fleet_before or {}).get('daemon_revision', '?')}`) and `bench/idle_dyups.py`. "
+        "*Now* has two columns: a watch per znode",
+        "(`watch_mode` auto, the default) and `watch_roots` set to the znodes' parent. Ratios against the floor",
+        "come from the side-by-side runs (every subject at once, samples alternated).",
+        "",
+        "| target | before | floor | now: a watch per znode | now: `watch_roots` | met? |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    sizes = blip.get("sizes", {})
+
+    def subject(n: str, name: str) -> dict[str, Any]:
+        return sizes.get(n, {}).get(name) or {}
+
+    def ratio(n: str, name: str, key: str) -> float | None:
+        side = sizes.get(n, {}).get("side_by_side", {}).get("subjects", {})
+        return (side.get(name) or {}).get(key)
+
+    def row(target: str, before: Any, floor: Any, now: Any, roots_now: Any, met: str) -> None:
+        lines.append(f"| {target} | {before} | {floor} | {now} | {roots_now} | {met} |")
+
+    for n in sizes:
+        label = f"{int(n):,}"
+        quiet = [subject(n, s).get("quiet_blip", {}).get("total") for s in ("previous", "floor", "persistent", "shared-root")]
+        met = all(v is not None and v <= 20 for v in quiet[2:] if v is not None) and quiet[2] is not None
+        row(f"requests after a quiet blip, {label} x 20: at most 20", *(fig(v) for v in quiet), "yes" if met else "**no**")
+    for n in sizes:
+        label = f"{int(n):,}"
+        k = subject(n, "persistent").get("k")
+        cells = []
+        times = []
+        for s in ("previous", "floor", "persistent", "shared-root"):
+            x = subject(n, s)
+            if not x:
+                cells.append("-")
+                continue
+            t = x.get("k_blip_files_right_after_reconnect_s")
+            if s in ("persistent", "shared-root"):
+                times.append(t)
+            cells.append(f"{fig(x['k_blip']['reads'])} reads, {fig(t, 's')}")
+        met = bool(times) and all(t is not None and t <= 1.0 for t in times)
+        row(f"a blip with k = {k} changes, {label} x 20: O(k) reads, files right within 1 s of the reconnect",
+            *cells, ("yes" if met else "**no**") + " (a persistent watch adds one `multiRead` per 500 children "
+            "when the zxid moved)")
+    big = max(sizes, key=int)
+    watch = [subject(big, s).get("watches", {}).get("mntr_per_upstream") for s in ("previous", "floor", "persistent", "shared-root")]
+    row(f"server watches per upstream (`mntr`), {int(big):,} x 20: at most 1.1", *(fig(v) for v in watch),
+        "yes, with `watch_roots`" if watch[3] is not None and watch[3] <= 1.1 else "**no**")
+    for server, label in (("standalone", "standalone"), ("observer", "observer")):
+        growth = [_heap_growth(run, server) for run in (fleet_before, fleet, roots)]
+        limit = None if growth[0] is None else round(growth[0] / 10, 1)
+        met = limit is not None and any(g is not None and g <= limit for g in growth[1:])
+        row(f"fleet heap growth (MB), 20 daemons, {label}: a tenth of before"
+            + (f" ({fig(limit)})" if limit is not None else ""),
+            fig(growth[0]), "-", fig(growth[1]), fig(growth[2]),
+            ("yes" + (", with `watch_roots`" if growth[1] is not None and growth[1] > limit else "")) if met else "**no**")
+    for server, blipname, label in (("standalone", "restart", "a server restart"),
+                                    ("observer", "restart", "an observer restart"),
+                                    ("observer", "leader_kill", "a leader kill (from the write)")):
+        truth = [_worst_truth(run, server, blipname) for run in (fleet_before, fleet, roots)]
+        met = [t is not None and t < 2.0 for t in truth[1:]]
+        row(f"fleet time to truth, slowest of 20 daemons, after {label}: under 2 s",
+            fig(truth[0], "s"), "-", fig(truth[1], "s"), fig(truth[2], "s"),
+            "yes" if all(met) else ("yes, with `watch_roots`" if met[1] else "**no**"))
+    for n in sizes:
+        label = f"{int(n):,}"
+        cells = [ratio(n, s, "create_to_file_x_floor") for s in ("previous", "floor", "persistent", "shared-root")]
+        met = any(c is not None and c <= 0.8 for c in cells[2:])
+        row(f"create -> file median, {label} x 20: at most 0.8x the floor",
+            *(f"{fig(c)}x" if c is not None else "-" for c in cells), "yes" if met else "**no**")
+    for n in sizes:
+        label = f"{int(n):,}"
+        cells = [ratio(n, s, "cpu_x_floor") for s in ("previous", "floor", "persistent", "shared-root")]
+        met = any(c is not None and c <= 0.6 for c in cells[2:])
+        row(f"CPU per 1,000 changes, {label} x 20: at most 0.6x the floor",
+            *(f"{fig(c)}x" if c is not None else "-" for c in cells), "yes" if met else "**no**")
+    if idle:
+        settings = {x["setting"]: x["cpu_percent"] for x in idle.get("settings", [])}
+        before = {x["setting"]: x["cpu_percent"] for x in (idle_before or {}).get("settings", [])}
+        for setting, label in (("reconcile", "reconcile passes only"), ("default", "default 60 s re-assert")):
+            if setting in settings:
+                now = settings[setting]
+                row(f"idle CPU with dyups, 1,000 x 20, {label}: at most 0.5 % of a core (test server)",
+                    fig(before.get(setting), "%"), "-", fig(now, "%"), "-",
+                    ("yes" if now <= 0.5 else "**no**") + "; a real dyups build could not be measured here")
+    lines += ["", "The floor does no watch re-registration: its quiet blip is a full re-read. The heap and time-to-truth",
+              "rows come from the fleet runs, where all 20 daemons share this machine's 2 cores with the servers.", ""]
+    return lines
+
+
 def idle_section(r: dict[str, Any], before: dict[str, Any] | None, files: dict[str, Any] | None = None) -> list[str]:
     lines = [
         f"## Idle CPU with dyups (bench/idle_dyups.py){quick_note(r)}",
@@ -651,7 +773,7 @@ def idle_section(r: dict[str, Any], before: dict[str, Any] | None, files: dict[s
     recon = next((x for x in r["settings"] if x["setting"] == "reconcile"), None)
     floor = next((x for x in (files or {}).get("settings", []) if x["setting"] == "files"), None)
     lines += ["No real dyups build is available on this machine, so the real build's figure could not be re-measured.",
-              "The issue measured, with the daemon that read `/detail` every pass, 1.43 % of a core against a real",
+              "Measured before, with the daemon that read `/detail` every pass: 1.43 % of a core against a real",
               "stable build and 0.35 % against this test server: the real build's answer added about 1.08 % (54 ms a pass)."]
     if recon:
         estimate = recon["cpu_percent"] + (1.43 - 0.35) / 6
@@ -735,6 +857,8 @@ def main() -> int:
                               load("fleet-roots", args.quick)) if x]
         lines += fleet_section(fleet, fleet_before, others)
     idle = load("idle-dyups", args.quick)
+    lines += load_targets_section(load("blip", args.quick), fleet, load("fleet-roots", args.quick),
+                                  load("fleet-before", args.quick), idle, load("idle-dyups-before", args.quick))
     if idle:
         lines += idle_section(idle, load("idle-dyups-before", args.quick), load("idle-files", args.quick))
     if lat or scale or heal:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark, then regenerate docs/benchmarks.md from bench/results/*.json.
-#   bench/run_all.sh           full runs (about 15 minutes on 2 cores)
+#   bench/run_all.sh           full runs (about 50 minutes on 2 cores)
 #   bench/run_all.sh --quick   smaller runs (about 3 minutes in all); the page goes to
 #                              bench/results/benchmarks-quick.md, docs/ is left alone
 # Extra arguments after --quick (or alone) go to targets.py and fleet.py, for example
@@ -26,8 +26,10 @@ for bench in latency scale heal lua_balancer lua_traffic; do
 done
 run blip
 run idle_dyups
+run idle_dyups --settings files --name idle-files
 run targets "$@"
 run fleet "$@"
+run fleet --watch-roots --name fleet-roots "$@"
 if [ ${#QUICK[@]} -gt 0 ]; then
     "$PY" bench/report.py --quick --output bench/results/benchmarks-quick.md
 else

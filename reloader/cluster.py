@@ -54,9 +54,10 @@ PROBE_TIMEOUT = 1.0
 class _Confirming:
     """The source's sink: every snapshot handed over confirms the registry, then goes to the pipeline."""
 
-    def __init__(self, pipeline: Pipeline, confirmed: Callable[[], None]) -> None:
+    def __init__(self, pipeline: Pipeline, confirmed: Callable[[], None], flush: Callable[[], None]) -> None:
         self._pipeline = pipeline
         self._confirmed = confirmed
+        self.flush = flush
 
     def update(self, upstream: str, children: Snapshot, origin: str) -> None:
         self._confirmed()
@@ -101,8 +102,8 @@ class ClusterWorker:
         self.confirmed_at: float | None = None
         self._started_at = time.monotonic()
         self.source = ZooKeeperSource(
-            cluster, self.inbox, _Confirming(self.pipeline, self._confirmed), self.freeze, session_timeout,
-            client_factory,
+            cluster, self.inbox, _Confirming(self.pipeline, self._confirmed, self._hand_over), self.freeze,
+            session_timeout, client_factory,
             stopping=self._stopping.is_set,
         )
         self._thread = threading.Thread(target=self._loop, name=f"cluster-{cluster.index}", daemon=True)

@@ -216,6 +216,44 @@ def test_a_blip_with_changes_reads_what_changed_and_serves_it_within_a_second(
     harness.wait_for({"c": {"10.2.0.7:80": 2}, "d": {**states["d"], "10.3.0.0:80": 4}})
 
 
+def test_after_a_blip_what_the_server_named_is_served_before_the_sweep(
+        quiet_zk: LocalZooKeeper, writer: KazooClient, harnesses: list[Harness]) -> None:
+    """A child created during the blip is published before the version sweep of every other znode is sent.
+
+    The server fires the children watch of the znode whose list moved; no
+    watch says whether a child's data moved, so every child is checked
+    (30 x 20 = 600 children: two multiRead requests). The named znode goes
+    first, on a pass of its own (its own 20 children: one multiRead).
+    """
+    root = f"/named-first-{time.monotonic_ns()}"
+    nodes, states = services(writer, root, {f"svc{i:02d}": 20 for i in range(30)})
+    harness = Harness(quiet_zk.port, nodes, "persistent")
+    harnesses.append(harness)
+    new = "10.0.0.99:80"
+    sent_before: list[int] = []
+    first_connection = [0]
+    publish = harness.worker._publish
+
+    def recording(batch: list[Upstream]) -> None:
+        if not sent_before and any(up.name == "svc00" and new in {s.address for s in up.servers} for up in batch):
+            assert harness.proxy is not None
+            sent_before.append(sum(1 for r in harness.proxy.requests
+                                   if r.connection >= first_connection[0] and r.opcode == MULTI_READ))
+        publish(batch)
+
+    harness.worker._publish = recording  # type: ignore[method-assign]
+    harness.start().wait_for(states)
+    assert harness.proxy is not None
+    first_connection[0] = harness.proxy.accepted + 1
+
+    connection, report, _ = harness.blip(lambda: writer.create(f"{nodes['svc00']}/{new}", b""))
+
+    harness.wait_for({"svc00": {**states["svc00"], new: 1}})
+    assert report.resumed and report.changed and connection == first_connection[0]
+    wait_until(lambda: harness.reads_on(connection).count(MULTI_READ) >= 2, 10, "the sweep")
+    assert sent_before == [1], f"published after {sent_before} multiRead requests: after the sweep"
+
+
 @pytest.mark.parametrize("watch_mode", MODES)
 def test_an_expired_session_reads_in_full(
         quiet_zk: LocalZooKeeper, writer: KazooClient, harnesses: list[Harness], watch_mode: str) -> None:

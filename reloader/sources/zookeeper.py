@@ -78,7 +78,9 @@ after the events the server fired for what changed meanwhile. Those events
 took the usual path (a changed list or child is marked), so when the session
 survived with its watches nothing else is read: the resync only recovers the
 znodes a pass left half-read, then the cluster thaws, and what the events
-marked is read by the next pass. A new session (after an expiry), a server
+marked is read by the next pass (a sweep of every child's version, when
+persistent watches could not say what changed, comes after the znodes whose
+list the server said moved: see :meth:`ZooKeeperSource.read_changed`). A new session (after an expiry), a server
 that refused the re-registration, or a resumption before the last full read
 finished: every znode is invalidated and the resync recovers them in steps
 of RESYNC_STEP znodes (a stop request or a newer transition is noticed
@@ -121,7 +123,7 @@ from reloader.publication import ClusterFreeze
 from reloader.snapshot import MAX_KEPT_DATA, OVERSIZED, Snapshot, Unreadable, is_oversized
 from reloader.sources.kazoo_handler import PollingHandler
 from reloader.sources.kazoo_protocol import Resumption, WatchingKazooClient
-from reloader.sources.watches import WatchBook, ZnodeState, ZnodeWatch, capped, max_children_of
+from reloader.sources.watches import Need, WatchBook, ZnodeState, ZnodeWatch, capped, max_children_of
 from reloader.sources.watchroots import WatchPlan, targets
 
 log = logging.getLogger(__name__)
@@ -208,6 +210,9 @@ class SnapshotSink(Protocol):
 
     def update(self, upstream: str, children: Snapshot, origin: str) -> None:
         """``children`` maps every current child name to its data."""
+
+    def flush(self) -> None:
+        """What the updates so far produced should go on now: more reading follows before the source returns."""
 
 
 class ZooKeeperSource:
@@ -668,6 +673,12 @@ class ZooKeeperSource:
         burst of watch events costs one pipelined round of list reads, one of
         data reads, and one publish per znode. A frozen cluster is skipped:
         its resync reads everything anyway.
+
+        A sweep (every child of every persistent znode to check, after a
+        resumption during which the cluster changed) goes on a pass of its
+        own, after the znodes whose list moved: those are what the server
+        said changed (their children watch fired), and they are read and
+        handed on first, in one round trip, however long the sweep takes.
         """
         if not self.freeze.is_open:
             return
@@ -677,14 +688,18 @@ class ZooKeeperSource:
         synced = ZnodeState.SYNCED
         work = [watch for watch in self._watches
                 if (watch.state is not synced or watch.needs) and watch.needs_pass]
-        if work:
+        passes = _sweep_last(work)
+        for number, batch in enumerate(passes, 1):
             try:
-                self._sync(work, self.freeze.epoch)
+                self._sync(batch, self.freeze.epoch)
             except SESSION_ERRORS as error:
                 self._given_up(work)
                 log.warning("cluster %s: read failed (%s); waiting for the session", self.label,
                             describe_error(error), extra={"cluster": self.label})
                 return
+            if number < len(passes):
+                self._deliver()
+                self._sink.flush()
         self._deliver()
 
     def _given_up(self, watches: list[ZnodeWatch]) -> None:
@@ -1071,6 +1086,21 @@ class ZooKeeperSource:
                 raise
             deadline.answered()
             return result
+
+
+def _sweep_last(work: list[ZnodeWatch]) -> list[list[ZnodeWatch]]:
+    """``work`` as the passes to run: the znodes whose list moved first, then a sweep, if there is one.
+
+    A sweep is more than MULTI_READ_MAX version checks on znodes whose list
+    did not move; anything less goes in one pass (splitting would cost a
+    burst of events a round trip).
+    """
+    listed = [watch for watch in work if watch.needs_list]
+    if not listed or len(listed) == len(work):
+        return [work] if work else []
+    rest = [watch for watch in work if not watch.needs_list]
+    checks = sum(1 for watch in rest for need in watch.needs.values() if need is Need.VERIFY)
+    return [listed, rest] if checks > MULTI_READ_MAX else [work]
 
 
 def _last_size(watch: ZnodeWatch, child: str) -> int:
