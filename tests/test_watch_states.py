@@ -521,3 +521,45 @@ def test_a_daemon_tries_to_reconnect_at_least_every_1_4_s_however_long_the_outag
     # kazoo compounds the jitter (each step doubles the last sleep): at worst 0.14 + 0.39 + 1.1 + 1.4.
     assert sum(slept[:4]) <= 3.1, "the first tries come quickly"
     assert sum(slept) >= 200 * 0.6 * 0.6, "and the server is not hammered: about one try a second"
+
+
+# ---- the order of a pass: what the server named, then a sweep in steps ---------------------------
+
+
+def test_a_large_sweep_comes_after_what_the_server_named_and_in_steps() -> None:
+    from reloader.sources.watches import Need, ZnodeState, ZnodeWatch
+    from reloader.sources.zookeeper import MULTI_READ_MAX, SWEEP_STEP, sweep_plan
+
+    def synced(path: str, children: int, need: Need | None = Need.VERIFY) -> ZnodeWatch:
+        watch = ZnodeWatch(path, state=ZnodeState.SYNCED)
+        watch.names = tuple(f"10.0.0.{i}:80" for i in range(children))
+        watch.needs = {name: need for name in watch.names} if need else {}
+        return watch
+
+    sweep = [synced(f"/s{i}", 20) for i in range(1000)]  # 20,000 version checks
+    listed = ZnodeWatch("/listed", state=ZnodeState.CHANGED)
+    told = synced("/told", 20)
+    told.needs["10.0.0.3:80"] = Need.READ  # a child an event named, besides its checks
+    work = sweep[:500] + [listed, told] + sweep[500:]
+
+    named, step, more = sweep_plan(work)
+    assert named == [listed, told] and more
+    assert step == sweep[:SWEEP_STEP // 20]
+    # What a step took is current again; the next pass takes the next step, then the last.
+    for watch in step:
+        watch.needs.clear()
+    rest = [watch for watch in sweep if watch.needs]
+    steps = 1
+    while True:
+        named, step, more = sweep_plan(rest)
+        assert named == [] and sum(len(w.needs) for w in step) <= SWEEP_STEP
+        steps += 1
+        for watch in step:
+            watch.needs.clear()
+        rest = [watch for watch in rest if watch.needs]
+        if not more:
+            break
+    assert rest == [] and steps == 20_000 // SWEEP_STEP
+    # A small sweep goes with the rest in one pass.
+    small = [synced(f"/m{i}", 20) for i in range(MULTI_READ_MAX // 20)]
+    assert sweep_plan([*small, listed]) == ([*small, listed], [], False)

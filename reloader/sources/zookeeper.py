@@ -79,8 +79,8 @@ took the usual path (a changed list or child is marked), so when the session
 survived with its watches nothing else is read: the resync only recovers the
 znodes a pass left half-read, then the cluster thaws, and what the events
 marked is read by the next pass (a sweep of every child's version, when
-persistent watches could not say what changed, comes after the znodes whose
-list the server said moved: see :meth:`ZooKeeperSource.read_changed`). A new session (after an expiry), a server
+persistent watches could not say what changed, comes after what the server
+named, in steps: see :meth:`ZooKeeperSource.read_changed`). A new session (after an expiry), a server
 that refused the re-registration, or a resumption before the last full read
 finished: every znode is invalidated and the resync recovers them in steps
 of RESYNC_STEP znodes (a stop request or a newer transition is noticed
@@ -152,6 +152,11 @@ CONNECTION_RETRY = {"max_tries": -1, "delay": 0.1, "max_delay": 1.0}
 # too large one, is checked on its own (an exists), so that one answer never
 # carries many large children.
 MULTI_READ_MAX = 500
+# How many version checks one step of a sweep sends at most (10 multi-reads).
+# Between two steps the cluster thread takes its inbox and reads what events
+# named first: a sweep of 20,000 children never holds a change back for more
+# than a step.
+SWEEP_STEP = 5000
 MULTI_READ_BYTES = 256 * 1024
 MULTI_READ_LARGE = 4096
 class ReadInterrupted(Exception):
@@ -675,10 +680,12 @@ class ZooKeeperSource:
         its resync reads everything anyway.
 
         A sweep (every child of every persistent znode to check, after a
-        resumption during which the cluster changed) goes on a pass of its
-        own, after the znodes whose list moved: those are what the server
-        said changed (their children watch fired), and they are read and
-        handed on first, in one round trip, however long the sweep takes.
+        resumption during which the cluster changed) comes after what the
+        server named (a list that moved, a child an event told of): those
+        are read and handed on first, in one round trip, and the sweep
+        follows in steps (see :func:`sweep_plan`), the inbox taken between
+        two steps, so an event that comes during a long sweep waits for one
+        step at most.
         """
         if not self.freeze.is_open:
             return
@@ -688,8 +695,10 @@ class ZooKeeperSource:
         synced = ZnodeState.SYNCED
         work = [watch for watch in self._watches
                 if (watch.state is not synced or watch.needs) and watch.needs_pass]
-        passes = _sweep_last(work)
-        for number, batch in enumerate(passes, 1):
+        named, step, more = sweep_plan(work)
+        for batch in (named, step):
+            if not batch:
+                continue
             try:
                 self._sync(batch, self.freeze.epoch)
             except SESSION_ERRORS as error:
@@ -697,10 +706,13 @@ class ZooKeeperSource:
                 log.warning("cluster %s: read failed (%s); waiting for the session", self.label,
                             describe_error(error), extra={"cluster": self.label})
                 return
-            if number < len(passes):
+            if batch is named and step:
                 self._deliver()
                 self._sink.flush()
         self._deliver()
+        if more:
+            # The rest of the sweep after the inbox: events that came meanwhile are read first.
+            self._inbox.put(lambda: None)
 
     def _given_up(self, watches: list[ZnodeWatch]) -> None:
         """A pass was given up: whatever it had not finished is unverified again."""
@@ -1088,19 +1100,39 @@ class ZooKeeperSource:
             return result
 
 
-def _sweep_last(work: list[ZnodeWatch]) -> list[list[ZnodeWatch]]:
-    """``work`` as the passes to run: the znodes whose list moved first, then a sweep, if there is one.
+def sweep_plan(work: list[ZnodeWatch]) -> tuple[list[ZnodeWatch], list[ZnodeWatch], bool]:
+    """Split one pass's ``work`` into what to read first and a step of a sweep: ``(named, step, more)``.
 
-    A sweep is more than MULTI_READ_MAX version checks on znodes whose list
-    did not move; anything less goes in one pass (splitting would cost a
-    burst of events a round trip).
+    A *sweep* is the version checks of every child of znodes that are
+    otherwise current (after a resumption during which the cluster
+    changed: no persistent watch says which child's data moved). Everything
+    else, a list to read or a child an event named, is *named*: what the
+    server said changed. When the sweep is large (more than MULTI_READ_MAX
+    checks), the named znodes are read first, on a pass of their own, and
+    the sweep follows in steps of about SWEEP_STEP checks (whole znodes);
+    ``more`` says a step is left for a later pass. A small one goes with
+    the named ones in one pass (a second round trip would cost a burst of
+    events more than it saves).
     """
-    listed = [watch for watch in work if watch.needs_list]
-    if not listed or len(listed) == len(work):
-        return [work] if work else []
-    rest = [watch for watch in work if not watch.needs_list]
-    checks = sum(1 for watch in rest for need in watch.needs.values() if need is Need.VERIFY)
-    return [listed, rest] if checks > MULTI_READ_MAX else [work]
+    named: list[ZnodeWatch] = []
+    sweep: list[ZnodeWatch] = []
+    checks = 0
+    for watch in work:
+        if watch.state is ZnodeState.SYNCED and all(need is Need.VERIFY for need in watch.needs.values()):
+            sweep.append(watch)
+            checks += len(watch.needs)
+        else:
+            named.append(watch)
+    if checks <= MULTI_READ_MAX:
+        return work, [], False
+    step: list[ZnodeWatch] = []
+    taken = 0
+    for watch in sweep:
+        if step and taken + len(watch.needs) > SWEEP_STEP:
+            return named, step, True
+        step.append(watch)
+        taken += len(watch.needs)
+    return named, step, False
 
 
 def _last_size(watch: ZnodeWatch, child: str) -> int:
