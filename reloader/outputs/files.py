@@ -7,9 +7,12 @@ other's files; :func:`file_name` and :func:`parse_file_name` are the one
 place that names them.
 
 nginx ``include``s these files, so they are what survives a reload or a
-restart. A file is replaced, never edited in place: write a temporary file in
-the same directory, fsync it, rename it over the target, fsync the directory.
-A reader (nginx, or a crash) sees the old file or the new one, never half.
+restart. A file is replaced, never edited in place: write the new text into
+a spare file in the same directory, fsync it, swap it with the target in one
+step (``renameat2`` ``RENAME_EXCHANGE``; the old version becomes the spare),
+fsync the directory. A reader (nginx, or a crash) sees the old file or the
+new one, never half. Where the file system cannot swap, a new temporary file
+is renamed over the target instead.
 The files output fsyncs the directory once per batch, after the batch's last
 rename and before it announces anything: one directory fsync makes every
 rename before it durable, and it costs as much as a file's own fsync.
@@ -19,8 +22,11 @@ Guarantees:
 * a rename that succeeded is a write that succeeded, even if the directory
   fsync after it fails (that is logged): the file holds the new state;
 * a new file keeps the mode of the file it replaces;
-* temporary files never match ``*.upstream`` or ``*.stream``, and leftovers of an earlier
-  crash are removed at start-up;
+* temporary files and spares never match ``*.upstream`` or ``*.stream``;
+  leftovers of an earlier crash, and spares whose file is gone, are removed
+  at start-up; a spare is written only if it is a regular file of the
+  running user with one link (anything else there is replaced, never
+  written through);
 * every file written (or found already holding the state) is announced to the
   followers as a :class:`~reloader.outputs.base.FileWritten` event, all the
   events of a batch together once the whole batch is on disk; a file that
@@ -34,6 +40,7 @@ import itertools
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -42,7 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reloader.model import Upstream
+from reloader.ownedfile import open_owned
 from reloader.outputs.base import FileWritten, Output
+from reloader.outputs.exchange import Unsupported, exchange
 from reloader.outputs.guard_record import GuardRecord
 from reloader.render import render_file
 from reloader.threads import DaemonPool
@@ -67,6 +76,53 @@ STAGE_AT_ONCE = 128
 RETRY_MIN = 1.0
 RETRY_MAX = 10.0
 _LEFTOVER = re.compile(r"\..+\.(?:upstream|stream)\..+\.tmp")
+_SPARE = re.compile(r"\.(.+\.(?:upstream|stream))\.spare")
+
+
+def spare_path(path: str) -> str:
+    """The spare beside the file at ``path``: ``.<name>.upstream.spare``, holding a previous version.
+
+    Each write fills the spare and exchanges it with the file (see
+    :mod:`reloader.outputs.exchange`), so no write allocates or frees an
+    inode. Hidden, and no ``*.upstream`` or ``*.stream`` glob matches it.
+    """
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.spare")
+
+
+def _open_spare(path: str) -> tuple[int, int, int] | None:
+    """The spare at ``path`` opened for writing (at its start), its size and mode; None: use a new temporary file.
+
+    None when it is missing, or is not a regular file of the running user
+    with a single link (a link or a file planted there is never written
+    through; the exchange that follows replaces its name only).
+    """
+    try:
+        handle = open_owned(path, os.O_WRONLY)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(handle)
+        if info.st_nlink == 1:
+            return handle, info.st_size, info.st_mode & 0o7777
+    except OSError:
+        pass
+    os.close(handle)
+    return None
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def file_name(upstream: str, stream: bool = False) -> str:
@@ -218,6 +274,9 @@ class FileStore:
         # so no random name has to be made and tried (O_EXCL still guards).
         self._temporary_prefix = f".%s{SUFFIX}.{os.getpid()}-"
         self._serial = itertools.count()
+        # Whether files are swapped with their spare (see _put); off for good
+        # once the file system says it cannot.
+        self._exchange = True
 
     def set_stream(self, names: Iterable[str]) -> None:
         """The TCP upstreams from now on (a config reload; an upstream's kind itself never changes while running)."""
@@ -234,10 +293,15 @@ class FileStore:
         return os.path.join(str(self.directory), file_name(name, name in self._stream))
 
     def prepare(self) -> None:
-        """Create the directory if needed and remove leftover temporary files; OSError names it otherwise."""
+        """Create the directory if needed, remove leftover temporary files and spares of files gone.
+
+        OSError names the directory when it cannot be created or listed.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         for entry in os.scandir(self.directory):
-            if _LEFTOVER.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            spare_of = _SPARE.fullmatch(entry.name)
+            orphan = spare_of is not None and not (self.directory / spare_of.group(1)).exists()
+            if (orphan or _LEFTOVER.fullmatch(entry.name)) and entry.is_file(follow_symlinks=False):
                 try:
                     os.unlink(entry.path)
                     log.info("files: removed %s, left over from an earlier run", entry.path)
@@ -305,8 +369,8 @@ class FileStore:
 
     def _write_chunk(self, items: list[tuple[str, str]], pool: DaemonPool | None,
                      results: dict[str, str | None | OSError]) -> None:
-        """Stage, fsync and rename one chunk of a batch (its temporary files are open meanwhile)."""
-        staged: list[tuple[str, str, str, int]] = []  # name, path, temporary, open handle
+        """Stage, fsync and put in place one chunk of a batch (its staged files are open meanwhile)."""
+        staged: list[tuple[str, str, str, int, bool]] = []  # name, path, staged file, open handle, is the spare
         try:
             for name, text in items:
                 path = self.path_text(name)
@@ -315,37 +379,58 @@ class FileStore:
                 if previous == text:
                     continue
                 try:
-                    temporary, handle = self._stage(name, text, mode)
+                    staged_path, handle, spare = self._stage(name, path, text, mode)
                 except OSError as error:
                     results[name] = error
                     continue
-                staged.append((name, path, temporary, handle))
-            synced = _fsync_side_by_side([handle for _, _, _, handle in staged], pool)
+                staged.append((name, path, staged_path, handle, spare))
+            synced = _fsync_side_by_side([handle for _, _, _, handle, _ in staged], pool)
         finally:
-            for _, _, _, handle in staged:
+            for _, _, _, handle, _ in staged:
                 os.close(handle)
-        for (name, path, temporary, _), sync_error in zip(staged, synced):
+        for (name, path, staged_path, _, spare), sync_error in zip(staged, synced):
             try:
                 if sync_error is not None:
                     raise sync_error
-                os.replace(temporary, path)
+                self._put(path, staged_path, spare)
             except OSError as failure:
                 results[name] = failure
-                try:
-                    os.unlink(temporary)
-                except FileNotFoundError:
-                    pass
+                if not spare:
+                    try:
+                        os.unlink(staged_path)
+                    except FileNotFoundError:
+                        pass
 
-    def _stage(self, name: str, text: str, mode: int) -> tuple[str, int]:
-        """A new temporary file beside ``name``'s holding ``text`` with ``mode`` (not fsynced): path, open handle.
+    def _stage(self, name: str, path: str, text: str, mode: int) -> tuple[str, int, bool]:
+        """A file beside ``path`` holding ``text`` with ``mode`` (not fsynced): its path, open handle, is the spare.
 
-        The temporary name ends in ".tmp", so neither ``include DIR/*.upstream;``
-        nor ``include DIR/*.stream;`` can ever pick up a half-written file.
+        The spare (see :func:`spare_path`) when it can be reused, else a new
+        temporary file. Neither name ends in ".upstream" or ".stream", so no
+        ``include DIR/*.upstream;`` can ever pick up a half-written file.
         """
+        data = text.encode("utf-8")
+        if self._exchange:
+            spare = spare_path(path)
+            opened = _open_spare(spare)
+            if opened is not None:
+                handle, size, spare_mode = opened
+                try:
+                    # Over the old text, cut only where the new one is shorter:
+                    # emptying the file first frees its block, and allocating
+                    # it again costs the file system a journal entry.
+                    _write_fully(handle, data)
+                    if size > len(data):
+                        os.ftruncate(handle, len(data))
+                    if spare_mode != mode:
+                        os.fchmod(handle, mode)
+                except BaseException:
+                    os.close(handle)
+                    raise
+                return spare, handle, True
         temporary = os.path.join(str(self.directory), f"{self._temporary_prefix % name}{next(self._serial)}.tmp")
         handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            _write_fully(handle, text.encode("utf-8"))
+            _write_fully(handle, data)
             os.fchmod(handle, mode)
         except BaseException:
             os.close(handle)
@@ -354,7 +439,35 @@ class FileStore:
             except FileNotFoundError:
                 pass
             raise
-        return temporary, handle
+        return temporary, handle, False
+
+    def _put(self, path: str, staged: str, spare: bool) -> None:
+        """Put the fsynced ``staged`` file at ``path``: exchanged with the old file, which becomes the spare.
+
+        Without an old regular file (nothing there, or a link, a directory:
+        what a rename does with those is kept), or where the file system
+        cannot exchange, a plain rename (the old file, if any, is freed; see
+        :mod:`reloader.outputs.exchange`). Raises OSError only when ``path``
+        still holds the old file.
+        """
+        if self._exchange and _is_regular(path):
+            try:
+                exchange(staged, path)
+            except Unsupported as error:
+                self._exchange = False
+                log.info("files: %s cannot swap files in place (%s); replacing them by rename",
+                         self.directory, error.strerror or error)
+            except FileNotFoundError:
+                pass  # gone meanwhile: the rename below makes it, and its next write the spare
+            else:
+                if not spare:
+                    # The temporary file now holds the old version: it is the spare from now on.
+                    try:
+                        os.rename(staged, spare_path(path))
+                    except OSError:
+                        _unlink_quietly(staged)
+                return
+        os.replace(staged, path)
 
     def sync(self) -> None:
         """fsync the directory: every rename done before it is durable (a failure is logged)."""
@@ -380,8 +493,9 @@ class FileStore:
         return self.remove_file(self.path_for(name))
 
     def remove_file(self, path: Path) -> bool:
-        """Delete one file of :meth:`files` (of whichever kind); True if there was one."""
+        """Delete one file of :meth:`files` (of whichever kind), and its spare; True if there was one."""
         with self._lock:
+            _unlink_quietly(spare_path(str(path)))
             try:
                 path.unlink()
                 return True
