@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 
 # <fcntl.h> and <linux/fs.h>
 AT_FDCWD = -100
@@ -39,7 +40,7 @@ class Unsupported(OSError):
     """This system (C library, kernel or file system) cannot exchange two paths."""
 
 
-def _load() -> object | None:
+def _load() -> Callable[..., int] | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         function = libc.renameat2
@@ -47,7 +48,7 @@ def _load() -> object | None:
         return None
     function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
     function.restype = ctypes.c_int
-    return function
+    return function  # type: ignore[no-any-return]
 
 
 _RENAMEAT2 = _load()
@@ -57,7 +58,7 @@ def exchange(first: str, second: str) -> None:
     """Swap the files at ``first`` and ``second`` atomically; see the module docstring."""
     if _RENAMEAT2 is None:
         raise Unsupported(errno.ENOSYS, "renameat2 is not available", first, None, second)
-    if _RENAMEAT2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:  # type: ignore[operator]
+    if _RENAMEAT2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
         return
     code = ctypes.get_errno()
     kind = Unsupported if code in _UNSUPPORTED else OSError

@@ -210,7 +210,7 @@ class MultiRead(NamedTuple):
     def serialize(self) -> bytes:
         # One join over constant headers: a sweep serializes 20,000 of these,
         # and kazoo's MultiHeader/write_string cost a few objects per path.
-        # tests/test_kazoo_protocol.py checks the bytes against kazoo's own.
+        # tests/test_kazoo_protocol.py checks the bytes against the jute records.
         parts = []
         for path in self.paths:
             encoded = path.encode("utf-8")
