@@ -15,7 +15,7 @@ Guarantees of :func:`exchange`:
   neither and never half of one;
 * :class:`Unsupported` (an :class:`OSError`) when the C library, the kernel
   or the file system cannot exchange (no ``renameat2``, ``ENOSYS``,
-  ``EINVAL``, ``EOPNOTSUPP``): nothing was changed, and the caller falls
+  ``EINVAL``, ``EOPNOTSUPP``, ``EXDEV``): nothing was changed, and the caller falls
   back to a plain rename. Any other failure is the ``OSError`` of the call,
   naming both paths, and nothing was changed either;
 * the C call releases the GIL (ctypes does for every foreign call).
@@ -32,8 +32,9 @@ from collections.abc import Callable
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
 
-# Errors that mean "cannot exchange here", not "this exchange failed".
-_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
+# Errors that mean "cannot exchange here", not "this exchange failed" (EXDEV:
+# a union file system such as overlayfs may refuse what a rename can do).
+_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
 
 
 class Unsupported(OSError):
