@@ -335,7 +335,7 @@ def blip_leader_kill(args: argparse.Namespace, ensemble: LocalEnsemble, serve: A
         "old_leader": old, "new_leader": new,
         "write_accepted_after_kill_s": round(t_ack - t_kill, 2),
         "daemons_at_truth": len(reached),
-        # From the moment the change was acknowledged (the ensemble takes writes again): the measure,
+        # From the moment the change was acknowledged (the ensemble takes writes again): the target's measure,
         # as for a restart (from the server serving again); and from the kill, the election included.
         "time_to_truth_s": truth(got, t_ack),
         "time_to_truth_from_kill_s": truth(got, t_kill),

@@ -297,6 +297,7 @@ class ClusterWorker:
         """What status and metrics show of this cluster (plain values; any thread)."""
         freeze = self.freeze
         frozen_since = freeze.frozen_since
+        roots, refused = self.source.watch_roots()
         return {
             "label": self.label,
             "hosts": self.cluster.zk_servers,
@@ -307,6 +308,9 @@ class ClusterWorker:
             "thaws": freeze.thaws,
             "upstreams": list(self.pipeline.upstream_names),
             "registry_age_seconds": round(now - (self.confirmed_at or self._started_at), 3),
+            # Refused: the daemon cannot read the root (an ACL); its znodes are watched one by one.
+            "watch_roots": roots,
+            "watch_roots_refused": refused,
         }
 
     def close_session(self) -> None:

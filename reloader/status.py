@@ -206,6 +206,9 @@ class SnapshotCollector(Collector):
         read = families.gauge("cluster_read_in_full", "1 once the cluster has been read in full at least once.", labels)
         thaws = families.counter("cluster_thaws", "Thaws after a full re-read.", labels)
         count = families.gauge("cluster_upstreams", "Upstreams watched in the cluster.", labels)
+        roots_refused = families.gauge(
+            "cluster_watch_roots_refused",
+            "Configured watch_roots the daemon cannot read (their znodes are watched one by one instead).", labels)
         last_change = families.gauge(
             "cluster_last_change_age_seconds", "Seconds since the newest registry change seen in the cluster.", labels)
         registry_age = families.gauge(
@@ -230,6 +233,7 @@ class SnapshotCollector(Collector):
                 registry_age.add_metric(label, age)
             names = list(cluster.get("upstreams") or [])
             count.add_metric(label, float(len(names)))
+            roots_refused.add_metric(label, float(len(cluster.get("watch_roots_refused") or [])))
             ages = [
                 age for age in (_number(upstreams.get(name, {}).get("last_change_seconds_ago")) for name in names)
                 if age is not None
@@ -633,6 +637,13 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
         ])
     lines += _table(["CLUSTER", "STATE", "FROZEN", "READ IN FULL", "THAWS", "UPSTREAMS", "CONFIRMED", "HOSTS"],
                     clusters)
+    for cluster in snapshot.get("clusters") or []:
+        roots = [str(root) for root in cluster.get("watch_roots") or []]
+        if roots:
+            refused = {str(root) for root in cluster.get("watch_roots_refused") or []}
+            lines.append(printable(f"watch roots of {cluster.get('label')}: " + ", ".join(
+                f"{root} (refused: its znodes are watched one by one)" if root in refused else root
+                for root in roots)))
     lines.append("")
     upstreams = []
     for name, upstream in sorted((snapshot.get("upstreams") or {}).items()):

@@ -459,6 +459,18 @@ def test_a_root_whose_watch_the_server_refuses_falls_back_in_the_same_pass(
     assert not [r for r in caplog.records if "cannot watch its children" in r.getMessage()]
     writer.set(f"{nodes['b']}/10.1.0.0:80", b"3")
     harness.wait_for({"b": {"10.1.0.0:80": 3}})
+    # Status says so: the cluster's roots, the refused one marked, and a gauge to alert on.
+    from reloader.status import PREFIX, SnapshotCollector, render_status
+
+    cluster = harness.worker.status(time.monotonic())
+    assert (cluster["watch_roots"], cluster["watch_roots_refused"]) == ([root], [root])
+    text = render_status({"clusters": [cluster], "upstreams": {}})
+    assert f"watch roots of {cluster['label']}: {root} (refused: its znodes are watched one by one)" in text
+    source = type("Source", (), {"ready": True, "healthy": True,
+                                 "status_snapshot": lambda self: {"clusters": [cluster]}})()
+    families = {family.name: family for family in SnapshotCollector(source).collect()}
+    (sample,) = families[f"{PREFIX}_cluster_watch_roots_refused"].samples
+    assert sample.value == 1.0
 
 
 @pytest.mark.parametrize("how", ["classic", "no-addwatch"])

@@ -37,13 +37,14 @@ class WatchPlan:
     """The configured roots of one cluster, and those refused in this session."""
 
     def __init__(self, roots: Iterable[str] = ()) -> None:
+        # Both replaced whole, never changed in place: status reads them from other threads.
         self.roots: frozenset[str] = frozenset(roots)
-        self.refused: set[str] = set()
+        self.refused: frozenset[str] = frozenset()
 
     def reconfigure(self, roots: Iterable[str]) -> None:
         """Roots from a reloaded config; a refusal lasts while its root stays configured (and the session lasts)."""
         self.roots = frozenset(roots)
-        self.refused &= self.roots
+        self.refused = self.refused & self.roots
 
     def root_of(self, path: str) -> str | None:
         """The configured root that is ``path`` or one of its ancestors (refused or not), or None."""
@@ -64,11 +65,11 @@ class WatchPlan:
 
     def refuse(self, root: str) -> None:
         """The daemon may not use ``root`` (it cannot read it): its znodes keep watches of their own."""
-        self.refused.add(root)
+        self.refused = self.refused | {root}
 
     def forget_refusals(self) -> None:
         """A new session: every root is tried again."""
-        self.refused.clear()
+        self.refused = frozenset()
 
     def needed(self, paths: Iterable[str]) -> set[str]:
         """The persistent watches the znodes at ``paths`` need."""

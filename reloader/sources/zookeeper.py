@@ -274,6 +274,11 @@ class ZooKeeperSource:
     def label(self) -> str:
         return self.cluster.label
 
+    def watch_roots(self) -> tuple[list[str], list[str]]:
+        """(the configured watch roots, those refused in this session): plain values, for status (any thread)."""
+        plan = self._plan
+        return sorted(plan.roots), sorted(plan.refused)
+
     @property
     def _watching(self) -> bool:
         """Whether the client keeps watches across blips (SetWatches) and reports each reconnection."""
