@@ -7,6 +7,8 @@
 #                                  and stream modules, Java, Prometheus (promtool) and
 #                                  systemd-analyze with apt-get when missing
 #                                  (root only; otherwise prints the command)
+#   ./install_venv.sh --bench      also what bench/ needs: wrk (the Lua benches'
+#                                  load) and the JDK's jcmd (ZooKeeper's heap)
 #
 # Safe to run again: an existing .venv is reused and brought up to date.
 set -euo pipefail
@@ -14,11 +16,13 @@ cd "$(dirname "$0")"
 
 dev=0
 services=0
+bench=0
 for arg in "$@"; do
     case "$arg" in
         --dev) dev=1 ;;
         --services) services=1 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --bench) bench=1 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "install_venv.sh: unknown option $arg" >&2; exit 2 ;;
     esac
 done
@@ -80,6 +84,14 @@ if [ "$services" -eq 1 ]; then
     # ships both); the unit file tests run systemd-analyze verify.
     command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+fi
+if [ "$bench" -eq 1 ]; then
+    missing=()
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v jcmd >/dev/null 2>&1 || missing+=(default-jdk-headless)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     fi

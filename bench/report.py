@@ -653,7 +653,7 @@ def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | No
         "",
         "From `bench/blip.py` (one daemon; *before* is the daemon at "
         f"`{blip.get('previous_rev', '?')}`, before watch re-registration; the floor is `bench/floor.py` with raw",
-        "kazoo watches), `bench/fleet.py` (20 daemons; *before* from `fleet-before.json`, "
+        "kazoo watches), `bench/fleet.py` (many daemons; *before* from `fleet-before.json`, "
         f"`{(fleet_before or {}).get('daemon_revision', '?')}`) and `bench/idle_dyups.py`. "
         "*Now* has two columns: a watch per znode",
         "(`watch_mode` auto, the default) and `watch_roots` set to the znodes' parent. Ratios against the floor",
@@ -701,11 +701,13 @@ def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | No
     watch = [subject(big, s).get("watches", {}).get("mntr_per_upstream") for s in ("previous", "floor", "persistent", "shared-root")]
     row(f"server watches per upstream (`mntr`), {int(big):,} x 20: at most 1.1", *(fig(v) for v in watch),
         "yes, with `watch_roots`" if watch[3] is not None and watch[3] <= 1.1 else "**no**")
+    size = next((f"{x['daemons']} daemons x {x['upstreams']:,} x {x['children_per_upstream']}"
+                 for x in (fleet or roots or {}).get("layouts", [])), "the fleet")
     for server, label in (("standalone", "standalone"), ("observer", "observer")):
         growth = [_heap_growth(run, server) for run in (fleet_before, fleet, roots)]
         limit = None if growth[0] is None else round(growth[0] / 10, 1)
         met = limit is not None and any(g is not None and g <= limit for g in growth[1:])
-        row(f"fleet heap growth (MB), 20 daemons, {label}: a tenth of before"
+        row(f"fleet heap growth (MB), {size}, {label}: a tenth of before"
             + (f" ({fig(limit)})" if limit is not None else ""),
             fig(growth[0]), "-", fig(growth[1]), fig(growth[2]),
             ("yes" + (", with `watch_roots`" if growth[1] is not None and growth[1] > limit else "")) if met else "**no**")
@@ -714,7 +716,7 @@ def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | No
                                     ("observer", "leader_kill", "a leader kill (from the write)")):
         truth = [_worst_truth(run, server, blipname) for run in (fleet_before, fleet, roots)]
         met = [t is not None and t < 2.0 for t in truth[1:]]
-        row(f"fleet time to truth, slowest of 20 daemons, after {label}: under 2 s",
+        row(f"fleet time to truth, slowest daemon of {size}, after {label}: under 2 s",
             fig(truth[0], "s"), "-", fig(truth[1], "s"), fig(truth[2], "s"),
             "yes" if all(met) else ("yes, with `watch_roots`" if met[1] else "**no**"))
     for n in sizes:
@@ -735,11 +737,12 @@ def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | No
         for setting, label in (("reconcile", "reconcile passes only"), ("default", "default 60 s re-assert")):
             if setting in settings:
                 now = settings[setting]
-                row(f"idle CPU with dyups, 1,000 x 20, {label}: at most 0.5 % of a core (test server)",
+                row(f"idle CPU with dyups, {idle['upstreams']:,} x {idle['children_per_upstream']}, {label}: "
+                    "at most 0.5 % of a core (test server)",
                     fig(before.get(setting), "%"), "-", fig(now, "%"), "-",
                     ("yes" if now <= 0.5 else "**no**") + "; a real dyups build could not be measured here")
     lines += ["", "The floor does no watch re-registration: its quiet blip is a full re-read. The heap and time-to-truth",
-              "rows come from the fleet runs, where all 20 daemons share this machine's 2 cores with the servers.", ""]
+              "rows come from the fleet runs, where all the daemons share this machine's 2 cores with the servers.", ""]
     return lines
 
 

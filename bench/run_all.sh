@@ -10,8 +10,9 @@
 # targets/fleet block records the load average it started under).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# ZooKeeper, nginx, wrk, jcmd and the venv (root installs what is missing with apt-get).
+./install_venv.sh --dev --services --bench
 PY=.venv/bin/python
-[ -x "$PY" ] || PY=python3
 QUICK=()
 if [ "${1:-}" = "--quick" ]; then QUICK=(--quick); shift; fi
 run() {

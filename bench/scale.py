@@ -197,10 +197,12 @@ def run_b(zk: LocalZooKeeper, zk2: LocalZooKeeper, workdir: Path, files: Path, u
     sampler = ProcSampler(daemon.pid).start()
     out: dict = {}
     label = re.escape(zk.hosts) + r"(?: #\d+)?"  # two clusters: the label carries the position
-    thawed = rf"cluster {label}: resynced {upstreams} znodes; thawed"
+    # A resumed session resyncs only what a pass left half-read (often 0 znodes); a new one all of them.
+    thawed = rf"cluster {label}: resynced \d+ znodes; thawed"
     suspended = rf"cluster {label}: session SUSPENDED"
     session_line = rf"cluster {label}: session (SUSPENDED|LOST|CONNECTED)"
-    reconnected = rf"cluster {label}: session CONNECTED; re-reading"
+    # "re-reading N znodes" (a new session) or "waiting for the server to confirm the watches" (resumed).
+    reconnected = rf"cluster {label}: session CONNECTED; "
 
     def last_before(pattern: str, after: float, before: float) -> float:
         """Wall time of the last line matching ``pattern`` between ``after`` and ``before``."""
