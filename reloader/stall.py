@@ -38,6 +38,16 @@ log = logging.getLogger(__name__)
 Listener = Callable[[float], None]
 
 
+def heartbeat_interval(threshold: float) -> float:
+    """The beat for a ``threshold``: a tenth of it, between 0.1 and 0.5 s.
+
+    Often enough that a beat is never late by a noticeable part of the
+    threshold, and no more often: every beat wakes a thread, which an idle
+    daemon pays for (ten beats a second were a quarter of its idle CPU).
+    """
+    return min(max(threshold / 10, 0.1), 0.5)
+
+
 class StallWatch:
     """Reports each stretch of more than ``threshold`` seconds in which the process did not run."""
 

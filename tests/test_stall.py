@@ -86,3 +86,10 @@ def test_no_check_returns_while_another_thread_is_reporting_the_stall() -> None:
     other.join(5)
     noticer.join(5)
     assert seen == [True]
+
+
+def test_the_heartbeat_is_a_tenth_of_the_threshold_between_a_tenth_and_half_a_second() -> None:
+    from reloader.stall import heartbeat_interval
+
+    # The default session timeout (10 s) gives a 5 s threshold: two beats a second, not ten.
+    assert [heartbeat_interval(t) for t in (0.5, 1.0, 2.0, 5.0, 60.0)] == [0.1, 0.1, 0.2, 0.5, 0.5]
