@@ -149,11 +149,20 @@ def file_servers(text: str | None) -> frozenset[str] | None:
 
 
 def _lasting(history: list[tuple[float, int]], now: float, at_least: float) -> list[tuple[float, int]]:
-    """The change points of ``history`` whose state lasted ``at_least`` seconds (the current one: until ``now``)."""
+    """The change points of ``history`` without its short rises.
+
+    A state that lasted less than ``at_least`` seconds (the current one:
+    until ``now``) and was higher than the one before it is dropped: a
+    daemon may never have read it, so it is not the registry coming back. A
+    short state lower than the one before is kept: the registry was that
+    low from then on, whatever it went to next (a shrink in quick steps is
+    one drop, from its first step).
+    """
     kept = []
     for index, (when, value) in enumerate(history):
         until = history[index + 1][0] if index + 1 < len(history) else now
-        if until - when >= at_least:
+        fell = index > 0 and value < history[index - 1][1]
+        if until - when >= at_least or fell:
             kept.append((when, value))
     return kept
 

@@ -71,3 +71,8 @@ def test_the_checker_does_not_count_a_registry_bounce_no_daemon_could_read() -> 
     assert lasting == [(0.0, 6), (10.0, 1), (11.05, 1)]
     assert soak._most_over(lasting, 10.5, 19.0, 0) == 1
     assert soak._lasting(history, 20.5, soak.BOUNCE)[-1] == (20.0, 6)
+    # A shrink in quick steps (sessions expiring one after the other) is below each step from its
+    # start: the registry never came back, so a hold from the first step below the floor was right.
+    steps = [(0.0, 10), (5.0, 5), (5.5, 4), (5.65, 3), (5.93, 2), (6.15, 1)]
+    assert soak._lasting(steps, 9.0, soak.BOUNCE) == steps
+    assert soak._most_over(steps, 5.5, 9.0, 0) == 4
