@@ -97,7 +97,10 @@ def fsync(fd):
     if flag.exists():
         reached = flag.with_name(flag.name + ".reached")
         if not reached.exists():
-            reached.write_text(threading.current_thread().name)
+            # Written whole under another name, then renamed: the test never reads it half-written.
+            staged = flag.with_name(flag.name + "." + threading.current_thread().name)
+            staged.write_text(threading.current_thread().name)
+            os.replace(staged, reached)
         threading.Event().wait()  # never returns
     return real_fsync(fd)
 os.fsync = fsync
