@@ -979,24 +979,17 @@ class ZooKeeperSource:
         client = self._client
         assert not requests.bulk or isinstance(client, WatchingKazooClient)
         chunks: list[list[tuple[ZnodeWatch, str]]] = [[]]
-        paths: list[list[str]] = [[]]
         size = 0
-        prefixes: dict[int, str] = {}
         for watch, child, last in requests.bulk:
             expected = last + 100
             if chunks[-1] and (len(chunks[-1]) >= MULTI_READ_MAX or size + expected > MULTI_READ_BYTES):
                 chunks.append([])
-                paths.append([])
                 size = 0
             chunks[-1].append((watch, child))
-            prefix = prefixes.get(id(watch))
-            if prefix is None:
-                prefix = prefixes[id(watch)] = watch.child_path("")
-            paths[-1].append(prefix + child)
             size += expected
-        for chunk, chunk_paths in zip(chunks, paths):
+        for chunk in chunks:
             if chunk:
-                requests.bulk_sent.append((chunk, client.get_many_async(chunk_paths)))
+                requests.bulk_sent.append((chunk, client.get_many_async([w.child_path(c) for w, c in chunk])))
         requests.bulk = []
 
     def _collect(self, requests: _DataRequests, deadline: _Patience, epoch: int) -> None:
