@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Collection, Iterable, Mapping
 
-from reloader.model import Server, Upstream
+from reloader.model import SERVER_ORDER, Server, Upstream
 from reloader.traffic import SlowStart
 
 
@@ -140,7 +140,7 @@ def finalize_upstream(
         kept_added = tuple(sorted((endpoint, at) for endpoint, at in added.items() if endpoint in live_endpoints))
     return Upstream(
         name=name,
-        servers=tuple(sorted(servers)),
+        servers=tuple(sorted(servers, key=SERVER_ORDER)),
         directives=options.directives,
         live_count=len(merged),
         slow_start=options.slow_start,

@@ -6,7 +6,8 @@ and so that "did the upstream change?" is a plain ``==``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ class Server:
         ``backup`` server only serves when every primary server has failed.
         """
         return not self.down and not self.backup and self.weight > 0
+
+
+#: Servers' natural order as a sort key: ``sorted(servers, key=SERVER_ORDER)``
+#: is ``sorted(servers)`` (the same compared fields, in order), with each
+#: key built once per server instead of two tuples per comparison.
+SERVER_ORDER = operator.attrgetter(*(f.name for f in fields(Server) if f.compare))
 
 
 @dataclass(frozen=True)

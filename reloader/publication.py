@@ -71,7 +71,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from reloader.config import GuardSettings
-from reloader.model import Server, Upstream
+from reloader.model import SERVER_ORDER, Server, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class ServedHistory:
 def _keep(target: dict[Endpoint, Server], kept: Iterable[Server], limit: int | None = None) -> int:
     """Put back the usable ``kept`` servers that ``target`` lacks or has unusable, at most ``limit``; how many."""
     count = 0
-    for server in sorted(kept):
+    for server in sorted(kept, key=SERVER_ORDER):
         if limit is not None and count >= limit:
             break
         if not server.usable:
@@ -394,7 +394,7 @@ class UpstreamGuard:
         self._apply_settle(target, now, recheck)
         self._apply_shrink_guard(target, now, recheck)
         self._held_count = sum(1 for endpoint, server in target.items() if wanted.get(endpoint) != server)
-        return Decision(tuple(sorted(target.values())), min(recheck) if recheck else None)
+        return Decision(tuple(sorted(target.values(), key=SERVER_ORDER)), min(recheck) if recheck else None)
 
     def _warn_empty(self, origin: str, registered: int) -> None:
         if self._empty_warned:

@@ -13,7 +13,7 @@ import re
 from dataclasses import replace
 
 from reloader.addresses import InvalidAddress, is_ip_literal, normalize_host, split_hostport
-from reloader.model import Server, Upstream
+from reloader.model import SERVER_ORDER, Server, Upstream
 
 _BLOCK = re.compile(r"^\s*upstream\s+(?P<name>\S+)\s*\{(?P<body>[^{}]*)\}\s*$", re.DOTALL)
 _LUA_HOOK = re.compile(r"\s*balancer_by_lua_block\s*\{[^{}]*\}\s*")
@@ -87,7 +87,7 @@ def parse_upstream_block(text: str) -> Upstream:
         servers = [replace(server, name=names.get(server.endpoint, "")) for server in servers]
     return Upstream(
         name=match.group("name"),
-        servers=tuple(sorted(servers)),
+        servers=tuple(sorted(servers, key=SERVER_ORDER)),
         directives=tuple(directives),
         live_count=sum(1 for server in servers if not server.backup),
     )

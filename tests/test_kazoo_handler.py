@@ -1,16 +1,19 @@
-"""PollingHandler.select keeps the contract of kazoo's stock select, on real sockets and a real ZooKeeper."""
+"""PollingHandler: select keeps the contract of kazoo's stock select (real sockets, a real ZooKeeper); hand-on callbacks run at once."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
 
 import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.utils import selector_select
+from kazoo.protocol.states import Callback
 
 from reloader.localenv.zookeeper import LocalZooKeeper
-from reloader.sources.kazoo_handler import PollingHandler
+from reloader.sources.kazoo_handler import PollingHandler, hands_on, is_hands_on
 
 
 def both(rlist: list[object], wlist: list[object], timeout: float) -> tuple[object, object]:
@@ -59,3 +62,59 @@ def test_a_client_on_it_reads_and_watches(zk: LocalZooKeeper, zk_root: str) -> N
     finally:
         client.stop()
         client.close()
+
+
+def test_hands_on_callbacks_run_at_once_in_order_and_their_errors_are_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    handler = PollingHandler()
+    handler.start()
+    try:
+        stuck, release = threading.Event(), threading.Event()
+        seen: list[tuple[str, str]] = []
+
+        def hold() -> None:
+            stuck.set()
+            release.wait(10)
+
+        @hands_on
+        def marked(tag: str) -> None:
+            seen.append((tag, threading.current_thread().name))
+
+        @hands_on
+        def broken() -> None:
+            raise RuntimeError("a broken watcher")
+
+        def queued(tag: str) -> None:
+            seen.append((tag, threading.current_thread().name))
+
+        handler.dispatch_callback(Callback("watch", hold, ()))
+        assert stuck.wait(10)
+        handler.dispatch_callback(Callback("watch", queued, ("queued",)))
+        handler.dispatch_callback(Callback("watch", marked, ("first",)))
+        with caplog.at_level(logging.ERROR, logger="reloader.sources.kazoo_handler"):
+            handler.dispatch_callback(Callback("watch", broken, ()))
+        handler.dispatch_callback(Callback("watch", marked, ("second",)))
+        me = threading.current_thread().name
+        # While kazoo's callback thread is held, the marked ones ran here, in order; the other waits.
+        assert seen == [("first", me), ("second", me)]
+        assert "a broken watcher" in caplog.text
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen[2][0] == "queued" and seen[2][1] != me
+    finally:
+        release.set()
+        handler.stop()
+
+
+def test_a_bound_method_of_a_marked_function_is_marked() -> None:
+    class Consumer:
+        @hands_on
+        def event(self, value: object) -> None:
+            pass
+
+        def other(self, value: object) -> None:
+            pass
+
+    assert is_hands_on(Consumer().event) and not is_hands_on(Consumer().other)

@@ -6,12 +6,14 @@ import json
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from typing import Callable
 
 from reloader.assemble import UpstreamOptions
 from reloader.config import GuardSettings, ZnodeConfig
-from reloader.model import Server, Upstream
+from reloader.model import SERVER_ORDER, Server, Upstream
 from reloader.pipeline import Pipeline
 from reloader.publication import ClusterFreeze
 from reloader.snapshot import Unreadable
@@ -282,3 +284,19 @@ def test_warnings_remembered_for_a_removed_upstream_are_dropped() -> None:
     assert len(pipeline._warned) == 2
     pipeline.reconfigure(znodes[:1])
     assert len(pipeline._warned) == 1
+
+
+@given(st.lists(st.builds(
+    Server,
+    host=st.sampled_from(["10.0.0.1", "10.0.0.2", "::1", "backend.internal"]),
+    port=st.sampled_from([80, 443, 8080]),
+    weight=st.integers(1, 3),
+    down=st.booleans(),
+    backup=st.booleans(),
+    params=st.sampled_from([(), (("max_fails", "1"),), (("max_fails", "2"),)]),
+    name=st.sampled_from(["", "a.example"]),
+    labels=st.sampled_from([(), (("zone", "a"),)]),
+), max_size=12))
+def test_the_server_sort_key_is_the_servers_own_order(servers: list[Server]) -> None:
+    assert sorted(servers, key=SERVER_ORDER) == sorted(servers)
+    assert [s.labels for s in sorted(servers, key=SERVER_ORDER)] == [s.labels for s in sorted(servers)]  # stable alike

@@ -30,6 +30,7 @@ from reloader.config import ClusterConfig, ConfigError, parse_config
 from reloader.localenv.zkproxy import ZkFrameProxy
 from reloader.localenv.zookeeper import LocalZooKeeper
 from reloader.model import Upstream
+from reloader.sources.kazoo_handler import hands_on
 from reloader.sources.kazoo_protocol import Resumption, WatchingKazooClient
 from reloader.sources.watchroots import WatchPlan, targets
 
@@ -90,6 +91,7 @@ class Harness:
         with self.lock:
             self.published.extend(batch)
 
+    @hands_on  # as the source's own listener: in the order the connection read it
     def _resumed(self, resumption: Resumption) -> None:
         with self.lock:
             self.resumptions.append(resumption)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
-from kazoo.protocol.states import KazooState
+from kazoo.protocol.states import Callback, KazooState
 
 from reloader.cluster import ClusterWorker
 from reloader.config import ConfigError, parse_config
@@ -26,6 +26,7 @@ from reloader.localenv.ensemble import LocalEnsemble
 from reloader.localenv.zkproxy import ZkFrameProxy
 from reloader.localenv.zookeeper import LocalZooKeeper
 from reloader.model import Upstream
+from reloader.sources.kazoo_handler import hands_on
 from reloader.sources.kazoo_protocol import Resumption, WatchingKazooClient
 
 pytestmark = pytest.mark.timeout(90)
@@ -61,13 +62,15 @@ class Harness:
         client = self.worker.source.client
         assert isinstance(client, WatchingKazooClient)
         self.client = client
-        # Registered before the source's own listener: told first, before the cluster thread can thaw.
+        # Registered before the source's own listener and, like it, run at once on the
+        # connection's thread (hands_on): told first, before the cluster thread can thaw.
         client.add_resume_listener(self._resumed)
 
     def _publish(self, batch: list[Upstream]) -> None:
         with self.lock:
             self.published.extend((time.monotonic(), upstream) for upstream in batch)
 
+    @hands_on
     def _resumed(self, resumption: Resumption) -> None:
         with self.lock:
             self.resumptions.append((time.monotonic(), resumption, self.worker.freeze.is_open))
@@ -337,6 +340,32 @@ def test_persistent_watches_survive_a_leader_change(zookeeper_installed: None, h
         finally:
             writer.stop()
             writer.close()
+
+
+@pytest.mark.parametrize("watch_mode", MODES)
+def test_events_reach_the_cluster_while_kazoos_callback_thread_is_stuck(
+        quiet_zk: LocalZooKeeper, writer: KazooClient, harnesses: list[Harness], watch_mode: str) -> None:
+    """The source's watchers only hand events on, so they skip kazoo's callback thread (one hop less per event)."""
+    root = f"/inline-{watch_mode}-{time.monotonic_ns()}"
+    nodes, states = services(writer, root, {"a": 2, "b": 2})
+    harness = Harness(quiet_zk.port, nodes, watch_mode)
+    harnesses.append(harness)
+    harness.start().wait_for(states)
+    stuck, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        stuck.set()
+        release.wait(30)
+
+    harness.client.handler.dispatch_callback(Callback("watch", hold, ()))
+    try:
+        wait_until(stuck.is_set, 10, "kazoo's callback thread to be held")
+        writer.create(f"{nodes['a']}/10.0.0.9:80", b"3")
+        writer.set(f"{nodes['b']}/10.1.0.0:80", b"4")
+        writer.delete(f"{nodes['b']}/10.1.0.1:80")
+        harness.wait_for({"a": {**states["a"], "10.0.0.9:80": 3}, "b": {"10.1.0.0:80": 4}}, timeout=10)
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize("watch_mode", MODES)

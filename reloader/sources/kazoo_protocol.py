@@ -45,8 +45,10 @@ Guarantees:
 * Persistent watches (:meth:`WatchingKazooClient.add_persistent_watch`) are
   never consumed; a recursive one reports every ``CREATED``, ``DELETED`` and
   ``CHANGED`` at or under its path with the node's own path (ZooKeeper sends
-  no ``CHILD`` events to recursive watches), on kazoo's callback thread, in
-  the server's order, next to kazoo's one-shot watchers.
+  no ``CHILD`` events to recursive watches), through the client's handler
+  (kazoo's callback thread, or at once for a watcher marked
+  :func:`~reloader.sources.kazoo_handler.hands_on`), in the server's order,
+  next to kazoo's one-shot watchers.
 * ``watch_mode``: ``persistent`` always sends ``AddWatch`` (an error is
   raised), ``classic`` never does (``add_persistent_watch`` answers False),
   ``auto`` tries once per session and falls back to classic when the server
@@ -694,7 +696,8 @@ class WatchingKazooClient(KazooClient):
 
     def _report(self, resumption: Resumption) -> None:
         for listener in list(self._resume_listeners):
-            # The callback queue: after the events already dispatched, never on the connection thread.
+            # Through the handler, as the events are: after the events already dispatched
+            # (a hands-on listener, as the source's, runs at once; see kazoo_handler).
             self.handler.dispatch_callback(Callback("watch", listener, (resumption,)))
 
     def _set_watches_packets(self, relative: int) -> list[SetWatches | SetWatches2]:

@@ -121,7 +121,7 @@ from reloader.config import ClusterConfig, kazoo_arguments
 from reloader.inbox import Inbox
 from reloader.publication import ClusterFreeze
 from reloader.snapshot import MAX_KEPT_DATA, OVERSIZED, Snapshot, Unreadable, is_oversized
-from reloader.sources.kazoo_handler import PollingHandler
+from reloader.sources.kazoo_handler import PollingHandler, hands_on
 from reloader.sources.kazoo_protocol import Resumption, WatchingKazooClient
 from reloader.sources.watches import Need, WatchBook, ZnodeState, ZnodeWatch, capped, max_children_of
 from reloader.sources.watchroots import WatchPlan, targets
@@ -382,6 +382,10 @@ class ZooKeeperSource:
         self._caps = {znode.upstream: max_children_of(znode) for znode in cluster.znodes}
 
     # ---- kazoo threads: enqueue only --------------------------------------------
+    # The watchers are all hands_on (see reloader.sources.kazoo_handler): they
+    # run on kazoo's connection thread, as its state listeners do, so the
+    # inbox gets events, resumptions and state changes in the order the
+    # connection read them, one thread hop sooner.
 
     def _on_session_state(self, state: str) -> None:
         if state in (KazooState.SUSPENDED, KazooState.LOST):
@@ -394,21 +398,26 @@ class ZooKeeperSource:
         auth_failed = self._client.client_state == KeeperState.AUTH_FAILED
         self._inbox.put(lambda: self._session_changed(state, auth_failed))
 
+    @hands_on
     def _on_children_event(self, event: WatchedEvent) -> None:
         if event.type == EventType.CHILD:
             self._inbox.put(lambda: self._children_changed(event.path))
         elif event.type == EventType.DELETED:
             self._inbox.put(lambda: self._znode_changed(event))
 
+    @hands_on
     def _on_resumption(self, resumption: Resumption) -> None:
         self._inbox.put(lambda: self._resumed(resumption))
 
+    @hands_on
     def _on_persistent_event(self, event: WatchedEvent) -> None:
         self._inbox.put(lambda: self._persistent_event(event))
 
+    @hands_on
     def _on_child_data(self, event: WatchedEvent) -> None:
         self._inbox.put(lambda: self._child_data_changed(event))
 
+    @hands_on
     def _on_znode_event(self, event: WatchedEvent) -> None:
         self._inbox.put(lambda: self._znode_changed(event))
 
@@ -456,8 +465,8 @@ class ZooKeeperSource:
     def _resumed(self, resumption: Resumption) -> None:
         """A connection settled its watches: thaw at once if the server kept them all, else read in full.
 
-        Runs after the events the re-registration fired (kazoo's callback
-        queue keeps their order), so every znode whose watch the server
+        Runs after the events the re-registration fired (they and it reach
+        the inbox in the order the connection read them), so every znode whose watch the server
         fired is already CHANGED or marked for reading, through the usual
         event path; the others are current. A znode left half-read by a pass
         the drop interrupted is UNKNOWN and is recovered before the thaw.
