@@ -379,3 +379,27 @@ def test_an_answer_read_before_a_catch_up_is_never_taken_as_clean() -> None:
     machine.time_passes(seconds=0.6)  # the probe reads the table and catches up
     machine.behind_back(name="app-a")  # the same bytes as the answer the probe read
     machine.teardown()  # the reconcile must repair it
+
+
+def test_a_reassert_logs_one_line_not_one_per_upstream(dyups: DyupsServer, caplog: pytest.LogCaptureFixture) -> None:
+    output = make_output(dyups, connections=2)
+    try:
+        with caplog.at_level(logging.INFO, logger="reloader.outputs.dyups"):
+            output.file_written_many(batch(30))
+            assert sum(": POST app" in r.getMessage() for r in caplog.records) == 30, "a new state: a line each"
+            caplog.clear()
+            output.reassert("test")
+            posts = [r for r in dyups.requests_log if r.method == "POST"]
+            assert len(posts) == 60 and output.pending == ()
+            infos = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+            assert infos == ["dyups: re-asserting 30 upstreams (test)"], infos
+            caplog.clear()
+            output.file_written_many(batch(1, port=81))  # a new state of app000
+            assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == [
+                "dyups: POST app000: 2 servers"]
+        with caplog.at_level(logging.DEBUG, logger="reloader.outputs.dyups"):
+            caplog.clear()
+            output.reassert("test")
+            assert sum(r.getMessage().endswith("(unchanged)") for r in caplog.records) == 30
+    finally:
+        output.close()

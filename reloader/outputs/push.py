@@ -29,7 +29,10 @@ Guarantees of :class:`PushOutput`:
   the daemon's back that keeps every name and every connection is repaired
   within ``full_every`` x ``reconcile_interval``, or by the re-assert).
 * **re-assert**: every ``reassert_interval`` every managed upstream is
-  re-POSTed regardless (an interface may answer from one worker only).
+  re-POSTed regardless (an interface may answer from one worker only). It
+  logs one INFO line; a POST of a state nginx had already taken (a
+  re-assert's, a repair's, which the reconcile reports itself) is logged at
+  DEBUG, a new state at INFO.
 * **refused for good**: a state nginx refuses (an adapter's ``refused``
   answer: 400, 413, a dyups 500) or that breaks the interface's limits before
   it is sent is reported once (an error log line with a short reason, never
@@ -238,6 +241,10 @@ class PushOutput(Output):
         self._quick_skipped = 0
         # Slow start: the step each ramping upstream was last POSTed at (see Adapter.step).
         self._steps: dict[str, Any] = {}
+        # Per upstream, the state (and slow-start step) nginx last took: a POST
+        # of that same state again (a re-assert, a repair) is logged at DEBUG, so
+        # a periodic re-assert of 1,000 upstreams adds one INFO line, not 1,000.
+        self._taken: dict[str, tuple[Upstream, Any]] = {}
         now = clock()
         self._next_retry = now + retry_interval
         self._next_reconcile = now + reconcile_interval
@@ -459,6 +466,7 @@ class PushOutput(Output):
         self.desired.pop(name, None)
         self._pending.pop(name, None)
         self._clean.pop(name, None)
+        self._taken.pop(name, None)
         self._refused.pop(name, None)
         self._warned.pop(name, None)
         self._problems.pop(name, None)
@@ -528,7 +536,13 @@ class PushOutput(Output):
             self._pending.pop(name, None)
             if self._refused.pop(name, None) is not None:
                 self._log.warning("%s: nginx took upstream %s after refusing it", self.name, name)
-            self._log.info("%s: POST %s: %d servers", self.name, name, len(upstream.servers) if upstream else 0)
+            if upstream is None:
+                return
+            state = (upstream, self._steps.get(name))
+            again = self._taken.get(name) == state
+            self._taken[name] = state
+            self._log.log(logging.DEBUG if again else logging.INFO, "%s: POST %s: %d servers%s",
+                          self.name, name, len(upstream.servers), " (unchanged)" if again else "")
         elif outcome.kind == REFUSED:
             self._pending.pop(name, None)
             if upstream is not None:
