@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every benchmark, then regenerate docs/benchmarks.md from bench/results/*.json.
-#   bench/run_all.sh           full runs (about 50 minutes on 2 cores)
-#   bench/run_all.sh --quick   smaller runs (about 3 minutes in all); the page goes to
+#   bench/run_all.sh           full runs (25-35 minutes on 2 cores)
+#   bench/run_all.sh --quick   smaller runs (about 10 minutes in all); the page goes to
 #                              bench/results/benchmarks-quick.md, docs/ is left alone
 # Extra arguments after --quick (or alone) go to targets.py and fleet.py, for example
 # --daemon-rev REV to bench a committed revision instead of the working tree.
