@@ -14,7 +14,7 @@ from kazoo.client import KazooClient, KazooState
 from reloader.localenv.backends import Backend, BackendPool, http_get
 from reloader.localenv.nginx import LocalNginx, NginxConfigError, server_block
 from reloader.localenv.ports import free_port, port_accepts
-from reloader.localenv.zookeeper import LocalZooKeeper, ZooKeeperError
+from reloader.localenv.zookeeper import LocalZooKeeper, ZooKeeperError, threads_stopped
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -84,6 +84,8 @@ def test_zookeeper_pause_and_resume(zk_factory: Callable[..., LocalZooKeeper]) -
         client.create("/keep", b"v1")
         server.pause()
         assert server.running  # a stopped process still exists
+        assert server.pid is not None and threads_stopped(server.pid), "pause returned before every thread stopped"
+        assert port_accepts(server.port)  # the kernel still takes connections; nothing answers them
         # kazoo pings every third of the session timeout, so ~2 s is enough.
         wait_for_state(states, KazooState.SUSPENDED, timeout=15)
         server.resume()

@@ -125,6 +125,24 @@ class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().log(logging.DEBUG, msg, *args, **kwargs)
 
 
+def threads_stopped(pid: int) -> bool:
+    """True when every thread of process ``pid`` is stopped (or gone), as /proc tells."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat", "rb") as stat:
+                # The state follows the command name, which is in parentheses and may hold anything.
+                state = stat.read().rpartition(b")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # the thread ended meanwhile
+        if state not in (b"T", b"t", b"Z", b"X"):
+            return False
+    return True
+
+
 class LocalZooKeeper:
     """A standalone ZooKeeper server process on 127.0.0.1.
 
@@ -339,9 +357,20 @@ class LocalZooKeeper:
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections stay open but nothing answers."""
+    def pause(self, timeout: float = 5.0) -> None:
+        """Freeze the server (SIGSTOP): connections stay open but nothing answers.
+
+        Returns once every thread of the JVM is stopped: the signal only asks
+        the kernel, and a thread that was running may finish what it was
+        doing (answer a request) after ``kill`` returned.
+        """
         self._signal(signal.SIGSTOP)
+        pid = self.pid
+        deadline = time.monotonic() + timeout
+        while pid is not None and not threads_stopped(pid):
+            if time.monotonic() > deadline:
+                raise ZooKeeperError(f"ZooKeeper on {self.hosts} did not stop within {timeout:g} s of SIGSTOP")
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """Let a paused server go on (SIGCONT)."""
