@@ -1,4 +1,7 @@
-"""PollingHandler: select keeps the contract of kazoo's stock select (real sockets, a real ZooKeeper); hand-on callbacks run at once."""
+"""PollingHandler: select keeps the contract of kazoo's stock select; hand-on callbacks run at once.
+
+On real sockets and a real ZooKeeper.
+"""
 
 from __future__ import annotations
 

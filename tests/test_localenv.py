@@ -13,7 +13,8 @@ from kazoo.client import KazooClient, KazooState
 
 from reloader.localenv.backends import Backend, BackendPool, http_get
 from reloader.localenv.nginx import LocalNginx, NginxConfigError, server_block
-from reloader.localenv.ports import free_port, port_accepts
+from reloader.localenv.ensemble import LocalEnsemble
+from reloader.localenv.ports import free_port, free_ports, port_accepts
 from reloader.localenv.zookeeper import LocalZooKeeper, ZooKeeperError, threads_stopped
 
 
@@ -47,6 +48,22 @@ def test_free_port_can_be_bound() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_ports_picked_together_are_distinct_and_free() -> None:
+    ports = free_ports(300)
+    assert len(set(ports)) == 300
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))
+
+
+def test_an_ensemble_never_gives_two_of_its_ports_the_same_number() -> None:
+    ensemble = LocalEnsemble(voters=3, observers=1)  # ports are picked here; nothing starts
+    try:
+        ports = [port for node in ensemble.nodes for port in (node.port, node.quorum_port, node.election_port)]
+        assert len(ports) == 12 and len(set(ports)) == 12
+    finally:
+        ensemble.close()
 
 
 # -- ZooKeeper -----------------------------------------------------------------

@@ -23,7 +23,7 @@ import requests
 from reloader.config import ConfigError, parse_config
 from reloader.localenv.luanginx import lua_missing
 from reloader.localenv.nginx import LocalNginx, server_block
-from reloader.localenv.ports import free_port
+from reloader.localenv.ports import free_port, free_ports
 from reloader.nginx.secret import DEFAULT_NAME, MODE, SecretError, load_or_create, read_secret
 from reloader.nginx.snippet import load_module_lines, snippet_for_config
 from tests.conftest import require
@@ -340,7 +340,7 @@ def test_daemon_updates_work_and_proxied_or_unauthenticated_requests_do_not(
         backend.start()
     files = tmp_path / "upstreams"
     files.mkdir()
-    api_port, front, proxy = free_port(), free_port(), free_port()
+    api_port, front, proxy = free_ports(3)
     znode = f"{zk_root}/teamb"
     for backend in backends[:2]:
         zk_client.create(f"{znode}/{backend.address}", makepath=True)

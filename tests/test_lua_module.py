@@ -25,7 +25,7 @@ import requests
 from reloader.localenv.backends import Backend
 from reloader.localenv.luanginx import LuaNginx, lua_missing
 from reloader.localenv.nginx import server_block
-from reloader.localenv.ports import free_port
+from reloader.localenv.ports import free_port, free_ports
 from reloader.model import Server, Upstream
 from reloader.nginx import LUA_DIR, MAX_BODY, MAX_SERVERS, MAX_UPSTREAMS
 from reloader.render import render_file_lua
@@ -65,7 +65,7 @@ class Rig:
         )
         (self.upstream_dir / "kept.upstream").write_text(render_file_lua(kept))
         self.nginx = LuaNginx(free_port(), self.upstream_dir, workdir=tmp / "nginx", dict_size=dict_size)
-        self.ports = {"app": free_port(), "flaky": free_port()}
+        self.ports = dict(zip(("app", "flaky"), free_ports(2)))
         body = "".join(
             server_block(port, FRONT.format(name=name)).replace(
                 f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port} reuseport;"

@@ -67,7 +67,7 @@ _TROUBLE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
 class PollingHandler(SequentialThreadingHandler):
-    """A :class:`SequentialThreadingHandler` whose ``select`` is one ``poll()`` call, and hand-on callbacks run at once."""
+    """A :class:`SequentialThreadingHandler` whose ``select`` is one ``poll()``; hand-on callbacks run at once."""
 
     def dispatch_callback(self, callback: Callback) -> None:
         if not is_hands_on(callback.func):
