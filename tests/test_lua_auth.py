@@ -335,7 +335,7 @@ def test_daemon_updates_work_and_proxied_or_unauthenticated_requests_do_not(
     from tests.test_daemon import DaemonProcess
 
     require(lua_missing())
-    backends = [Backend(f"b{i}") for i in range(1, 5)]
+    backends = [Backend(f"b{i}", port=port) for i, port in enumerate(free_ports(4), start=1)]
     for backend in backends:
         backend.start()
     files = tmp_path / "upstreams"
