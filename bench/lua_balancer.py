@@ -41,7 +41,7 @@ import requests
 from bench._common import cpu_seconds
 from reloader.localenv.luanginx import LuaNginx, lua_missing
 from reloader.localenv.nginx import LocalNginx, server_block
-from reloader.localenv.ports import free_port, free_ports
+from reloader.localenv.ports import free_port
 from reloader.model import Server, Upstream
 from reloader.outputs.lua import upstream_document
 from reloader.render import render_file, render_file_lua
@@ -107,7 +107,7 @@ def start_backends(workdir: Path, ports: list[int]) -> LocalNginx:
 
 def start_dyups(binary: str, workdir: Path, servers: tuple[Server, ...]) -> tuple[LocalNginx, int]:
     """A dyups nginx proxying ``dy`` (POSTed) on a port of its own; returns (nginx, port)."""
-    front, api = free_ports(2)
+    front, api = free_port(), free_port()
     nginx = LocalNginx(binary, workdir=workdir / "dyups")
     nginx.write_config(
         "access_log off;\n"
@@ -147,7 +147,7 @@ def run(quick: bool) -> dict[str, Any]:
             render_file(Upstream("lua_empty", servers)).replace("}\n", "    balancer_by_lua_block { }\n    keepalive 32;\n}\n")
         )
         front = LuaNginx(free_port(), files, workdir=workdir / "front")
-        ports = dict(zip(("static", "lua_empty", "lua"), free_ports(3)))
+        ports = {"static": free_port(), "lua_empty": free_port(), "lua": free_port()}
         front.write_config("access_log off;\n" + "".join(
             server_block(port, PROXY.format(target=name)) for name, port in ports.items()))
         front.start()

@@ -36,7 +36,7 @@ import requests
 from bench.lua_balancer import PROXY, measured, start_backends, wrk
 from reloader.localenv.luanginx import LuaNginx, lua_missing
 from reloader.localenv.nginx import LocalNginx, server_block
-from reloader.localenv.ports import free_port, free_ports
+from reloader.localenv.ports import free_port
 from reloader.model import Server, Upstream
 from reloader.outputs.lua import upstream_document
 from reloader.render import render_file_lua
@@ -77,7 +77,7 @@ def run(quick: bool) -> dict[str, Any]:
         for upstream in (plain, traffic):
             (files / f"{upstream.name}.upstream").write_text(render_file_lua(upstream))
         front = LuaNginx(free_port(), files, workdir=workdir / "front")
-        ports = dict(zip(("plain", "traffic"), free_ports(2)))
+        ports = {"plain": free_port(), "traffic": free_port()}
         front.write_config("access_log off;\n" + "".join(
             server_block(port, PROXY.format(target=name)) for name, port in ports.items()))
         front.start()

@@ -24,7 +24,7 @@ from kazoo.client import KazooClient
 
 from reloader.localenv.backends import Backend, http_get
 from reloader.localenv.nginx import LocalNginx, server_block
-from reloader.localenv.ports import free_port, free_ports
+from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper
 
 Child = tuple[str, bytes]
@@ -110,7 +110,7 @@ def reached(url: str, tries: int = 6) -> set[str]:
 @pytest.fixture
 def backends() -> Iterator[dict[str, Backend]]:
     names = [*FORMATS, "mixed-a", "mixed-b"]
-    started = {name: Backend(name, port=port) for name, port in zip(names, free_ports(len(names)))}
+    started = {name: Backend(name) for name in names}
     for backend in started.values():
         backend.start()
     yield started

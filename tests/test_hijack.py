@@ -27,7 +27,7 @@ from kazoo.client import KazooClient
 
 from reloader.localenv.backends import Backend, http_get
 from reloader.localenv.nginx import LocalNginx, check_upstream_files, server_block
-from reloader.localenv.ports import free_port, free_ports
+from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper
 
 pytestmark = pytest.mark.timeout(90)
@@ -53,11 +53,10 @@ def answers(url: str, tries: int = 8) -> set[str]:
 def test_a_team_cannot_point_nginx_at_the_host_or_at_another_team(
     zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, nginx_bin: str, tmp_path: Path,
 ) -> None:
-    ports = free_ports(4)  # picked together: none is bound before they all start
-    secret = Backend("secret", port=ports[0])  # on 127.0.0.1: what the attacker wants nginx to reach
-    team_a = Backend("team-a", port=ports[1], host="127.0.0.3")
-    team_a2 = Backend("team-a2", port=ports[2], host="127.0.0.3")
-    team_b = Backend("team-b", port=ports[3], host="127.0.0.2")
+    secret = Backend("secret")  # on 127.0.0.1: what the attacker wants nginx to reach
+    team_a = Backend("team-a", host="127.0.0.3")
+    team_a2 = Backend("team-a2", host="127.0.0.3")
+    team_b = Backend("team-b", host="127.0.0.2")
     for backend in (secret, team_a, team_a2, team_b):
         backend.start()
     files = tmp_path / "upstreams"

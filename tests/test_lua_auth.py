@@ -23,7 +23,7 @@ import requests
 from reloader.config import ConfigError, parse_config
 from reloader.localenv.luanginx import lua_missing
 from reloader.localenv.nginx import LocalNginx, server_block
-from reloader.localenv.ports import free_port, free_ports
+from reloader.localenv.ports import free_port
 from reloader.nginx.secret import DEFAULT_NAME, MODE, SecretError, load_or_create, read_secret
 from reloader.nginx.snippet import load_module_lines, snippet_for_config
 from tests.conftest import require
@@ -335,12 +335,12 @@ def test_daemon_updates_work_and_proxied_or_unauthenticated_requests_do_not(
     from tests.test_daemon import DaemonProcess
 
     require(lua_missing())
-    backends = [Backend(f"b{i}", port=port) for i, port in enumerate(free_ports(4), start=1)]
+    backends = [Backend(f"b{i}") for i in range(1, 5)]
     for backend in backends:
         backend.start()
     files = tmp_path / "upstreams"
     files.mkdir()
-    api_port, front, proxy = free_ports(3)
+    api_port, front, proxy = free_port(), free_port(), free_port()
     znode = f"{zk_root}/teamb"
     for backend in backends[:2]:
         zk_client.create(f"{znode}/{backend.address}", makepath=True)

@@ -25,7 +25,7 @@ import requests
 from reloader.localenv.backends import Backend
 from reloader.localenv.luanginx import LuaNginx, lua_missing
 from reloader.localenv.nginx import server_block
-from reloader.localenv.ports import free_ports
+from reloader.localenv.ports import free_port
 from reloader.model import Server, Upstream
 from reloader.nginx import LUA_DIR, MAX_BODY, MAX_SERVERS, MAX_UPSTREAMS
 from reloader.render import render_file_lua
@@ -49,7 +49,7 @@ class Rig:
     """One nginx with the Lua module, its backends and a client for the interface."""
 
     def __init__(self, tmp: Path, dict_size: str = "16m") -> None:
-        self.backends = [Backend(f"b{i}", port=port) for i, port in enumerate(free_ports(6), start=1)]
+        self.backends = [Backend(f"b{i}") for i in range(1, 7)]
         for backend in self.backends:
             backend.start()
         self.upstream_dir = tmp / "upstreams"
@@ -64,10 +64,8 @@ class Rig:
             ("keepalive 8", "keepalive_timeout 30s"),
         )
         (self.upstream_dir / "kept.upstream").write_text(render_file_lua(kept))
-        # Picked together: nginx binds all three at once, after every pick.
-        api_port, app_port, flaky_port = free_ports(3)
-        self.nginx = LuaNginx(api_port, self.upstream_dir, workdir=tmp / "nginx", dict_size=dict_size)
-        self.ports = {"app": app_port, "flaky": flaky_port}
+        self.nginx = LuaNginx(free_port(), self.upstream_dir, workdir=tmp / "nginx", dict_size=dict_size)
+        self.ports = {"app": free_port(), "flaky": free_port()}
         body = "".join(
             server_block(port, FRONT.format(name=name)).replace(
                 f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port} reuseport;"

@@ -28,7 +28,7 @@ from kazoo.client import KazooClient
 
 from reloader.localenv.backends import Backend
 from reloader.localenv.nginx import LocalNginx, server_block
-from reloader.localenv.ports import free_ports
+from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper
 
 DYUPS_NGINX = os.environ.get("RELOADER_TEST_DYUPS_NGINX", "")
@@ -69,7 +69,7 @@ def dyups_nginx(tmp_path: Path) -> Iterator[tuple[LocalNginx, Path, int, int]]:
     files = tmp_path / "upstreams"
     files.mkdir()
     nginx = LocalNginx(binary=DYUPS_NGINX)
-    interface_port, proxy_port = free_ports(2)
+    interface_port, proxy_port = free_port(), free_port()
     yield nginx, files, interface_port, proxy_port
     nginx.close()
 

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from .ports import free_port, free_ports
+from .ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,7 @@ class BackendPool:
     """``count`` backends named ``PREFIX-1`` ... ``PREFIX-N``, started and stopped together."""
 
     def __init__(self, count: int, prefix: str = "backend") -> None:
-        # Ports picked together: picked one by one, before any is bound, two could be equal.
-        self.backends: list[Backend] = [Backend(f"{prefix}-{i}", port=port)
-                                        for i, port in enumerate(free_ports(count), start=1)]
+        self.backends: list[Backend] = [Backend(f"{prefix}-{i}") for i in range(1, count + 1)]
 
     @property
     def addresses(self) -> list[str]:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from .ports import free_ports
+from .ports import free_port
 from .zookeeper import JVM_FLAGS, LocalZooKeeper, ZooKeeperError
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,9 @@ class LocalEnsemble:
             raise ValueError("an ensemble needs at least one voter")
         self._owns_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="localzk-ensemble-")) if workdir is None else Path(workdir)
-        # Every node's three ports picked together: picked one by one, two could be equal.
-        ports = free_ports(3 * (voters + observers))
         self.nodes: list[EnsembleNode] = [
-            EnsembleNode(self.workdir / f"node{i}", myid=i + 1, port=ports[3 * i], quorum_port=ports[3 * i + 1],
-                         election_port=ports[3 * i + 2], observer=i >= voters, tick_time_ms=tick_time_ms)
+            EnsembleNode(self.workdir / f"node{i}", myid=i + 1, port=free_port(), quorum_port=free_port(),
+                         election_port=free_port(), observer=i >= voters, tick_time_ms=tick_time_ms)
             for i in range(voters + observers)
         ]
         for node in self.nodes:
