@@ -468,8 +468,9 @@ class ZooKeeperSource:
         Runs after the events the re-registration fired (they and it reach
         the inbox in the order the connection read them), so every znode
         whose watch the server fired is already CHANGED or marked for
-        reading, through the usual event path; the others are current. A znode left half-read by a pass
-        the drop interrupted is UNKNOWN and is recovered before the thaw.
+        reading, through the usual event path; the others are current. A
+        znode left half-read by a pass the drop interrupted is UNKNOWN and is
+        recovered before the thaw.
         """
         if self._stopping():
             return
