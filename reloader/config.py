@@ -32,7 +32,7 @@ from reloader.addresses import InvalidAddress, normalize_host, validate_port
 from reloader.assemble import UpstreamOptions
 from reloader.config_yaml import YamlProblem, YamlSource, load_yaml
 from reloader.durations import parse_duration
-from reloader.formats import FORMAT_NAMES, PORT_FIELDS, FormatOptions
+from reloader.formats import FORMAT_NAMES, NAME_FORMATS, PORT_FIELDS, FormatOptions
 from reloader.nginx.secret import check_value
 from reloader.netpolicy import NetworkPolicy, parse_networks
 
@@ -72,6 +72,7 @@ _SETTING_KEYS = {
     "lua_secret_group",
     "resolve_interval",
     "max_children",
+    "child_data",
     "stream",
     "watch_mode",
     *_GUARD_KEYS,
@@ -89,6 +90,7 @@ _ZNODE_KEYS = {
     "upstream_directives",
     "backup_servers",
     "max_children",
+    "child_data",
     "stream",
     *_GUARD_KEYS,
     *_NETWORK_KEYS,
@@ -176,6 +178,9 @@ class ZnodeConfig:
     networks: NetworkPolicy = field(default_factory=NetworkPolicy)
     # At most this many children of the znode are read and served (the first, in name order).
     max_children: int = DEFAULT_MAX_CHILDREN
+    # ``child_data: ignore``: the child's name is the instance; its data is never read
+    # (no read per new child, no data watch per child) and counts as empty.
+    ignore_child_data: bool = False
     # A TCP upstream: its file is <name>.stream, for an include inside stream { }.
     stream: bool = False
 
@@ -529,6 +534,16 @@ def _parse_max_children(value: Any) -> int:
     return value
 
 
+CHILD_DATA = ("read", "ignore")
+
+
+def _parse_child_data(value: Any) -> bool:
+    """``child_data``: True for ``ignore``."""
+    if not isinstance(value, str) or value not in CHILD_DATA:
+        raise ValueError(f"must be read or ignore, got {_shown(value)}")
+    return value == "ignore"
+
+
 def _parse_flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, got {_shown(value)}")
@@ -811,6 +826,7 @@ class _Context:
     base_dir: Path | None
     environ: Mapping[str, str]
     max_children: int = DEFAULT_MAX_CHILDREN
+    ignore_child_data: bool = False  # the global ``child_data``
     stream: bool = False  # the global default of ``stream``
     # The global traffic options: (slow_start, panic_threshold, prefer).
     traffic: tuple[Any, Any, Any] = (None, None, ())
@@ -918,6 +934,14 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
     networks = _parse_networks(problems, key_path, entry, context.networks)
     max_children = (problems.check(_join(key_path, "max_children"), _parse_max_children, entry["max_children"])
                     if "max_children" in entry else context.max_children)
+    ignore_data = (problems.check(_join(key_path, "child_data"), _parse_child_data, entry["child_data"])
+                   if "child_data" in entry else context.ignore_child_data)
+    if ignore_data and isinstance(format_name, str) and format_name in FORMAT_NAMES \
+            and format_name not in ("auto", *NAME_FORMATS):
+        where = _join(key_path, "child_data" if "child_data" in entry else "format")
+        problems.add(where, f"child_data: ignore cannot be used with format: {format_name}: that format reads the "
+                     f"instance from the child's data; only {', '.join(NAME_FORMATS)} (or auto, which then "
+                     "detects among them) read it from the child's name")
     slow_start, panic_threshold, prefer = _parse_traffic(problems, key_path, entry, context)
     if path is None or server_params is None or directives is None or backups is None or stream is None:
         return None
@@ -941,6 +965,7 @@ def _parse_znode(problems: _Collector, key_path: str, name: Any, entry: Any, con
         guards=guards,
         networks=networks,
         max_children=max_children or context.max_children,
+        ignore_child_data=bool(ignore_data),
         stream=bool(stream),
     )
 
@@ -1094,6 +1119,7 @@ def parse_config(
     networks = _parse_networks(problems, "", settings, NetworkPolicy())
     max_children = problems.check("max_children", _parse_max_children, settings.get("max_children", DEFAULT_MAX_CHILDREN))
     stream_default = problems.check("stream", _parse_flag, settings.get("stream", False))
+    ignore_data = problems.check("child_data", _parse_child_data, settings.get("child_data", "read"))
     context = _Context(
         dyups_enabled=settings.get("dyups_url") is not None,
         lua_enabled=settings.get("lua_url") is not None,
@@ -1102,6 +1128,7 @@ def parse_config(
         base_dir=base_dir,
         environ=os.environ if environ is None else environ,
         max_children=max_children or DEFAULT_MAX_CHILDREN,
+        ignore_child_data=bool(ignore_data),
         stream=bool(stream_default),
         reload_enabled=settings.get("nginx_reload") is not None,
     )

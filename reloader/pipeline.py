@@ -380,7 +380,12 @@ class Pipeline:
         parsed: dict[str, _Parsed] = {}
         unreadable: dict[str, str] = {}
         names: set[str] = set()
+        ignore_data = znode.ignore_child_data
         for child, data in children.items():
+            if ignore_data:
+                # The name is the instance. The data may still have been read,
+                # for another upstream of the same znode; it counts as empty here.
+                data = b""
             if isinstance(data, Unreadable):
                 unreadable[child] = data.reason
                 continue
@@ -542,7 +547,7 @@ def _judged(data: ChildData, result: ParseResult, znode: ZnodeConfig) -> _Parsed
 
 def _warn_key(origin: str, znode: ZnodeConfig) -> Hashable:
     """Upstreams that read a znode alike (format, its options, address policy) share their warnings."""
-    return (origin, znode.format, znode.format_options, znode.networks)
+    return (origin, znode.format, znode.format_options, znode.networks, znode.ignore_child_data)
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -75,11 +75,10 @@ def test_after_every_quiet_point_each_upstream_publishes_what_zookeeper_holds_un
     for index, path in enumerate(paths):
         make_children(admin, path, {f"10.{index}.0.{k}:80": str(rng.randint(1, 9)).encode()
                                     for k in range(1, rng.randint(2, 4))})
-    nodes: dict[str, Any] = {name: paths[i] for i, name in enumerate(UPSTREAMS)}
-    harness = Harness(zk, nodes, session_timeout=4.0, watch_mode="persistent", watch_roots=[zk_root])
+    schedule = RootSchedule(seed, zk, admin, zk_root, None, root=zk_root)
+    harness = Harness(zk, schedule.nodes(), session_timeout=4.0, watch_mode="persistent", watch_roots=[zk_root])
     harness_list.append(harness)
-    harness.start()
-    schedule = RootSchedule(seed, zk, admin, zk_root, harness, root=zk_root)
+    schedule.harness = harness.start()
     schedule.check_quiet()
     assert harness.clients[-1].persistent_watches() == {zk_root: 1}
     started = time.monotonic()

@@ -6,7 +6,9 @@ proxy: children created, deleted and changed, connection blips (with
 changes made while the daemon is away), session expiries, a service znode
 the daemon may not list for a while (an ACL), a service znode deleted and
 re-created with new children in one transaction (what Curator's container
-nodes go through), and config reloads moving upstreams between znodes.
+nodes go through), and config reloads moving upstreams between znodes and
+turning ``child_data: ignore`` on and off (an upstream that ignores child
+data serves every child at weight 1; two upstreams of one znode may differ).
 
 The guards are turned off (``max_drop: 100%``, no settle window) and every
 znode keeps at least one child, so the published state is exactly what the
@@ -42,7 +44,7 @@ QUIET = 15.0
 class Schedule:
     """The registry side of the run: what ZooKeeper holds, changed at random, and the checks."""
 
-    def __init__(self, seed: int, zk: LocalZooKeeper, admin: KazooClient, root: str, harness: Harness) -> None:
+    def __init__(self, seed: int, zk: LocalZooKeeper, admin: KazooClient, root: str, harness: Any) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.zk = zk
@@ -50,11 +52,13 @@ class Schedule:
         self.paths = [f"{root}/s{i}" for i in range(ZNODES)]
         self.harness = harness
         self.mapping = {name: self.paths[i] for i, name in enumerate(UPSTREAMS)}
+        self.ignoring = {name for name in UPSTREAMS if self.rng.random() < 0.5}
         self.serial = 100
         self.done: list[str] = []
 
-    def nodes(self) -> dict[str, str]:
-        return dict(self.mapping)
+    def nodes(self) -> dict[str, Any]:
+        return {name: {"path": path, "child_data": "ignore"} if name in self.ignoring else path
+                for name, path in self.mapping.items()}
 
     def _new_child(self, path: str) -> str:
         self.serial += 1
@@ -161,6 +165,8 @@ class Schedule:
         """Move upstreams between znodes (two names on one znode at times)."""
         for name in self.rng.sample(UPSTREAMS, self.rng.randint(1, 2)):
             self.mapping[name] = self.rng.choice(self.paths)
+            if self.rng.random() < 0.3:
+                self.ignoring ^= {name}
         self.harness.reconfigure(self.nodes())
 
     def step(self) -> None:
@@ -181,7 +187,7 @@ class Schedule:
                 data, _ = self.admin.get(f"{path}/{child}")
             except NoNodeError:
                 continue
-            want[child] = int(data) if data.strip() else 1
+            want[child] = int(data) if data.strip() and name not in self.ignoring else 1
         return want
 
     def published(self, name: str) -> dict[str, int] | None:
@@ -225,9 +231,9 @@ def test_after_every_quiet_point_each_upstream_publishes_what_zookeeper_holds(
     for index, path in enumerate(paths):
         make_children(admin, path, {f"10.{index}.0.{k}:80": str(rng.randint(1, 9)).encode()
                                     for k in range(1, rng.randint(2, 4))})
-    nodes: dict[str, Any] = {name: paths[i] for i, name in enumerate(UPSTREAMS)}
-    harness = harnesses(zk, nodes, session_timeout=4.0).start()
-    schedule = Schedule(seed, zk, admin, zk_root, harness)
+    schedule = Schedule(seed, zk, admin, zk_root, None)
+    schedule.harness = harnesses(zk, schedule.nodes(), session_timeout=4.0).start()
+    print(f"watches model: child_data ignored by {sorted(schedule.ignoring)}")
     schedule.check_quiet()
     started = time.monotonic()
     for _ in range(STEPS):

@@ -32,6 +32,10 @@ FORMATS: tuple[InstanceFormat, ...] = (
 #: Valid values of the per-znode ``format:`` setting.
 FORMAT_NAMES: tuple[str, ...] = (AUTO, *(fmt.name for fmt in FORMATS))
 
+#: The formats that read the instance from the child's name: the ones a
+#: znode with ``child_data: ignore`` may use (``auto`` then detects among them).
+NAME_FORMATS: tuple[str, ...] = tuple(fmt.name for fmt in FORMATS if fmt.from_name)
+
 #: Valid values of the per-znode ``port_field:`` setting (curator format).
 PORT_FIELDS: tuple[str, ...] = ("port", "sslPort")
 
@@ -104,6 +108,7 @@ __all__ = [
     "AUTO",
     "FORMATS",
     "FORMAT_NAMES",
+    "NAME_FORMATS",
     "PORT_FIELDS",
     "MAX_CHILD_NAME",
     "MAX_DATA_BYTES",

@@ -47,6 +47,9 @@ class InstanceFormat(ABC):
     name: ClassVar[str]
     #: The systems that register instances this way, for docs and logs.
     written_by: ClassVar[str]
+    #: Whether the child's *name* holds the instance (its data adds a weight
+    #: at most), so that a znode set to ``child_data: ignore`` can use it.
+    from_name: ClassVar[bool] = False
 
     @abstractmethod
     def detect(self, child: str, data: bytes) -> bool:

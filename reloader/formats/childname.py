@@ -30,6 +30,7 @@ def _weight(data: bytes) -> object:
 class ChildNameFormat(InstanceFormat):
     name: ClassVar[str] = "name"
     written_by: ClassVar[str] = "zkCli.sh and shell scripts, in-house agents (classic host:port children)"
+    from_name: ClassVar[bool] = True
 
     def detect(self, child: str, data: bytes) -> bool:
         return looks_like_hostport(child)

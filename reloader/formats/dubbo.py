@@ -62,6 +62,7 @@ def _split_authority(authority: str) -> tuple[str, str] | Skip:
 class DubboFormat(InstanceFormat):
     name: ClassVar[str] = "dubbo"
     written_by: ClassVar[str] = "Apache Dubbo 2.x providers (/dubbo/<interface>/providers)"
+    from_name: ClassVar[bool] = True
 
     def detect(self, child: str, data: bytes) -> bool:
         return _ENCODED_SCHEME.match(child) is not None

@@ -31,6 +31,7 @@ _SUFFIX = re.compile(r"^_[0-9]*\Z")
 class SmartStackFormat(InstanceFormat):
     name: ClassVar[str] = "smartstack"
     written_by: ClassVar[str] = "Airbnb Nerve (SmartStack) with use_path_encoding"
+    from_name: ClassVar[bool] = True
 
     def detect(self, child: str, data: bytes) -> bool:
         return _PREFIX.match(child) is not None

@@ -27,6 +27,12 @@ Guarantees
   (:meth:`ZnodeWatch.take_owed`): an upstream that a reload moved elsewhere
   never gets this znode's view, and a name newly mapped to a known znode is
   owed its current view at once.
+* **Names only, when told so.** A znode whose every upstream has
+  ``child_data: ignore`` never has a child's data read, checked or
+  watched: a child is known by its name alone, as empty data, and is
+  current as soon as it is listed or created. Its snapshots are complete
+  without a data read, so a persistent watch's creation event is a view at
+  once, and a recovery lists it and nothing more.
 * **Bounded memory.** At most ``max_children`` children are known (the first
   ones in name order; the znode is reported as capped), child data larger
   than :data:`~reloader.snapshot.MAX_KEPT_DATA` is kept as one shared
@@ -130,6 +136,8 @@ class ZnodeWatch:
     path: str
     upstreams: list[str] = field(default_factory=list)
     max_children: int = DEFAULT_MAX_CHILDREN
+    # False when every upstream of the znode ignores child data (``child_data: ignore``).
+    read_data: bool = True
     state: ZnodeState = ZnodeState.UNKNOWN
     # Knowledge: whether the znode existed when last looked at (None: never
     # looked), its children in name order and what was read of each.
@@ -189,8 +197,7 @@ class ZnodeWatch:
     def invalidate(self) -> None:
         """The one recovery trigger: nothing about this znode's watches can be trusted any more."""
         self.state = ZnodeState.UNKNOWN
-        for name in self.names:
-            self.needs.setdefault(name, Need.VERIFY)
+        self.verify_children()
 
     def watches_confirmed(self) -> bool:
         """The server kept every watch of this znode (SetWatches): UNKNOWN becomes SYNCED, no read.
@@ -212,15 +219,42 @@ class ZnodeWatch:
 
     def child_data_changed(self, child: str) -> None:
         """A child's data watch fired: read that child again."""
-        if child in self.known:
+        if child in self.known and self.read_data:
             self.needs[child] = Need.READ
 
     def child_created(self, child: str) -> None:
-        """A child appeared (a persistent watch says so): read it, no list needed."""
+        """A child appeared (a persistent watch says so): read it, no list needed (nor a read, names only)."""
         if self.exists and child not in self.known and len(self.names) < self.max_children:
-            self.known[child] = _Child()
+            self.known[child] = self._new_child()
             self.names = tuple(sorted((*self.names, child)))
-            self.needs[child] = Need.READ
+            if self.read_data:
+                self.needs[child] = Need.READ
+            else:
+                self._completed()
+
+    def set_read_data(self, read_data: bool) -> None:
+        """Whether child data is read from now on (a config reload changed ``child_data``).
+
+        Turned on, every known child is read (what was known of it is its
+        name only); turned off, nothing waits for a read any more.
+        """
+        if read_data == self.read_data:
+            return
+        self.read_data = read_data
+        if read_data:
+            for name in self.names:
+                self.needs[name] = Need.READ
+        else:
+            for record in self.known.values():
+                record.data, record.version = b"", None
+            self.needs.clear()
+            self._completed()
+
+    def _new_child(self) -> _Child:
+        record = _Child()
+        if not self.read_data:
+            record.data = b""
+        return record
 
     def child_deleted(self, child: str) -> None:
         """A child went (a persistent watch says so): drop it, no list needed."""
@@ -237,8 +271,9 @@ class ZnodeWatch:
         connection was down fires nothing. The state stays as it is: only
         the children are marked, and a snapshot waits for their checks.
         """
-        for name in self.names:
-            self.needs.setdefault(name, Need.VERIFY)
+        if self.read_data:
+            for name in self.names:
+                self.needs.setdefault(name, Need.VERIFY)
 
     def listing_sent(self) -> None:
         self.state = ZnodeState.LISTING
@@ -255,8 +290,9 @@ class ZnodeWatch:
             self.needs.pop(gone, None)
         for name in listed:
             if name not in self.known:
-                self.known[name] = _Child()
-                self.needs[name] = Need.READ
+                self.known[name] = self._new_child()
+                if self.read_data:
+                    self.needs[name] = Need.READ
         if len(self.known) < len(self.names) // 2:
             self.known = dict(self.known)  # a dict never shrinks in place: give the memory back
         self.names = tuple(listed)
@@ -353,6 +389,7 @@ class WatchBook:
             watch.owed.intersection_update(names)
             watch.upstreams = names
             watch.max_children = max(max_children_of(znode) for znode in configs)
+            watch.set_read_data(not all(znode.ignore_child_data for znode in configs))
             by_path[path] = watch
         removed = [watch for path, watch in self._by_path.items() if path not in by_path]
         self._by_path = by_path
