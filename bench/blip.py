@@ -12,6 +12,9 @@ ZooKeeper 3.8, each behind its own :class:`~reloader.localenv.zkproxy.ZkFramePro
   (``auto`` picks ``persistent`` on ZooKeeper 3.8): a watch per znode;
 * ``shared-root``: ``persistent`` with ``watch_roots`` set to the znodes'
   common parent, one recursive watch for them all;
+* ``names``: ``persistent`` with ``child_data: ignore`` (plain ``host:port``
+  children served by name, their data never read, so every weight is 1);
+  side by side only, as its files cannot show the k-change blip's data changes;
 * ``floor``: ``bench/floor.py watch --batch-fsync`` (raw kazoo watches, a
   full pipelined re-read after each reconnect; files written as durably as
   the daemon writes them: each fsynced and renamed, one directory fsync per
@@ -87,7 +90,9 @@ PING, CONNECT = 11, None
 KINDS = {3: "exists", 4: "getData", 8: "getChildren", 12: "getChildren2", 101: "setWatches", 105: "setWatches2",
          106: "addWatch", 18: "removeWatches", 22: "multiRead"}
 READS = {3, 4, 8, 12, 22}
-SUBJECTS = ("previous", "persistent", "shared-root", "classic", "floor")
+SUBJECTS = ("previous", "persistent", "shared-root", "classic", "names", "floor")
+#: Subjects timed side by side only (see the module docstring).
+PAIRED_ONLY = ("names",)
 
 
 def requests_since(proxy: ZkFrameProxy, start: int) -> dict[str, Any]:
@@ -126,7 +131,9 @@ def file_servers(files: Path, name: str) -> set[tuple[str, int]]:
         return set()
 
 
-def expected_servers(u: int, extra: dict[int, int] | None = None) -> set[tuple[str, int]]:
+def expected_servers(u: int, extra: dict[int, int] | None = None, subject: str = "") -> set[tuple[str, int]]:
+    if subject == "names":
+        return {(child_name(u, k), 1) for k in range(CHILDREN)}  # the weights in the data are not read
     want = {(child_name(u, k), 5 if k % 4 == 0 else 1) for k in range(CHILDREN)}
     for k, weight in (extra or {}).items():
         want = {item for item in want if item[0] != child_name(u, k)} | {(child_name(u, k), weight)}
@@ -154,6 +161,9 @@ class Run:
         elif subject == "shared-root":
             config["watch_mode"] = "persistent"
             cluster["watch_roots"] = [base]
+        elif subject == "names":
+            config["watch_mode"] = "persistent"
+            config["child_data"] = "ignore"
         else:
             config["watch_mode"] = subject
         config["clusters"] = [cluster]
@@ -304,8 +314,8 @@ class Run:
                                             f"{n}-paired-{subject}", bases[subject])
             for subject, proc in procs.items():
                 wait_until(lambda: proc.check_alive() or all(
-                    file_servers(files[subject], upstream_name(u)) == expected_servers(u) for u in range(n)),
-                    300, 0.2, f"{subject} synced (side by side)")
+                    file_servers(files[subject], upstream_name(u)) == expected_servers(u, subject=subject)
+                    for u in range(n)), 300, 0.2, f"{subject} synced (side by side)")
             time.sleep(1.0)
             latency: dict[str, list[float]] = {subject: [] for subject in subjects}
             for i in range(self.args.samples):
@@ -325,7 +335,7 @@ class Run:
             for round_ in range(self.args.paired_rounds):
                 order = subjects[round_ % len(subjects):] + subjects[:round_ % len(subjects)]
                 for subject in order:
-                    cpu[subject].append(self.burst(procs[subject], files[subject], bases[subject], n))
+                    cpu[subject].append(self.burst(procs[subject], files[subject], bases[subject], n, subject))
             for subject in subjects:
                 out["subjects"][subject] = {"create_to_file_ms": summary_ms(latency[subject]),
                                             "cpu_s_per_1000_changes": cpu[subject]}  # in the order run
@@ -343,7 +353,7 @@ class Run:
         out["loadavg_at_end"] = loadavg()
         return out
 
-    def burst(self, proc: Any, files: Path, base: str, n: int) -> float:
+    def burst(self, proc: Any, files: Path, base: str, n: int, subject: str) -> float:
         """CPU seconds of ``proc`` for 500 creates then 500 deletes, pipelined, until its files are right + 1 s."""
         cpu0 = cpu_seconds(proc.pid)
         made = [(f"{base}/{upstream_name(i % n)}/10.252.{i % 250}.{i // 250}:6000", b"") for i in range(500)]
@@ -352,7 +362,8 @@ class Run:
                                                      for p, _ in made), 120, 0.01, "500 creates in the files")
         for result in [self.writer.delete_async(p) for p, _ in made]:
             result.get(30)
-        wait_until(lambda: proc.check_alive() or all(file_servers(files, upstream_name(u)) == expected_servers(u)
+        wait_until(lambda: proc.check_alive() or all(file_servers(files, upstream_name(u))
+                                                     == expected_servers(u, subject=subject)
                                                      for u in range(n)), 120, 0.01, "500 deletes in the files")
         time.sleep(1.0)  # as the sequential figure's settle: what the subject does right after counts too
         return round(cpu_seconds(proc.pid) - cpu0, 3)
@@ -362,7 +373,7 @@ class Run:
         populate(self.writer, base, n, CHILDREN)
         result: dict[str, Any] = {}
         for subject in self.args.subjects:
-            if subject == "previous" and self.previous_root is None:
+            if subject == "previous" and self.previous_root is None or subject in PAIRED_ONLY or self.args.side_only:
                 continue
             banner(f"{n} x {CHILDREN}: {subject}")
             result[subject] = self.one(n, subject, base)
@@ -387,33 +398,35 @@ def markdown(results: dict[str, Any]) -> str:
     for n, subjects in results["sizes"].items():
         subjects = dict(subjects)
         side = subjects.pop("side_by_side", None)
-        lines += [f"**{int(n):,} upstreams x {results['children']}** (k = {next(iter(subjects.values()))['k']} changes)", "",
-                  "| | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
+        k = next(iter(subjects.values()))["k"] if subjects else None
+        lines += [f"**{int(n):,} upstreams x {results['children']}**" + (f" (k = {k} changes)" if k else ""), ""]
+        if subjects:
+            lines += ["| | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
 
-        def row(label: str, get: Any) -> None:
-            lines.append(f"| {label} | " + " | ".join(str(get(r)) for r in subjects.values()) + " |")
+            def row(label: str, get: Any) -> None:
+                lines.append(f"| {label} | " + " | ".join(str(get(r)) for r in subjects.values()) + " |")
 
-        row("server watches per upstream, `mntr` zk_watch_count", lambda r: r["watches"]["mntr_per_upstream"])
-        row("server watches in all, `mntr`", lambda r: f"{r['watches']['mntr_watch_count']:,}")
-        row("watched paths per upstream, `wchc`", lambda r: r["watches"]["wchc_paths_per_upstream"])
-        row("requests after a quiet blip", lambda r: f"{r['quiet_blip']['total']:,}")
-        row("of which reads", lambda r: f"{r['quiet_blip']['reads']:,}")
-        row("requests after a blip with k changes", lambda r: f"{r['k_blip']['total']:,}")
-        row("of which reads", lambda r: f"{r['k_blip']['reads']:,}")
-        row("k-change blip: reconnect -> every changed file right", lambda r: f"{r['k_blip_files_right_after_reconnect_s']} s")
-        row("create -> file, plain child: median (ms)",
-            lambda r: r["create_to_file_ms"]["median_ms"] if "create_to_file_ms" in r else "n/a")
-        row("CPU per 1,000 changes (s; idle settle included)", lambda r: r.get("cpu_s_per_1000_changes", "n/a"))
-        row("requests per 1,000 changes", lambda r: f"{r['requests_per_1000_changes']['total']:,}"
-            if "requests_per_1000_changes" in r else "n/a")
-        row("1,000 changes under an unconfigured sibling: requests", lambda r: r["sibling_churn_requests"]["total"]
-            if "sibling_churn_requests" in r else "n/a")
-        row("... and CPU (s; idle settle included)", lambda r: r.get("sibling_churn_cpu_s_per_1000", "n/a"))
-        row("server heap growth, synced (MB, after a full GC)",
-            lambda r: r.get("server_heap_mb", {}).get("growth", "n/a"))
-        row("initial sync (start -> every file right)", lambda r: f"{r['initial_sync_s']} s")
-        lines += ["", "Requests by kind, k-change blip: " + "; ".join(
-            f"{name}: {r['k_blip']['by_kind']}" for name, r in subjects.items()), ""]
+            row("server watches per upstream, `mntr` zk_watch_count", lambda r: r["watches"]["mntr_per_upstream"])
+            row("server watches in all, `mntr`", lambda r: f"{r['watches']['mntr_watch_count']:,}")
+            row("watched paths per upstream, `wchc`", lambda r: r["watches"]["wchc_paths_per_upstream"])
+            row("requests after a quiet blip", lambda r: f"{r['quiet_blip']['total']:,}")
+            row("of which reads", lambda r: f"{r['quiet_blip']['reads']:,}")
+            row("requests after a blip with k changes", lambda r: f"{r['k_blip']['total']:,}")
+            row("of which reads", lambda r: f"{r['k_blip']['reads']:,}")
+            row("k-change blip: reconnect -> every changed file right", lambda r: f"{r['k_blip_files_right_after_reconnect_s']} s")
+            row("create -> file, plain child: median (ms)",
+                lambda r: r["create_to_file_ms"]["median_ms"] if "create_to_file_ms" in r else "n/a")
+            row("CPU per 1,000 changes (s; idle settle included)", lambda r: r.get("cpu_s_per_1000_changes", "n/a"))
+            row("requests per 1,000 changes", lambda r: f"{r['requests_per_1000_changes']['total']:,}"
+                if "requests_per_1000_changes" in r else "n/a")
+            row("1,000 changes under an unconfigured sibling: requests", lambda r: r["sibling_churn_requests"]["total"]
+                if "sibling_churn_requests" in r else "n/a")
+            row("... and CPU (s; idle settle included)", lambda r: r.get("sibling_churn_cpu_s_per_1000", "n/a"))
+            row("server heap growth, synced (MB, after a full GC)",
+                lambda r: r.get("server_heap_mb", {}).get("growth", "n/a"))
+            row("initial sync (start -> every file right)", lambda r: f"{r['initial_sync_s']} s")
+            lines += ["", "Requests by kind, k-change blip: " + "; ".join(
+                f"{name}: {r['k_blip']['by_kind']}" for name, r in subjects.items()), ""]
         if side:
             figures = side["subjects"]
             lines += [f"Side by side, samples alternated (load average {side['loadavg_at_start']} at the start, "
@@ -443,6 +456,8 @@ def main() -> int:
                         help="skip the per-change figures (latency, CPU per 1,000 changes)")
     parser.add_argument("--paired-rounds", type=int, default=5,
                         help="bursts of 1,000 changes per subject side by side (0: no side-by-side figures)")
+    parser.add_argument("--side-only", action="store_true",
+                        help="only the side-by-side per-change figures (no blips, no sequential runs)")
     parser.add_argument("--previous-rev", default="87e1d38")
     parser.add_argument("--subjects", default=",".join(SUBJECTS))
     parser.add_argument("--output", default=None)
