@@ -20,24 +20,18 @@ from kazoo.client import KazooClient
 from reloader.config import ConfigError, parse_config
 from reloader.localenv.zookeeper import LocalZooKeeper
 from reloader.sources.watches import Need, ZnodeState, ZnodeWatch
-from tests.test_zk_resume import EXISTS, GET_DATA, LISTS, MODES, MULTI_READ, Harness, harnesses, wait_until  # noqa: F401
+from tests.test_zk_resume import (  # noqa: F401
+    EXISTS, GET_DATA, LISTS, MODES, MULTI_READ, Harness, harnesses, services, wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def plain(writer: KazooClient, root: str, counts: dict[str, int], ignore: bool = True
+def plain(writer: KazooClient, root: str, counts: dict[str, int]
           ) -> tuple[dict[str, object], dict[str, dict[str, int]]]:
-    """A znode per service whose children carry a weight as data (which ``ignore`` leaves unread)."""
-    nodes: dict[str, object] = {}
-    states = {}
-    for index, (name, count) in enumerate(counts.items()):
-        path = f"{root}/{name}"
-        writer.ensure_path(path)
-        for k in range(count):
-            writer.create(f"{path}/10.{index}.0.{k}:80", b"3")
-        nodes[name] = {"path": path, "child_data": "ignore"} if ignore else path
-        states[name] = {f"10.{index}.0.{k}:80": 1 if ignore else 3 for k in range(count)}
-    return nodes, states
+    """Services whose children carry a weight as data, configured with ``child_data: ignore`` (all served at 1)."""
+    paths, states = services(writer, root, counts, data=b"3")
+    return {name: {"path": path, "child_data": "ignore"} for name, path in paths.items()}, states
 
 
 @pytest.mark.parametrize("watch_mode", MODES)

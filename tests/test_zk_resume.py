@@ -136,14 +136,16 @@ def harnesses() -> Iterator[list[Harness]]:
         harness.close()
 
 
-def services(writer: KazooClient, root: str, counts: dict[str, int]) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    """Create a znode per service with ``count`` host:port children; return (zk_nodes, expected states)."""
+def services(writer: KazooClient, root: str, counts: dict[str, int],
+             data: bytes = b"") -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Create a znode per service with ``count`` host:port children holding ``data``; return (zk_nodes,
+    expected states: every weight 1, as served when ``data`` is empty or not read)."""
     nodes, states = {}, {}
     for index, (name, count) in enumerate(counts.items()):
         path = f"{root}/{name}"
         writer.ensure_path(path)
         for k in range(count):
-            writer.create(f"{path}/10.{index}.0.{k}:80", b"")
+            writer.create(f"{path}/10.{index}.0.{k}:80", data)
         nodes[name] = path
         states[name] = {f"10.{index}.0.{k}:80": 1 for k in range(count)}
     return nodes, states
