@@ -17,6 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from reloader.localenv.ports import port_accepts
+from reloader.localenv.tcpproxy import close_socket
 from reloader.model import Server, Upstream
 from reloader.outputs.base import FileWritten
 from reloader.outputs.dyups import DyupsOutput
@@ -203,7 +205,16 @@ class EndlessServer:
 
     def close(self) -> None:
         self._closed = True
-        self._listener.close()
+        # shutdown() wakes the thread blocked in accept(); close() alone would
+        # leave the port listening, answering whatever connects to it later.
+        close_socket(self._listener)
+
+
+def test_a_closed_endless_server_frees_its_port() -> None:
+    squatter = EndlessServer(chunked=True)
+    port = int(squatter.url.rsplit(":", 1)[1])
+    squatter.close()
+    assert not port_accepts(port), "the closed squatter still answers on its port"
 
 
 @pytest.mark.timeout(30)

@@ -18,7 +18,7 @@ import pytest
 from kazoo.client import KazooClient, KazooState
 
 from reloader.localenv.ensemble import LocalEnsemble, four_letter_word
-from reloader.localenv.tcpproxy import TcpProxy
+from reloader.localenv.tcpproxy import TcpProxy, close_socket
 from reloader.localenv.zookeeper import LocalZooKeeper
 from tests.hangingserver import HangingServer
 
@@ -63,7 +63,9 @@ class EchoServer:
                 sock.sendall(data)
 
     def close(self) -> None:
-        self.listener.close()
+        # shutdown() wakes the thread blocked in accept(); close() alone would
+        # leave the port listening for the rest of the run.
+        close_socket(self.listener)
 
 
 @pytest.fixture

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +18,7 @@ from reloader.localenv.backends import Backend, BackendPool, http_get
 from reloader.localenv.nginx import LocalNginx, NginxConfigError, server_block
 from reloader.localenv.ensemble import LocalEnsemble
 from reloader.localenv.ports import free_port, port_accepts
+from reloader.localenv.tcpproxy import close_socket
 from reloader.localenv.zookeeper import LocalZooKeeper, ZooKeeperError, threads_stopped
 
 
@@ -222,3 +226,71 @@ def test_nginx_rejects_bad_config_and_keeps_serving(nginx_bin: str) -> None:
         with pytest.raises(NginxConfigError):
             nginx.reload()
         assert http_get(f"http://127.0.0.1:{port}/") == (200, "only\n")
+
+
+def _sleeping(thread_id: int) -> bool:
+    """True while the thread waits in the kernel (state S in /proc)."""
+    try:
+        stat = Path(f"/proc/self/task/{thread_id}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "S"
+
+
+def _stop_with_a_thief(backend: Backend) -> bool:
+    """Start ``backend``; let a thief accept on its listening socket while clients connect; True if stop() returns."""
+    backend.start()
+    server = backend._server
+    assert server is not None
+    listener = socket.socket(fileno=os.dup(server.socket.fileno()))
+    stolen: list[socket.socket] = []
+    done = threading.Event()
+    thief_ids: list[int] = []
+
+    def steal() -> None:
+        # Straight into accept(): on a blocking socket the thief is already
+        # waiting in the kernel when the client connects, so it wins the
+        # connection while serve_forever() is still on its way from select().
+        thief_ids.append(threading.get_native_id())
+        while not done.is_set():
+            try:
+                stolen.append(listener.accept()[0])
+            except BlockingIOError:
+                try:
+                    select.select([listener], [], [], 0.05)
+                except (OSError, ValueError):  # closed meanwhile: the round is over
+                    return
+            except OSError:
+                return
+
+    thief = threading.Thread(target=steal, daemon=True)
+    thief.start()
+    stopper = threading.Thread(target=backend.stop, daemon=True)
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 5
+        while not (thief_ids and _sleeping(thief_ids[0])) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        clients.append(socket.create_connection(("127.0.0.1", backend.port)))
+        clients[0].sendall(b"GET / HTTP/1.0\r\n\r\n")  # counted if the backend wins it
+        while not stolen and backend.requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopper.start()
+        stopper.join(timeout=5)
+        return not stopper.is_alive()
+    finally:
+        done.set()
+        close_socket(listener)  # wakes the thief if it waits in accept()
+        thief.join(timeout=2)
+        for sock in clients + stolen:
+            sock.close()
+
+
+def test_a_backend_stops_even_when_another_holder_of_its_socket_takes_the_connections() -> None:
+    """serve_forever() woken for a connection someone else accepted first must not block in accept().
+
+    Which of the two wins the connection is up to the scheduler, so the
+    scene is played several times; on a blocking listener most rounds hang.
+    """
+    for round_ in range(8):
+        assert _stop_with_a_thief(Backend(f"shared-{round_}")), f"round {round_}: Backend.stop() hung"

@@ -7,6 +7,7 @@ body of ``"backend-2\\n"`` shows which server nginx picked.
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import threading
 import urllib.error
@@ -31,6 +32,16 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], backend: Backend) -> None:
         self.backend = backend
         super().__init__(address, _Handler)
+        # A non-blocking listener: when select() reports a connection that is
+        # gone by the time accept() runs (another holder of the socket took
+        # it), serve_forever() gets EAGAIN and goes on polling, so stop() can
+        # always end it; a blocking accept() would wait for the next client.
+        self.socket.setblocking(False)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = self.socket.accept()
+        conn.setblocking(True)  # the handler reads and writes plainly
+        return conn, address
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-answer (nginx stopping, a probe giving
