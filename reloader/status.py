@@ -8,7 +8,8 @@ Guarantees:
   cluster thread, and never makes one wait;
 * the server runs on daemon threads of its own (one listener and a fixed
   pool of :data:`WORKERS`, each connection with a socket timeout and a
-  total :data:`CONNECTION_DEADLINE`); at most
+  total :data:`CONNECTION_DEADLINE`, which ends a kept-alive connection
+  on an answer, never under a request a client sent in time); at most
   ``WORKERS + BACKLOG`` connections are held at once, more are closed
   unanswered, so no number of clients can exhaust the daemon's file
   descriptors; :meth:`StatusServer.stop` returns within :data:`STOP_GRACE`
@@ -65,7 +66,9 @@ WORKERS = 8
 #: Accepted connections that may wait for a worker; more are closed at once.
 BACKLOG = 32
 #: The longest a connection may hold a worker, however slowly it trickles
-#: bytes in (keep-alive scrapers simply connect again).
+#: bytes in. A kept-alive scraper is not cut off by it: an answer given in
+#: the second half of the deadline says ``Connection: close`` and the
+#: connection ends there, so the scraper connects again between requests.
 CONNECTION_DEADLINE = 10.0
 # The snapshot is read without locks while other threads change the dicts
 # it copies; a copy that races a change raises RuntimeError and is retried.
@@ -387,6 +390,17 @@ class _Server(HTTPServer):
                     self._active.pop(request, None)
                 self.shutdown_request(request)
 
+    def keep_alive(self, request: socket.socket) -> bool:
+        """Whether an answer on ``request`` may keep the connection open: not in the second half of its deadline.
+
+        Closing it on an answer there, rather than shutting it under a
+        request at the deadline, is what lets a client that asks again and
+        again on one connection never see a request go unanswered.
+        """
+        with self._active_lock:
+            deadline = self._active.get(request)
+        return deadline is not None and time.monotonic() < deadline - CONNECTION_DEADLINE / 2
+
     def service_actions(self) -> None:
         """Between polls of the listener: end the connections past their deadline.
 
@@ -462,6 +476,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        if not self.close_connection and not self.server.keep_alive(self.request):
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         if send_body:
             self.wfile.write(body)

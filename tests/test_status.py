@@ -353,9 +353,15 @@ def test_status_never_fails_while_config_reloads_add_and_remove_upstreams(
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         while not stop.is_set():
             for path in ("/status", "/metrics"):
-                connection.request("GET", path)
-                response = connection.getresponse()
-                body = response.read()
+                try:
+                    connection.request("GET", path)
+                    response = connection.getresponse()
+                    body = response.read()
+                except (OSError, http.client.HTTPException) as error:
+                    # A scrape cut off is a failed scrape: counted, never lost in a thread.
+                    failures.append((path, 0, repr(error).encode()))
+                    connection.close()
+                    continue
                 scrapes[0] += 1
                 if response.status != 200:
                     failures.append((path, response.status, body[:200]))
@@ -572,3 +578,41 @@ def test_clients_trickling_bytes_cannot_hold_the_status_workers_past_their_deadl
         for sock in trickling:
             sock.close()
         server.stop()
+
+
+def test_a_kept_alive_scraper_is_never_cut_off_by_the_connection_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client asking again and again on one connection sees every answer whole: the deadline ends the
+    connection with ``Connection: close`` on an answer, never under a request (http.client connects again)."""
+    import http.client
+
+    from reloader import status as status_module
+
+    monkeypatch.setattr(status_module, "CONNECTION_DEADLINE", 1.0)
+
+    class Source:
+        ready = healthy = True
+
+        def status_snapshot(self) -> dict[str, object]:
+            return {"upstreams": {f"app{i}": {"servers": i} for i in range(200)}}
+
+    server = status_module.StatusServer(Source(), ("127.0.0.1", 0))
+    server.start()
+    connection = http.client.HTTPConnection("127.0.0.1", server.address[1], timeout=5)
+    answered = closed = 0
+    try:
+        deadline = time.monotonic() + 3 * status_module.CONNECTION_DEADLINE
+        while time.monotonic() < deadline:
+            for path in ("/status", "/metrics", "/healthz"):
+                connection.request("GET", path)
+                response = connection.getresponse()
+                response.read()
+                assert response.status == 200, (path, response.status)
+                answered += 1
+                closed += response.getheader("Connection", "").lower() == "close"
+    finally:
+        connection.close()
+        server.stop()
+    print(f"{answered} answers on kept-alive connections, {closed} of them closing the connection")
+    assert closed >= 2, "the connection outlived its deadline"
