@@ -172,6 +172,8 @@ def _run(args: argparse.Namespace) -> int:
             log_fd = logs.stream_fileno()
             if log_fd is not None:
                 keep.append(log_fd)
+            # The lines so far are written by the writer thread, which the fork would not keep.
+            logs.before_fork()
             detach(keep, logs.log_file)
             for lock in locks:
                 lock.write_pid()  # the background process's pid, not the launcher's

@@ -15,7 +15,15 @@ Guarantees:
 * no credential kazoo prints at DEBUG (digest ``auth=``, the session's
   ``passwd=``, SASL ``challenge=``) reaches the handler (:class:`RedactingFilter`);
 * ``configure_logging`` replaces whatever handlers the root logger had, so
-  calling it twice never doubles lines.
+  calling it twice never doubles lines;
+* a record is formatted on the thread that logs it and written by one
+  writer thread, in batches (:class:`BackgroundHandler`): a burst costs one
+  write per batch, not one per line, and a log sink that stops taking
+  lines (a full pipe, a hung disk) never holds up the thread that logs.
+  At most :data:`MAX_QUEUED` lines wait; beyond that lines are dropped,
+  counted, and the count is written as soon as the sink takes lines again.
+  Lines still queued are written at exit (``logging.shutdown``), waiting at
+  most :data:`FLUSH_TIMEOUT` seconds for the sink.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import logging
 import logging.handlers
 import os
+import queue
 import re
 import sys
 import threading
@@ -127,24 +136,205 @@ class ReopenableFileHandler(logging.handlers.WatchedFileHandler):
         super().reopenIfNeeded()
 
 
+#: Lines that may wait for the writer; more are dropped (and counted) until it catches up.
+MAX_QUEUED = 20_000
+#: How long a flush (at exit, before detaching) waits for the sink to take the queued lines.
+FLUSH_TIMEOUT = 1.0
+
+
+class _Flush:
+    """A marker in the queue: set once the writer has written every line queued before it."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+class BackgroundHandler(logging.Handler):
+    """Formats each record on the logging thread; one writer thread writes them to ``target``'s stream.
+
+    ``target`` (a StreamHandler or a :class:`ReopenableFileHandler`) keeps
+    its own job: the stream, and the reopen after a rotation or a SIGUSR1,
+    which happens before a batch is written. Logging from a signal handler
+    is safe: queuing a line takes no lock (``queue.SimpleQueue.put`` is
+    reentrant). The writer thread starts with the first line, and again
+    after a fork or :meth:`stop_writer`: ``--daemon`` stops it before
+    detaching, as a fork keeps only the calling thread.
+    """
+
+    def __init__(self, target: logging.StreamHandler[TextIO]) -> None:
+        super().__init__()
+        self.target = target
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # Lines queued and not yet taken by the writer. Updated without a
+        # lock (a lost update only makes the bound a little loose), so that
+        # emit never waits for anything.
+        self._queued = 0
+        self._dropped = 0
+        self._writer: threading.Thread | None = None
+        self._writer_pid = 0
+        self._start_lock = threading.RLock()
+
+    # -- the logging side ----------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        # No handler lock: formatting touches only the record, and the queue
+        # is thread-safe; the stock lock would serialise every logging thread.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:  # noqa: BLE001 - logging's own contract: a bad record is reported, not raised
+            self.handleError(record)
+            return
+        if self._writer_pid != os.getpid():
+            self._start_writer()
+        if self._queued >= MAX_QUEUED:
+            self._dropped += 1
+            return
+        self._queued += 1
+        self._queue.put(line)
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+        """Wait until the lines queued so far are written; False if the sink did not take them within ``timeout``."""
+        if self._writer is None or self._writer_pid != os.getpid() or not self._writer.is_alive():
+            return self._queued == 0
+        marker = _Flush()
+        self._queue.put(marker)
+        return marker.done.wait(timeout)
+
+    def stop_writer(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+        """Write what is queued and end the writer thread (the next line starts it again)."""
+        with self._start_lock:
+            writer = self._writer
+            if writer is None or self._writer_pid != os.getpid() or not writer.is_alive():
+                return True
+            self._queue.put(_STOP)
+            writer.join(timeout)
+            if writer.is_alive():
+                return False
+            self._writer, self._writer_pid = None, 0
+            return True
+
+    def close(self) -> None:
+        # Closing a file under a writer still stuck in it would only turn
+        # its write into an error: leave that file to the process's exit.
+        if self.flush():
+            self.target.close()
+        super().close()
+
+    # -- the writer ------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        with self._start_lock:
+            if self._writer_pid == os.getpid():
+                return  # another thread started it meanwhile
+            if self._writer_pid != 0:
+                # After a fork: the parent's lines are the parent's to write.
+                self._queue, self._queued = queue.SimpleQueue(), 0
+            self._writer = threading.Thread(target=self._write_loop, name="log-writer", daemon=True)
+            self._writer_pid = os.getpid()
+            self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            lines: list[str] = []
+            markers: list[_Flush] = []
+            stop = False
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, _Flush):
+                    markers.append(item)
+                else:
+                    lines.append(item)  # type: ignore[arg-type]
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._queued -= len(lines)
+            dropped, self._dropped = self._dropped, 0
+            if dropped:
+                lines.insert(0, self._dropped_line(dropped))
+            if lines:
+                self._write("".join(lines))
+            for marker in markers:
+                marker.done.set()
+            if stop:
+                return
+
+    def _dropped_line(self, dropped: int) -> str:
+        record = logging.LogRecord(__name__, logging.WARNING, __file__, 0,
+                                   "log: %d lines were dropped: the log sink did not take them fast enough",
+                                   (dropped,), None)
+        try:
+            return self.format(record) + "\n"
+        except Exception:  # noqa: BLE001 - the count must not be lost to a formatter
+            return f"log: {dropped} lines were dropped: the log sink did not take them fast enough\n"
+
+    def _write(self, text: str) -> None:
+        """One batch to the target's descriptor.
+
+        The target's lock is held only to reopen and to pick the descriptor,
+        and the bytes go out with ``os.write``, not through the stream's
+        buffer: a writer stuck in a sink that takes nothing then holds no
+        lock that the exit (``logging.shutdown``, the interpreter's final
+        flush of the streams) needs.
+        """
+        target = self.target
+        try:
+            with target.lock:  # type: ignore[union-attr]
+                reopen = getattr(target, "reopenIfNeeded", None)
+                if reopen is not None:
+                    reopen()
+                stream = target.stream
+                stream.flush()
+                fd = stream.fileno()
+                encoding = getattr(stream, "encoding", None) or "utf-8"
+            view = memoryview(text.encode(encoding, "backslashreplace"))
+            while view:
+                view = view[os.write(fd, view):]
+        except Exception:  # noqa: BLE001 - as StreamHandler: a failed write is reported on stderr, not raised
+            if logging.raiseExceptions:
+                try:
+                    sys.stderr.write(f"--- logging error: cannot write {len(text)} characters of log: "
+                                     f"{sys.exc_info()[1]}\n")
+                except Exception:  # noqa: BLE001 - stderr itself may be the broken sink
+                    pass
+
+
 @dataclass
 class LogSetup:
     """What ``configure_logging`` installed: the handler, and the file it writes, if any."""
 
-    handler: logging.Handler
+    handler: BackgroundHandler
     log_file: Path | None
 
     def request_reopen(self) -> bool:
-        """Ask a file handler to reopen its file at the next record; False when logging to stderr."""
-        if isinstance(self.handler, ReopenableFileHandler):
-            self.handler.request_reopen()
+        """Ask a file handler to reopen its file before the next lines; False when logging to stderr."""
+        target = self.handler.target
+        if isinstance(target, ReopenableFileHandler):
+            target.request_reopen()
             return True
         return False
 
     def stream_fileno(self) -> int | None:
         """The descriptor the handler writes to (to keep open across detaching)."""
-        stream: TextIO | None = getattr(self.handler, "stream", None)
+        stream: TextIO | None = getattr(self.handler.target, "stream", None)
         return stream.fileno() if stream is not None else None
+
+    def before_fork(self) -> bool:
+        """Write the queued lines and end the writer thread (a fork keeps only the calling thread)."""
+        return self.handler.stop_writer()
 
 
 def make_formatter(log_format: str) -> logging.Formatter:
@@ -161,11 +351,12 @@ def configure_logging(level: str, log_file: str | Path | None = None, log_format
     Raises OSError naming the file when it cannot be opened.
     """
     path = Path(log_file).absolute() if log_file is not None else None
-    handler: logging.Handler
+    target: logging.StreamHandler[TextIO]
     if path is not None:
-        handler = ReopenableFileHandler(path)
+        target = ReopenableFileHandler(path)
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        target = logging.StreamHandler(sys.stderr)
+    handler = BackgroundHandler(target)
     handler.setFormatter(make_formatter(log_format))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

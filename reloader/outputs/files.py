@@ -605,7 +605,10 @@ class FilesOutput(Output):
             if previous != text:
                 self.writes += 1
                 self._unsynced = True
-                log.info("files: wrote %s", path, extra={"upstream": upstream.name})
+                # DEBUG: the pipeline's "upstream X: N servers" line already
+                # says it at INFO, and a failure says so at ERROR; a second
+                # INFO line per change only doubled the log of a burst.
+                log.debug("files: wrote %s", path, extra={"upstream": upstream.name})
             self._announce.append(FileWritten(upstream, previous, text))
 
     def _write_failed(self, upstream: Upstream, path: Path | str, error: OSError) -> None:
