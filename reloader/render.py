@@ -32,7 +32,7 @@ def server_line(server: Server) -> str:
 def _file_line(server: Server) -> str:
     """One ``server`` line of a file, with the host name it was resolved from in a comment."""
     if server.weight == 1 and not (server.params or server.backup or server.down):
-        # The common line, without server_line's list: rendering is most of a write's CPU.
+        # The line nearly every server has, without building server_line's list of parts.
         line = f"    server {server.address};"
     else:
         line = f"    {server_line(server)};"

@@ -9,7 +9,8 @@ Guarantees:
 * the server runs on daemon threads of its own (one listener and a fixed
   pool of :data:`WORKERS`, each connection with a socket timeout and a
   total :data:`CONNECTION_DEADLINE`, which ends a kept-alive connection
-  on an answer, never under a request a client sent in time); at most
+  with ``Connection: close`` on an answer rather than under a request,
+  unless the client stayed idle through the deadline's second half); at most
   ``WORKERS + BACKLOG`` connections are held at once, more are closed
   unanswered, so no number of clients can exhaust the daemon's file
   descriptors; :meth:`StatusServer.stop` returns within :data:`STOP_GRACE`

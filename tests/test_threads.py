@@ -24,7 +24,9 @@ def test_results_and_exceptions_reach_the_caller() -> None:
 
 
 def test_never_more_threads_than_max_workers() -> None:
-    pool = DaemonPool(2, "t")
+    # A name of its own: the threads of the other tests' pools ("t-0", "t-1")
+    # may still be on their way out, as shutdown() does not wait for them.
+    pool = DaemonPool(2, "never-more")
     release = threading.Event()
     running: list[int] = []
     lock = threading.Lock()
@@ -40,7 +42,7 @@ def test_never_more_threads_than_max_workers() -> None:
     while len(running) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(running) == 2
-    assert len([t for t in threading.enumerate() if t.name.startswith("t-")]) == 2
+    assert len([t for t in threading.enumerate() if t.name.startswith("never-more-")]) == 2
     release.set()
     assert sorted(f.result(timeout=5) for f in futures) == list(range(6))
     pool.shutdown()

@@ -462,8 +462,15 @@ class WatchingConnection(ConnectionHandler):
         return header, buffer, offset
 
     def _read_watch_event(self, buffer: bytes, offset: int) -> None:
-        super()._read_watch_event(buffer, offset)
-        self.client._dispatch_persistent(Watch.deserialize(buffer, offset)[0])
+        watch = Watch.deserialize(buffer, offset)[0]
+        client = self.client
+        # kazoo's own dispatch serves only its one-shot watchers (and warns
+        # of an unknown type): a persistent watch's event, nearly every event
+        # here, is decoded once and goes straight to the persistent watchers.
+        if (watch.path in client._data_watchers or watch.path in client._child_watchers
+                or watch.type not in EVENT_TYPE_MAP):
+            super()._read_watch_event(buffer, offset)
+        client._dispatch_persistent(watch)
 
     def _read_response(self, header: ReplyHeader, buffer: bytes, offset: int) -> Any:
         client = self.client
