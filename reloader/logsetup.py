@@ -279,7 +279,7 @@ class BackgroundHandler(logging.Handler):
         try:
             return self.format(record) + "\n"
         except Exception:  # noqa: BLE001 - the count must not be lost to a formatter
-            return f"log: {dropped} lines were dropped: the log sink did not take them fast enough\n"
+            return record.getMessage() + "\n"
 
     def _write(self, text: str) -> None:
         """One batch to the target's descriptor.

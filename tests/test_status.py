@@ -585,8 +585,6 @@ def test_a_kept_alive_scraper_is_never_cut_off_by_the_connection_deadline(
 ) -> None:
     """A client asking again and again on one connection sees every answer whole: the deadline ends the
     connection with ``Connection: close`` on an answer, never under a request (http.client connects again)."""
-    import http.client
-
     from reloader import status as status_module
 
     monkeypatch.setattr(status_module, "CONNECTION_DEADLINE", 1.0)
