@@ -199,6 +199,42 @@ def test_a_list_refused_after_a_reconnect_still_sets_every_child_data_watch_once
     harness.wait_for("app1", {"10.0.0.1:80": 9, "10.0.0.2:80": 1, "10.0.0.3:80": 1}, timeout=10)
 
 
+# ---- deletions under a persistent watch ----------------------------------------------------
+
+
+def test_a_transaction_that_deletes_many_children_is_published_whole_and_lists_nothing(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, harnesses: Callable[..., Harness],
+) -> None:
+    """Its events come one by one; every published view holds all of the deleted children or none.
+    Under a persistent watch, no deletion costs a child list (one small request settles a batch)."""
+    path = f"{zk_root}/svc"
+    kept = {f"10.0.0.{k}:80": 1 for k in range(1, 5)}
+    make_children(zk_client, path, dict.fromkeys(kept, b""))
+    harness = harnesses(zk, {"app1": path}).start()
+    harness.wait_for("app1", kept)
+    lists: list[str] = []
+    harness.clients[-1].on_list = lists.append
+    for round_ in range(6):
+        doomed = {f"10.{round_ + 1}.0.{k}:80": 1 for k in range(1, 41)}
+        transaction = zk_client.transaction()
+        for name in doomed:
+            transaction.create(f"{path}/{name}", b"")
+        transaction.commit()
+        harness.wait_for("app1", {**kept, **doomed})  # (creations are served as they come: growth)
+        before = len(harness.history("app1"))
+        transaction = zk_client.transaction()
+        for name in doomed:
+            transaction.delete(f"{path}/{name}")
+        transaction.commit()
+        harness.wait_for("app1", kept)
+        seen = harness.history("app1")[before:]
+        halves = [len(view) for view in seen if kept.items() <= view.items() and len(kept) < len(view)
+                  < len(kept) + len(doomed)]
+        assert not halves, f"round {round_}: a transaction was published in part: sizes {halves}"
+    if harness.watch_mode == "persistent":
+        assert lists == [], f"deletions listed {lists}"
+
+
 # ---- issue 14 item 5 --------------------------------------------------------------------
 
 
@@ -410,6 +446,33 @@ def test_confirmed_watches_and_persistent_watch_events_need_no_list() -> None:
     assert watch.reads() == ["c"] and watch.view() is None
     watch.data_read("c", b"6", 15)
     assert watch.view() == {"b": b"5", "c": b"6"}
+
+
+def test_a_deleted_child_goes_when_its_transaction_settles_and_a_list_supersedes_the_marks() -> None:
+    watch = synced({"a": (b"1", 10), "b": (b"2", 11), "c": (b"3", 12)})
+    watch.child_gone("a", 5)
+    watch.child_gone("b", 6)
+    watch.child_gone("unknown", 6)
+    assert watch.view() == {"a": b"1", "b": b"2", "c": b"3"} and not watch.owed, "served until settled"
+    watch.settle(4)
+    assert watch.gone == {"a": 5, "b": 6} and not watch.owed
+    watch.settle(6)
+    assert watch.view() == {"c": b"3"} and watch.take_owed() == ["app"] and watch.gone == {}
+    # Created again before its deletion settled: it stays, and its data is read again.
+    watch.child_gone("c", 7)
+    watch.child_created("c")
+    watch.settle(7)
+    assert watch.gone == {} and watch.reads() == ["c"]
+    watch.data_read("c", b"4", 13)
+    assert watch.view() == {"c": b"4"}
+    # A list read after the event supersedes it.
+    watch.child_gone("c", 8)
+    watch.children_changed()
+    watch.listing_sent()
+    watch.listed(["c", "d"])
+    assert watch.gone == {}
+    watch.settle(8)
+    assert "c" in watch.known
 
 
 def test_owed_views_reach_only_the_names_mapped_to_the_path_now() -> None:

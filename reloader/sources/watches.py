@@ -27,6 +27,12 @@ Guarantees
   (:meth:`ZnodeWatch.take_owed`): an upstream that a reload moved elsewhere
   never gets this znode's view, and a name newly mapped to a known znode is
   owed its current view at once.
+* **Deletions a transaction at a time.** A persistent watch's deletion
+  event only marks the child *gone* (:meth:`ZnodeWatch.child_gone`): it is
+  served until the source knows every event of its transaction was taken,
+  and then every child that transaction deleted goes at once
+  (:meth:`ZnodeWatch.settle`). A list read meanwhile supersedes the marks;
+  a child created again before its deletion settled stays.
 * **Names only, when told so.** A znode whose every upstream has
   ``child_data: ignore`` never has a child's data read, checked or
   watched: a child is known by its name alone, as empty data, and is
@@ -68,8 +74,12 @@ list_failed            LISTING                                      FAILED
 retry_due              FAILED (same failure)                        UNKNOWN
 data_read / verified   READING, SYNCED (child marked)               SYNCED when no
                                                                     child is left
-child_created/deleted  SYNCED, READING (a persistent watch's event) same, child
-                                                                    added/dropped
+child_created          SYNCED, READING (a persistent watch's event) same, child
+                                                                    added
+child_gone             any (a persistent watch's deletion event)    same, child
+                                                                    marked gone
+settle                 any (a barrier covered the gone children's   same, children
+                       transactions)                                dropped
 verify_children        any (a resumption under a persistent watch   same, every
                        after which the zxid moved)                  child checked
 =====================  ===========================================  ===============
@@ -152,6 +162,9 @@ class ZnodeWatch:
     failures: int = 0
     # How many children the list had beyond max_children when last read (0: none).
     over_cap: int = 0
+    # Children a persistent watch said were deleted, with the number of that
+    # event: still served until settle() says their whole transaction was taken.
+    gone: dict[str, int] = field(default_factory=dict)
 
     # ---- what the source asks ------------------------------------------------------
 
@@ -224,6 +237,11 @@ class ZnodeWatch:
 
     def child_created(self, child: str) -> None:
         """A child appeared (a persistent watch says so): read it, no list needed (nor a read, names only)."""
+        if self.gone.pop(child, None) is not None:
+            # Deleted and created again before its deletion settled: it stays, with whatever data it has now.
+            if self.read_data:
+                self.needs[child] = Need.READ
+            return
         if self.exists and child not in self.known and len(self.names) < self.max_children:
             self.known[child] = self._new_child()
             self.names = tuple(sorted((*self.names, child)))
@@ -256,8 +274,26 @@ class ZnodeWatch:
             record.data = b""
         return record
 
+    def child_gone(self, child: str, number: int) -> None:
+        """A persistent watch's event number ``number`` says ``child`` was deleted: it goes at the :meth:`settle` that covers it.
+
+        The events of one transaction come one by one, and a transaction
+        that removes several instances must never be served half-applied
+        (the shrink guard would let a first half through): until every event
+        of its transaction is known to be taken, the child is served as before.
+        """
+        if child in self.known:
+            self.gone[child] = number
+
+    def settle(self, upto: int) -> None:
+        """Every event up to number ``upto``, and every other event of their transactions, was taken: drop what they deleted."""
+        for child in [child for child, number in self.gone.items() if number <= upto]:
+            del self.gone[child]
+            self.child_deleted(child)
+
     def child_deleted(self, child: str) -> None:
-        """A child went (a persistent watch says so): drop it, no list needed."""
+        """A child went (known to be): drop it, no list needed."""
+        self.gone.pop(child, None)
         if self.known.pop(child, None) is not None:
             self.names = tuple(name for name in self.names if name != child)
             self.needs.pop(child, None)
@@ -296,6 +332,7 @@ class ZnodeWatch:
         if len(self.known) < len(self.names) // 2:
             self.known = dict(self.known)  # a dict never shrinks in place: give the memory back
         self.names = tuple(listed)
+        self.gone = {}  # the list came after every deletion event taken so far
         self.exists = True
         self.failures = 0
         self.over_cap = dropped
@@ -310,6 +347,7 @@ class ZnodeWatch:
         self.names = ()
         self.known = {}
         self.needs = {}
+        self.gone = {}
         self.failures = 0
         self.state = ZnodeState.ABSENT
         return news

@@ -41,8 +41,9 @@ watcher per path and callable) never stacks them:
 In persistent mode (ZooKeeper 3.6 and later; ``auto`` picks it when the
 server accepts ``AddWatch``) each znode has one persistent recursive watch,
 set before its first list: a child's creation marks that child for reading
-(no list), a data change marks it for reading, a deletion lists the znode
-again (a transaction's events come one by one; the list serves it whole).
+(no list), a data change marks it for reading, a deletion marks that child
+gone, and it goes once every event of its transaction was taken (see
+:meth:`ZooKeeperSource._settle`: one small request per batch, no list).
 Children get no watch of their own. The znode keeps the one-shot children
 watch its list sets (see :meth:`ZooKeeperSource._recheck_persistent`), and
 never an ``exists`` watch (see :meth:`ZooKeeperSource._watch_for_creation`).
@@ -180,6 +181,8 @@ SESSION_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Every error a ZooKeeper call may raise, session or not.
 ZOOKEEPER_ERRORS: tuple[type[BaseException], ...] = (KazooException, ZookeeperError, *SESSION_ERRORS)
+# The persistent-watch events that say what changed (NONE only says the session did).
+_NUMBERED = (EventType.CREATED, EventType.DELETED, EventType.CHANGED)
 
 
 class _Patience:
@@ -258,6 +261,13 @@ class ZooKeeperSource:
         self._spent: set[str] = set()
         self._plan = WatchPlan(cluster.watch_roots)
         self._warn_unused_roots()
+        # Persistent-watch events are numbered as the connection thread reads
+        # them, and the cluster thread notes the last one it took: together
+        # they tell when a deletion's whole transaction was taken (see _settle).
+        self._events_numbered = 0
+        self._events_taken = 0
+        self._unsettled: set[ZnodeWatch] = set()
+        self._settles_at: int | None = None
         watch_mode = {"watch_mode": cluster.watch_mode} if _is_watching(client_factory) else {}
         self._client = client_factory(
             **kazoo_arguments(cluster),
@@ -411,7 +421,11 @@ class ZooKeeperSource:
 
     @hands_on
     def _on_persistent_event(self, event: WatchedEvent) -> None:
-        self._inbox.put(lambda: self._persistent_event(event))
+        number = 0
+        if event.type in _NUMBERED:
+            # Only the connection thread reads these, so the numbers follow the inbox order.
+            number = self._events_numbered = self._events_numbered + 1
+        self._inbox.put(lambda: self._persistent_event(event, number))
 
     @hands_on
     def _on_child_data(self, event: WatchedEvent) -> None:
@@ -650,15 +664,16 @@ class ZooKeeperSource:
             # Even while frozen: a resync in progress takes every UNKNOWN znode before it thaws.
             watch.invalidate()
 
-    def _persistent_event(self, event: WatchedEvent) -> None:
-        """A persistent recursive watch's event: a child came, went or changed, or the znode itself did.
+    def _persistent_event(self, event: WatchedEvent, number: int = 0) -> None:
+        """A persistent recursive watch's event (number ``number``): a child came, went or changed, or the znode itself did.
 
         The watch may be a root's, shared by many znodes: the event goes to
         the znode its path is and to the one it is a child of (both, when
         configured znodes nest); anything else is discarded.
         """
-        if event.type not in (EventType.CREATED, EventType.DELETED, EventType.CHANGED):
+        if event.type not in _NUMBERED:
             return  # NONE: the session ended; the full read that follows recovers everything
+        self._events_taken = number
         itself, znode_path = targets(event.path, self._persistent.__contains__)
         if itself is not None and event.type != EventType.CHANGED:
             self._watches.get(itself).invalidate()  # type: ignore[union-attr]  # the znode itself came or went
@@ -674,11 +689,12 @@ class ZooKeeperSource:
         elif event.type == EventType.CREATED:
             watch.child_created(child)
         else:
-            # A list, not child_deleted(): the events of one transaction come
-            # one by one, and a transaction that removes several instances
-            # must not be served half-applied (the shrink guard would let a
-            # first half through). The list reflects the whole transaction.
-            watch.children_changed()
+            # Not dropped yet: the events of one transaction come one by one,
+            # and a transaction that removes several instances must not be
+            # served half-applied (the shrink guard would let a first half
+            # through). _settle() drops the child with its whole transaction.
+            watch.child_gone(child, number)
+            self._unsettled.add(watch)
 
     def _retry_due(self, watch: ZnodeWatch, failures: int) -> None:
         if self._watches.get(watch.path) is watch:
@@ -711,11 +727,14 @@ class ZooKeeperSource:
         work = [watch for watch in self._watches
                 if (watch.state is not synced or watch.needs) and watch.needs_pass]
         named, step, more = sweep_plan(work)
-        for batch in (named, step):
-            if not batch:
+        for batch in (named, step, None):
+            if batch is not None and not batch:
                 continue
             try:
-                self._sync(batch, self.freeze.epoch)
+                if batch is None:
+                    self._settle()
+                else:
+                    self._sync(batch, self.freeze.epoch)
             except SESSION_ERRORS as error:
                 self._given_up(work)
                 log.warning("cluster %s: read failed (%s); waiting for the session", self.label,
@@ -728,6 +747,42 @@ class ZooKeeperSource:
         if more:
             # The rest of the sweep after the inbox: events that came meanwhile are read first.
             self._inbox.put(lambda: None)
+
+    def _settle(self) -> None:
+        """Drop the children persistent watches said were deleted, each with its whole transaction.
+
+        ZooKeeper applies a transaction whole, with no read in between, and
+        sends one session its events and answers in order on the one
+        connection; the connection thread numbers and queues each event
+        before it reads the next packet. So once a request sent after a
+        deletion's event was taken is answered, every event of that
+        deletion's transaction has a number, at most the last one given;
+        once the cluster thread has taken every event up to that number,
+        the deletions up to it are dropped together. One ``exists`` serves
+        every deletion of a batch, of any number of znodes, where a child
+        list per deletion served before. Events taken after the request was
+        sent wait for the next one; at most two are sent per pass, and a
+        pass follows every batch of events.
+        """
+        for _ in range(2):
+            self._unsettled = {watch for watch in self._unsettled
+                               if watch.gone and self._watches.get(watch.path) is watch}
+            if self._settles_at is None:
+                if not self._unsettled:
+                    return
+                any_path = next(iter(self._unsettled)).path
+                try:
+                    self._await(self._client.exists_async(any_path), self._patience(), self.freeze.epoch)
+                except SESSION_ERRORS:
+                    raise
+                except ZOOKEEPER_ERRORS:
+                    pass  # an error is an answer too, and came in the same order
+                self._settles_at = self._events_numbered
+            if self._events_taken < self._settles_at:
+                return  # some of those events wait in the inbox: the pass after the next batch settles them
+            upto, self._settles_at = self._settles_at, None
+            for watch in self._unsettled:
+                watch.settle(upto)
 
     def _given_up(self, watches: list[ZnodeWatch]) -> None:
         """A pass was given up: whatever it had not finished is unverified again."""
