@@ -232,7 +232,8 @@ class ClusterWorker:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            for task in self.inbox.drain(MAX_IDLE):
+            tasks = self.inbox.drain(MAX_IDLE)
+            for task in tasks:
                 if self._stopping.is_set():
                     return  # what is left of the batch is moot; shut down promptly
                 if self._stall is not None:
@@ -242,7 +243,7 @@ class ClusterWorker:
                 except Exception:  # noqa: BLE001 - the cluster thread must survive any one task
                     log.exception("cluster %s: a task failed", self.label, extra={"cluster": self.label})
             try:
-                self.source.read_changed()
+                self.source.read_changed(len(tasks))
             except Exception:  # noqa: BLE001
                 log.exception("cluster %s: reading its changes failed", self.label, extra={"cluster": self.label})
             self._hand_over()

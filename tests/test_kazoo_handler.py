@@ -16,7 +16,7 @@ from kazoo.handlers.utils import selector_select
 from kazoo.protocol.states import Callback
 
 from reloader.localenv.zookeeper import LocalZooKeeper
-from reloader.sources.kazoo_handler import PollingHandler, hands_on, is_hands_on
+from reloader.sources.kazoo_handler import READ_SIZE, BufferedSocket, PollingHandler, hands_on, is_hands_on
 
 
 def both(rlist: list[object], wlist: list[object], timeout: float) -> tuple[object, object]:
@@ -46,6 +46,60 @@ def test_bad_timeouts_are_refused_like_the_stock_select() -> None:
         PollingHandler().select([], [], [], -1)
     with pytest.raises(TypeError):
         PollingHandler().select([], [], [], "1")  # type: ignore[arg-type]
+
+
+def test_a_buffered_socket_serves_packets_from_one_read_in_order_and_never_more_than_asked() -> None:
+    a, b = socket.socketpair()
+    reads: list[int] = []
+
+    class Counting:
+        def recv(self, size: int) -> bytes:
+            reads.append(size)
+            return a.recv(size)
+
+        def fileno(self) -> int:
+            return a.fileno()
+
+    try:
+        buffered = BufferedSocket(Counting())
+        packets = [bytes([k]) * (k * 7 + 1) for k in range(40)]
+        b.sendall(b"".join(packets))
+        got = [buffered.recv(len(packet)) for packet in packets]
+        assert got == packets and reads == [READ_SIZE], "one read from the kernel served every packet"
+        assert buffered.pending() == 0
+        b.sendall(b"abcdef")
+        assert buffered.recv(4) == b"abcd" and buffered.pending() == 2
+        assert buffered.recv(10) == b"ef", "what is buffered, and no wait for more"
+        big = b"z" * (READ_SIZE * 2)
+        threading.Thread(target=b.sendall, args=(big,), daemon=True).start()
+        whole = b""
+        while len(whole) < len(big):
+            whole += buffered.recv(len(big) - len(whole))
+        assert whole == big
+        b.close()
+        assert buffered.recv(4) == b"", "the socket's end, as it comes"
+    finally:
+        a.close()
+
+
+def test_bytes_already_buffered_are_ready_at_once_and_the_other_readers_are_still_polled() -> None:
+    a, b = socket.socketpair()
+    wake_r, wake_w = socket.socketpair()
+    try:
+        buffered = BufferedSocket(a)
+        b.sendall(b"12345678")
+        assert buffered.recv(4) == b"1234"  # the rest now waits in the buffer, not in the kernel
+        handler = PollingHandler()
+        began = time.monotonic()
+        assert handler.select([buffered, wake_r], [], [], 5.0)[0] == [buffered]
+        assert time.monotonic() - began < 1.0, "a buffered reader never waits for the kernel"
+        wake_w.send(b"x")
+        assert handler.select([buffered, wake_r], [], [], 5.0)[0] == [buffered, wake_r]
+        assert buffered.recv(4) == b"5678"
+        assert handler.select([buffered, wake_r], [], [], 0.0)[0] == [wake_r]
+    finally:
+        for sock in (a, b, wake_r, wake_w):
+            sock.close()
 
 
 def test_a_client_on_it_reads_and_watches(zk: LocalZooKeeper, zk_root: str) -> None:

@@ -13,10 +13,22 @@ non-blocking put into a queue) pays a thread hop per event for nothing:
 about 0.1 ms of latency and a queue put, get and wake-up of CPU. One marked
 with :func:`hands_on` runs at once, on the thread that dispatches it.
 
+kazoo also reads each packet with two ``recv`` calls (its length, then its
+body), each after a wait of its own. The connection the handler makes is a
+:class:`BufferedSocket`: one ``recv`` takes whatever the kernel holds (up to
+64 KB), and the packets in it are served from that buffer with no system
+call at all.
+
 Guarantees: ``select`` has the contract of the stock handler's (kazoo's
 ``selector_select``): the same arguments and checks, the same lists back, a
 descriptor that hung up or failed reported as readable (and as writable when
-asked for writing only), and no limit on descriptor numbers. A callback
+asked for writing only), and no limit on descriptor numbers; a
+:class:`BufferedSocket` (or a TLS socket) holding bytes already read is
+readable at once, and the others are still polled (without waiting), so a
+request to send is never held up by a full buffer. A
+:class:`BufferedSocket` returns the bytes in the order the socket gave
+them, never more than asked for, and the socket's own errors as they
+come; everything else (send, close, shutdown) is the socket's. A callback
 marked with :func:`hands_on` runs on the dispatching thread (kazoo's
 connection thread for watch events, the caller's for the rest), in the
 order it was dispatched, and an exception it raises is logged, never
@@ -61,6 +73,53 @@ def hands_on(func: F) -> F:
 def is_hands_on(func: Callable[..., Any]) -> bool:
     return bool(getattr(func, _HANDS_ON, False))
 
+# How much one read from the kernel may take: ZooKeeper's packets are small,
+# and a burst of them (events, answers) comes in one read.
+READ_SIZE = 65536
+
+
+class BufferedSocket:
+    """A connected socket whose ``recv`` is served from one larger read (see the module docstring)."""
+
+    __slots__ = ("_sock", "_buffer", "_offset")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._offset = 0
+
+    def recv(self, size: int) -> bytes:
+        buffered = len(self._buffer) - self._offset
+        if buffered > 0:
+            start = self._offset
+            self._offset = start + min(size, buffered)
+            return self._buffer[start:self._offset]
+        data = self._sock.recv(max(size, READ_SIZE))
+        if len(data) <= size:
+            return data
+        self._buffer, self._offset = data, size
+        return data[:size]
+
+    def pending(self) -> int:
+        """Bytes that can be read without waiting: this buffer's, and a TLS socket's own."""
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._buffer) - self._offset + inner
+
+    def send(self, data: bytes) -> int:
+        return int(self._sock.send(data))
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _pending(fileobj: Any) -> int:
+    pending = getattr(fileobj, "pending", None)
+    return int(pending()) if pending is not None else 0
+
+
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
 _TROUBLE = select.POLLHUP | select.POLLERR | select.POLLNVAL
@@ -68,6 +127,9 @@ _TROUBLE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 class PollingHandler(SequentialThreadingHandler):
     """A :class:`SequentialThreadingHandler` whose ``select`` is one ``poll()``; hand-on callbacks run at once."""
+
+    def create_connection(self, *args: Any, **kwargs: Any) -> BufferedSocket:
+        return BufferedSocket(super().create_connection(*args, **kwargs))
 
     def dispatch_callback(self, callback: Callback) -> None:
         if not is_hands_on(callback.func):
@@ -93,16 +155,21 @@ class PollingHandler(SequentialThreadingHandler):
                 fd = fileobj_to_fd(fileobj)
                 wanted[fd] = wanted.get(fd, 0) | mask
                 by_fd.setdefault(fd, []).append(fileobj)
+        # Bytes already read (by a BufferedSocket, or TLS) wait in no kernel
+        # queue: such a reader is ready now, and the rest are only looked at.
+        buffered = [fileobj for fileobj in rlist if _pending(fileobj) > 0]
+        if buffered:
+            timeout = 0
         poller = select.poll()
         for fd, mask in wanted.items():
             poller.register(fd, mask)
         ready = poller.poll(None if timeout is None else timeout * 1000.0)
-        readable: list[Any] = []
+        readable: list[Any] = list(buffered)
         writable: list[Any] = []
         for fd, events in ready:
             # As the stock selector does: trouble counts as both, reading wins.
             if events & (_READ | _TROUBLE) and fd in readers:
-                readable.extend(readers[fd])
+                readable.extend(fileobj for fileobj in readers[fd] if fileobj not in buffered)
             elif events & (_WRITE | _TROUBLE) and fd in writers:
                 writable.extend(writers[fd])
         return readable, writable, []
