@@ -328,7 +328,7 @@ class UpstreamGuard:
         now, wall = self._clock(), self._wall()
         for until, count in upstream.owed:
             left = min(until - wall, window)
-            if left > 0:
+            if left >= 0:  # as reference(): a state counts up to and including the end of its window
                 # Replaced at (now + left - window): it counts until now + left.
                 self._served.restore(now + left - window, count)
 
