@@ -235,6 +235,36 @@ def test_a_transaction_that_deletes_many_children_is_published_whole_and_lists_n
         assert lists == [], f"deletions listed {lists}"
 
 
+def test_a_pass_after_watch_events_looks_only_at_the_znodes_they_touched(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, harnesses: Callable[..., Harness],
+) -> None:
+    """A burst of events over many znodes pays no walk over all of them per batch; anything else does."""
+    nodes = {f"app{k}": f"{zk_root}/s{k}" for k in range(150)}
+    for path in nodes.values():
+        make_children(zk_client, path, {"10.0.0.1:80": b""})
+    harness = harnesses(zk, nodes).start()
+    for name in nodes:
+        harness.wait_for(name, {"10.0.0.1:80": 1})
+    source = harness.worker.source
+    looked_at: list[int] = []
+    deliver = source._deliver
+
+    def counting(watches: Any = None) -> None:
+        looked_at.append(len(source.watches) if watches is None else len(list(watches)))
+        deliver(watches)
+
+    source._deliver = counting  # type: ignore[method-assign]
+    for k in range(30):
+        zk_client.create(f"{nodes[f'app{k}']}/10.0.1.{k}:80", b"")
+        harness.wait_for(f"app{k}", {"10.0.0.1:80": 1, f"10.0.1.{k}:80": 1})
+    whole = [count for count in looked_at if count == len(nodes)]
+    assert len(looked_at) >= 30 and len(whole) <= 5, (len(looked_at), len(whole))
+    # A reload (not an event) looks at every znode, and the state stays right.
+    harness.reconfigure({**nodes, "extra": nodes["app0"]})
+    harness.wait_for("extra", {"10.0.0.1:80": 1, "10.0.1.0:80": 1})
+    assert len([count for count in looked_at if count == len(source.watches)]) > len(whole)
+
+
 # ---- issue 14 item 5 --------------------------------------------------------------------
 
 
