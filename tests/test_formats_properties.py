@@ -487,7 +487,7 @@ def nginx_view(upstream: Upstream, name: str) -> Upstream:
 def test_rendered_upstreams_pass_nginx_and_dyups_bodies_are_strict(tmp_path: Path, nginx_check) -> None:
     files: dict[str, str] = {}
 
-    @THOROUGH
+    @FAST
     @given(children=st.lists(good_children | any_children, max_size=6), options=upstream_options(), fmt=format_options)
     def collect(children: list[tuple[str, bytes]], options: UpstreamOptions, fmt: FormatOptions) -> None:
         live = [parse_instance(_surrogate_free(name), data, "auto", fmt) for name, data in children]
@@ -504,7 +504,7 @@ def test_rendered_upstreams_pass_nginx_and_dyups_bodies_are_strict(tmp_path: Pat
         files[name] = render_file(nginx_view(upstream, name))
 
     collect()
-    assert len(files) > 500
+    assert len(files) > 200
     for name, text in files.items():
         (tmp_path / f"{name}.upstream").write_text(text)
     nginx_check(tmp_path)  # one nginx -t for the whole run

@@ -3,7 +3,7 @@
 The soak drives real ZooKeeper (3 nodes), real nginx with the Lua module,
 the dyups test server and two daemons through random registry churn and
 real faults, and counts every broken promise (see its docstring). CI runs it
-for ``SOAK_SECONDS`` (default 60) with the seed ``SOAK_SEED`` (default a
+for ``SOAK_SECONDS`` (default 45) with the seed ``SOAK_SEED`` (default a
 fixed one, so a red run can be repeated exactly; ``SOAK_SEED=random`` picks
 a new one and prints it).
 """
@@ -38,7 +38,7 @@ def _seed() -> int:
 def test_fault_soak_counts_no_violation(zookeeper_installed: None, tmp_path: Path) -> None:
     require(nginx_missing())
     require(lua_missing())
-    seconds = float(os.environ.get("SOAK_SECONDS", "60"))
+    seconds = float(os.environ.get("SOAK_SECONDS", "45"))
     seed = _seed()
     report = tmp_path / "soak.json"
     argv = [sys.executable, str(ROOT / "bench" / "soak.py"), "--seed", str(seed), "--duration", str(seconds),

@@ -309,7 +309,7 @@ if __name__ == "__main__":
 
 # Enough upstreams that a snapshot takes several of the interpreter's switch intervals.
 UPSTREAMS_RELOADED = 400
-RELOADS = 12
+RELOADS = 8
 
 
 def test_status_never_fails_while_config_reloads_add_and_remove_upstreams(
