@@ -350,7 +350,7 @@ class Soak:
             locations = "".join(f"location /{name}/ {{\n    proxy_pass http://{name};\n}}\n" for name in UPSTREAMS)
             self.nginx.write_config(server_block(self.front_port, locations))
             self.nginx.start()
-            self._quiet_point("start")
+            self._quiet_point("start", wait=0.0)  # nothing has opened a window yet: poll at once
             threads = [threading.Thread(target=self._files_sampler, daemon=True),
                        *(threading.Thread(target=self._files_watcher, args=(who,), daemon=True)
                          for who in ("lua", "dyups")),
@@ -654,10 +654,10 @@ class Soak:
 
     # ---- quiet points -------------------------------------------------------------------
 
-    def _quiet_point(self, label: str) -> None:
-        """Heal everything, wait past every window, then every output must be the registry's."""
+    def _quiet_point(self, label: str, wait: float = QUIET) -> None:
+        """Heal everything, wait past every window (``wait``), then every output must be the registry's."""
         self.report.operations["quiet-point"] += 1
-        time.sleep(QUIET)  # the windows are the point: nothing to poll for until they are over
+        time.sleep(wait)  # the windows are the point: nothing to poll for until they are over
         deadline = time.monotonic() + FINAL_DEADLINE
         while True:
             wrong = self._differences()

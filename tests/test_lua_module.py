@@ -197,7 +197,9 @@ def test_weights_share_within_two_percent(rig: Rig) -> None:
     weights = {b1.name: 1, b2.name: 3, b3.name: 6}
     assert rig.post("app", update((b1, {"weight": 1}), (b2, {"weight": 3}), (b3, {"weight": 6}))).status_code == 200
     counts: Counter[str] = Counter()
-    total = 10_000
+    # Smooth weighted round robin is exact per worker up to one request a peer: 2,000 requests bound
+    # the shares far tighter than 2 % (a random balancer would need many more).
+    total = 2_000
     # Keep-alive connections, opened anew every 500 requests so both workers take part.
     done = 0
     while done < total:
@@ -209,7 +211,7 @@ def test_weights_share_within_two_percent(rig: Rig) -> None:
             done += 1
         conn.close()
     shares = {name: counts[name] / total for name in weights}
-    print("weight shares over 10,000 requests:", {name: f"{share:.4f}" for name, share in shares.items()})
+    print(f"weight shares over {total:,} requests:", {name: f"{share:.4f}" for name, share in shares.items()})
     for name, weight in weights.items():
         share = shares[name]
         assert abs(share - weight / 10) < 0.02, (name, share, counts)

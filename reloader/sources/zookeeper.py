@@ -656,9 +656,9 @@ class ZooKeeperSource:
         watch.children_changed()  # read_changed() reads every changed list at once
 
     def _child_data_changed(self, event: WatchedEvent) -> None:
-        self._event_tasks += 1
         if event.type == EventType.NONE:
             return  # the session was reset; the resync re-reads everything
+        self._event_tasks += 1
         znode_path, child = posixpath.split(event.path)
         watch = self._watches.get(znode_path)
         if watch is not None:
