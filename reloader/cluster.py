@@ -51,6 +51,18 @@ PROBE_TIMEOUT = 1.0
 # that stops answering ages within one timeout.
 
 
+_PIPELINE_ONLY = "_reloader_pipeline_only"
+
+
+def _pipeline_only(task: Callable[[], None]) -> Callable[[], None]:
+    """``task``, marked as the pipeline's own: it never touches the source's watches."""
+    def run() -> None:
+        task()
+
+    setattr(run, _PIPELINE_ONLY, True)
+    return run
+
+
 class _Confirming:
     """The source's sink: every snapshot handed over confirms the registry, then goes to the pipeline."""
 
@@ -94,8 +106,9 @@ class ClusterWorker:
         self._owner_lock = threading.Lock()
         self._owned = frozenset(znode.upstream for znode in cluster.znodes)
         self.pipeline = Pipeline(
-            cluster.znodes, self._published.append, self.freeze, schedule=self.inbox.call_later, hosts=hosts,
-            post=self.inbox.put,
+            cluster.znodes, self._published.append, self.freeze,
+            schedule=lambda delay, task: self.inbox.call_later(delay, _pipeline_only(task)), hosts=hosts,
+            post=self.put_pipeline,
         )
         # When the registry last confirmed what is served (monotonic): a
         # snapshot handed over, or an answer to the periodic confirmation.
@@ -230,9 +243,20 @@ class ClusterWorker:
     def wake(self) -> None:
         self.inbox.put(lambda: None)
 
+    def put_pipeline(self, task: Callable[[], None]) -> None:
+        """Run ``task``, work of the pipeline's own that never touches the watches, on this cluster's thread.
+
+        The pass after a batch of such tasks and watch events looks only at
+        the znodes the events touched (see ZooKeeperSource.read_changed);
+        after any other task it looks at every znode.
+        """
+        self.inbox.put(_pipeline_only(task))
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             tasks = self.inbox.drain(MAX_IDLE)
+            # None (an idle tick) makes the pass look at every znode, as any task not the pipeline's does.
+            others = sum(1 for task in tasks if not getattr(task, _PIPELINE_ONLY, False)) if tasks else None
             for task in tasks:
                 if self._stopping.is_set():
                     return  # what is left of the batch is moot; shut down promptly
@@ -243,7 +267,7 @@ class ClusterWorker:
                 except Exception:  # noqa: BLE001 - the cluster thread must survive any one task
                     log.exception("cluster %s: a task failed", self.label, extra={"cluster": self.label})
             try:
-                self.source.read_changed(len(tasks))
+                self.source.read_changed(others)
             except Exception:  # noqa: BLE001
                 log.exception("cluster %s: reading its changes failed", self.label, extra={"cluster": self.label})
             self._hand_over()

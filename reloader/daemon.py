@@ -420,7 +420,7 @@ class Daemon:
             if self._drains_sent.get(name, {}) == drains:
                 continue
             self._drains_sent[name] = drains
-            worker.inbox.put(lambda worker=worker, name=name, drains=drains: worker.pipeline.set_drains(name, drains))
+            worker.put_pipeline(lambda worker=worker, name=name, drains=drains: worker.pipeline.set_drains(name, drains))
 
     def _files_written(self, events: list[FileWritten]) -> None:
         """On the files runner's thread: tell each upstream's cluster thread that its file caught up."""
@@ -434,7 +434,7 @@ class Daemon:
                 for name in names:
                     pipeline.confirmed(name)
 
-            worker.inbox.put(confirm)
+            worker.put_pipeline(confirm)
 
     def _telling_nginx(self) -> str:
         config = self.config

@@ -727,11 +727,13 @@ class ZooKeeperSource:
         data reads, and one publish per znode. A frozen cluster is skipped:
         its resync reads everything anyway.
 
-        ``tasks`` is how many tasks the batch held. When every one of them
-        was a watch event, only the znodes those events touched and the ones
-        the last pass left unfinished are looked at (a burst of events over
-        1,000 znodes would otherwise pay a walk over all of them per batch);
-        after any other task, or with ``tasks`` None, every znode is.
+        ``tasks`` is how many tasks of the batch may have touched the
+        watches (the cluster worker leaves out the pipeline's own). When
+        every one of them was a watch event, only the znodes those events
+        touched and the ones the last pass left unfinished are looked at (a
+        burst of events over 1,000 znodes would otherwise pay a walk over all
+        of them per batch); after any other task, or with ``tasks`` None (an
+        idle tick), every znode is.
 
         A sweep (every child of every persistent znode to check, after a
         resumption during which the cluster changed) comes after what the
@@ -741,7 +743,7 @@ class ZooKeeperSource:
         two steps, so an event that comes during a long sweep waits for one
         step at most.
         """
-        only_events = tasks is not None and 0 < tasks == self._event_tasks
+        only_events = tasks is not None and tasks == self._event_tasks
         self._event_tasks = 0
         touched, self._touched = self._touched, set()
         if not self.freeze.is_open:
