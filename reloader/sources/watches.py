@@ -288,8 +288,7 @@ class ZnodeWatch:
     def settle(self, upto: int) -> None:
         """Every event up to number ``upto``, and every other event of their transactions, was taken: drop what they deleted."""
         for child in [child for child, number in self.gone.items() if number <= upto]:
-            del self.gone[child]
-            self.child_deleted(child)
+            self.child_deleted(child)  # forgets its mark too
 
     def child_deleted(self, child: str) -> None:
         """A child went (known to be): drop it, no list needed."""

@@ -761,29 +761,35 @@ class ZooKeeperSource:
         work = [watch for watch in watches
                 if (watch.state is not synced or watch.needs) and watch.needs_pass]
         named, step, more = sweep_plan(work)
-        for batch in (named, step, None):
-            if batch is not None and not batch:
+        epoch = self.freeze.epoch
+        for batch in (named, step):
+            if not batch:
                 continue
-            try:
-                if batch is None:
-                    self._settle()
-                else:
-                    self._sync(batch, self.freeze.epoch)
-            except SESSION_ERRORS as error:
-                self._given_up(work)
-                self._unfinished = set(self._watches)
-                log.warning("cluster %s: read failed (%s); waiting for the session", self.label,
-                            describe_error(error), extra={"cluster": self.label})
+            if not self._reading(lambda batch=batch: self._sync(batch, epoch), work):
                 return
             if batch is named and step:
                 self._deliver(watches)
                 self._sink.flush()
+        if not self._reading(self._settle, work):
+            return
         self._deliver(watches)
         self._unfinished = {watch for watch in watches
                             if watch.owed or ((watch.state is not synced or watch.needs) and watch.needs_pass)}
         if more:
             # The rest of the sweep after the inbox: events that came meanwhile are read first.
             self._inbox.put(lambda: None)
+
+    def _reading(self, read: Callable[[], None], work: list[ZnodeWatch]) -> bool:
+        """Run one read of a pass; on a session error give the pass up (False): the session's recovery reads it all."""
+        try:
+            read()
+        except SESSION_ERRORS as error:
+            self._given_up(work)
+            self._unfinished = set(self._watches)
+            log.warning("cluster %s: read failed (%s); waiting for the session", self.label,
+                        describe_error(error), extra={"cluster": self.label})
+            return False
+        return True
 
     def _settle(self) -> None:
         """Drop the children persistent watches said were deleted, each with its whole transaction.
