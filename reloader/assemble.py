@@ -99,6 +99,8 @@ def desired_live(
     if capped:
         assert max_weight is not None
         servers = [replace(s, weight=max_weight) if s.endpoint in capped else s for s in servers]
+    if not options.server_params:
+        return servers
     return [apply_server_params(server, options.server_params) for server in servers]
 
 

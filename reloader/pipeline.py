@@ -386,11 +386,11 @@ class Pipeline:
                 # The name is the instance. The data may still have been read,
                 # for another upstream of the same znode; it counts as empty here.
                 data = b""
-            if isinstance(data, Unreadable):
+            elif isinstance(data, Unreadable):
                 unreadable[child] = data.reason
                 continue
             seen = known.get(child)
-            if seen is None or not (seen.data is data or seen.data == data):
+            if seen is None or (seen.data is not data and seen.data != data):
                 seen = _judged(data, parse_instance(child, data, znode.format, znode.format_options), znode)
             parsed[child] = seen
             if not seen.literal and not isinstance(seen.result, Skip):
@@ -409,16 +409,17 @@ class Pipeline:
         servers: list[Server] = []
         resolutions = self._resolutions(state.names)
         for child, (_, result, literal, refusal) in state.parsed.items():
+            if literal:
+                # An IP address (never a skip), judged when parsed: the verdict
+                # depends on the address and the policy only.
+                if refusal is None:
+                    servers.append(result)  # type: ignore[arg-type]
+                else:
+                    still_bad[child] = refusal
+                continue
             if isinstance(result, Skip):
                 if not result.quiet:
                     still_bad[child] = result.reason
-                continue
-            if literal:
-                # Judged when parsed: the verdict depends on the address and the policy only.
-                if refusal is not None:
-                    still_bad[child] = refusal
-                else:
-                    servers.append(result)
                 continue
             reason, resolved = self._addresses(state, result, resolutions)
             if reason is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -27,6 +29,18 @@ def make_handler(target: logging.StreamHandler) -> tuple[BackgroundHandler, logg
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     return handler, logger
+
+
+def test_the_text_format_stamps_every_line_as_the_stock_formatter_does() -> None:
+    """The date and time are made once a second; the stamp must not tell."""
+    stock, ours = logging.Formatter(logsetup.TEXT_FORMAT), logsetup.make_formatter("text")
+    created = [1_700_000_000.0, 1_700_000_000.4, 1_700_000_000.9995, 1_700_000_001.0, 1_699_999_999.5,
+               1_700_000_001.001, time.time()]
+    for at in created:
+        record = logging.LogRecord("reloader.x", logging.INFO, __file__, 1, "upstream %s", ("app",), None)
+        record.created, record.msecs = at, (at - int(at)) * 1000
+        assert ours.format(record) == stock.format(record)
+    assert ours.formatTime(record, "%H") == stock.formatTime(record, "%H")
 
 
 def test_lines_from_many_threads_arrive_whole_and_in_each_thread_s_order(tmp_path: Path) -> None:
@@ -129,6 +143,37 @@ def test_lines_queued_at_exit_are_written(tmp_path: Path) -> None:
                    cwd=Path(__file__).resolve().parent.parent)
     lines = path.read_text().splitlines()
     assert len(lines) == 5000 and lines[-1].endswith("reloader.test: line 4999"), lines[-3:]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_configured_daemon_s_lines_carry_everything_their_format_prints(tmp_path: Path, log_format: str) -> None:
+    """configure_logging stops records from looking up their caller, thread and process: no format prints them."""
+    path = tmp_path / "daemon.log"
+    script = (
+        "import logging\n"
+        "from reloader.logsetup import configure_logging\n"
+        f"setup = configure_logging('INFO', {str(path)!r}, {log_format!r})\n"
+        "logging.getLogger('reloader.test').warning('upstream %s: %d servers', 'app', 3, extra={'upstream': 'app'})\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    logging.getLogger('reloader.test').exception('failed')\n"
+        "assert setup.handler.flush()\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parent.parent)
+    text = path.read_text()
+    if log_format == "text":
+        first = text.splitlines()[0]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING reloader.test: upstream app: 3 servers",
+                            first), first
+        assert "ERROR reloader.test: failed" in text and "ZeroDivisionError" in text
+    else:
+        first, second = (json.loads(line) for line in text.splitlines())
+        assert first["level"] == "WARNING" and first["logger"] == "reloader.test"
+        assert first["message"] == "upstream app: 3 servers" and first["upstream"] == "app"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+        assert second["message"] == "failed" and "ZeroDivisionError" in second["exc"]
 
 
 def test_a_log_file_moved_away_is_reopened_before_the_next_batch(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -300,3 +301,27 @@ def test_warnings_remembered_for_a_removed_upstream_are_dropped() -> None:
 def test_the_server_sort_key_is_the_servers_own_order(servers: list[Server]) -> None:
     assert sorted(servers, key=SERVER_ORDER) == sorted(servers)
     assert [s.labels for s in sorted(servers, key=SERVER_ORDER)] == [s.labels for s in sorted(servers)]  # stable alike
+
+
+@given(st.builds(
+    Server,
+    host=st.sampled_from(["10.0.0.1", "::1", "backend.internal"]),
+    port=st.sampled_from([80, 8080]),
+    weight=st.integers(0, 3),
+    down=st.booleans(),
+    backup=st.booleans(),
+), st.sampled_from(["weight", "down", "backup", "host", "port"]))
+def test_a_server_s_endpoint_and_usable_follow_its_fields_and_are_no_part_of_its_identity(
+    server: Server, change: str
+) -> None:
+    """Both are made once with the server; every way of making one (``replace`` too) makes them anew."""
+    assert server.endpoint == (server.host, server.port)
+    assert server.usable == (not server.down and not server.backup and server.weight > 0)
+    other = replace(server, **{change: {"weight": server.weight + 1, "down": not server.down,
+                                        "backup": not server.backup, "host": "10.9.9.9",
+                                        "port": server.port + 1}[change]})
+    assert other.endpoint == (other.host, other.port)
+    assert other.usable == (not other.down and not other.backup and other.weight > 0)
+    twin = Server(server.host, server.port, server.weight, server.down, server.backup)
+    assert twin == server and hash(twin) == hash(server) and not twin < server
+    assert "endpoint" not in repr(server) and "usable" not in repr(server)
