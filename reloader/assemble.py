@@ -9,7 +9,7 @@ part of the pipeline to test exhaustively.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Collection, Iterable, Mapping
 
 from reloader.model import SERVER_ORDER, Server, Upstream
@@ -27,6 +27,12 @@ class UpstreamOptions:
     slow_start: SlowStart | None = None
     panic_threshold: float | None = None
     prefer: tuple[tuple[str, str], ...] = ()
+    # Whether ``directives`` balance with ``hash KEY consistent`` (see
+    # :func:`consistent_hash`): made once, as every change asks.
+    consistent: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "consistent", consistent_hash(self.directives))
 
 
 def _effective_weight(server: Server) -> int:
@@ -56,7 +62,7 @@ def overweight(live: Iterable[Server], options: UpstreamOptions, max_weight: int
     of weight there, so one registry weight of 198,958 cost ``nginx -t`` (and
     every nginx start and reload) 7.5 s of CPU. Elsewhere a weight costs nothing.
     """
-    if max_weight is None or not consistent_hash(options.directives):
+    if max_weight is None or not options.consistent:
         return []
     return [server for server in live if server.weight > max_weight]
 

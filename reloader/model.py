@@ -39,8 +39,8 @@ class Server:
     labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     # Derived from the fields above once, when the server is made (it is
-    # frozen): the pipeline and the guards ask for both many times per change.
-    # No part of a server's identity, order or repr.
+    # frozen): the pipeline, the guards and the renderers ask for them many
+    # times per change. No part of a server's identity, order or repr.
     #: The identity of a server: two lines with one endpoint are one server.
     endpoint: tuple[str, int] = field(init=False, repr=False, compare=False)
     #: True when nginx would send this server primary traffic: not ``down``,
@@ -50,17 +50,14 @@ class Server:
     #: and "marked down" are one case; a ``backup`` server only serves when
     #: every primary server has failed.
     usable: bool = field(init=False, repr=False, compare=False)
+    #: ``host:port``, with brackets around an IPv6 host: the form nginx wants.
+    address: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoint", (self.host, self.port))
         object.__setattr__(self, "usable", not self.down and not self.backup and self.weight > 0)
-
-    @property
-    def address(self) -> str:
-        """``host:port``, with brackets around an IPv6 host."""
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        object.__setattr__(self, "address", f"[{self.host}]:{self.port}" if ":" in self.host
+                           else f"{self.host}:{self.port}")
 
 
 #: Servers' natural order as a sort key: ``sorted(servers, key=SERVER_ORDER)``

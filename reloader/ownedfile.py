@@ -35,20 +35,20 @@ class UnsafeFileError(OSError):
 
 def open_owned(path: str | Path, flags: int, mode: int = 0o600) -> int:
     """``os.open`` for the daemon's own files; see the module docstring. Returns the descriptor."""
-    path = Path(path)
+    # ``path`` goes to the system as given: the files output opens a spare per write.
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise UnsafeFileError(path, "it is a symbolic link") from None
+            raise UnsafeFileError(Path(path), "it is a symbolic link") from None
         raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFileError(path, "it is not a regular file")
+            raise UnsafeFileError(Path(path), "it is not a regular file")
         if info.st_uid != os.geteuid():
-            raise UnsafeFileError(path, f"it is owned by uid {info.st_uid}, not by the running user "
-                                        f"(uid {os.geteuid()}); run as its owner, or remove it")
+            raise UnsafeFileError(Path(path), f"it is owned by uid {info.st_uid}, not by the running user "
+                                              f"(uid {os.geteuid()}); run as its owner, or remove it")
     except BaseException:
         os.close(fd)
         raise

@@ -311,7 +311,7 @@ def test_the_server_sort_key_is_the_servers_own_order(servers: list[Server]) -> 
     down=st.booleans(),
     backup=st.booleans(),
 ), st.sampled_from(["weight", "down", "backup", "host", "port"]))
-def test_a_server_s_endpoint_and_usable_follow_its_fields_and_are_no_part_of_its_identity(
+def test_a_server_s_endpoint_usable_and_address_follow_its_fields_and_are_no_part_of_its_identity(
     server: Server, change: str
 ) -> None:
     """Both are made once with the server; every way of making one (``replace`` too) makes them anew."""
@@ -322,6 +322,7 @@ def test_a_server_s_endpoint_and_usable_follow_its_fields_and_are_no_part_of_its
                                         "port": server.port + 1}[change]})
     assert other.endpoint == (other.host, other.port)
     assert other.usable == (not other.down and not other.backup and other.weight > 0)
+    assert other.address == (f"[{other.host}]:{other.port}" if ":" in other.host else f"{other.host}:{other.port}")
     twin = Server(server.host, server.port, server.weight, server.down, server.backup)
     assert twin == server and hash(twin) == hash(server) and not twin < server
-    assert "endpoint" not in repr(server) and "usable" not in repr(server)
+    assert not {"endpoint", "usable", "address"} & set(repr(server).replace("(", ",").replace("=", ",").split(","))
