@@ -286,3 +286,83 @@ def test_ensemble_failover_quorum_loss_observer_and_pause(zookeeper_installed: N
                 c.stop()
                 c.close()
     assert not ensemble.workdir.exists()
+
+
+# ---- ZkFrameProxy.stall_after: a one-way black hole after one request ----------------------
+
+
+class _FramedEcho:
+    """Sends every length-prefixed frame it gets straight back, and keeps them (the proxy's far side)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.frames: list[bytes] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                head = _recv_exactly(conn, 4)
+                body = _recv_exactly(conn, int.from_bytes(head, "big")) if head else None
+                if head is None or body is None:
+                    return
+                self.frames.append(body)
+                conn.sendall(head + body)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _frame(xid: int, opcode: int) -> bytes:
+    body = xid.to_bytes(4, "big", signed=True) + opcode.to_bytes(4, "big", signed=True) + b"payload"
+    return len(body).to_bytes(4, "big") + body
+
+
+def test_stall_after_forwards_the_request_and_black_holes_everything_back_on_that_connection_only() -> None:
+    from reloader.localenv.zkproxy import ZkFrameProxy
+
+    echo = _FramedEcho()
+    proxy = ZkFrameProxy(echo.port).start()
+    try:
+        proxy.stall_after(3)
+        first = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        first.sendall(b"\x00\x00\x00\x04conn")  # the ConnectRequest: never an opcode
+        assert _recv_exactly(first, 8) == b"\x00\x00\x00\x04conn"
+        first.sendall(_frame(1, 4))
+        assert _recv_exactly(first, 4 + 15)[4:8] == (1).to_bytes(4, "big")
+        assert not proxy.stalled
+        first.sendall(_frame(2, 3) + _frame(3, 4))
+        wait_for(lambda: len(echo.frames) == 4, "both requests to reach the server")  # the way up still works
+        assert proxy.stalled
+        first.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            first.recv(1)  # the answers to both were read by the proxy and dropped
+        # The stall was used up: another connection, even sending the same opcode, is served.
+        second = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        second.sendall(b"\x00\x00\x00\x04conn" + _frame(4, 3))
+        assert _recv_exactly(second, 8) == b"\x00\x00\x00\x04conn"
+        assert _recv_exactly(second, 4 + 15)[4:8] == (4).to_bytes(4, "big")
+        first.close()
+        wait_for(lambda: not proxy.stalled, "the stalled connection to be gone")
+        second.close()
+    finally:
+        proxy.close()
+        echo.listener.close()

@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.protocol.serialization import Exists
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
 from reloader.cluster import ClusterWorker
 from reloader.config import ClusterConfig, parse_config
 from reloader.formats import MAX_DATA_BYTES
 from reloader.localenv.tcpproxy import TcpProxy
+from reloader.localenv.zkproxy import ZkFrameProxy
 from reloader.localenv.zookeeper import LocalZooKeeper
 from reloader.model import Upstream
 from reloader.sources.kazoo_protocol import WatchingKazooClient
@@ -62,9 +64,9 @@ class Harness:
     """A cluster worker on its own thread, publishing into a list; the worker's ZooKeeper is behind ``proxy``."""
 
     def __init__(self, zk: LocalZooKeeper, nodes: dict[str, Any], session_timeout: float = 8.0,
-                 watch_mode: str = "auto", **settings: Any) -> None:
+                 watch_mode: str = "auto", proxy: TcpProxy | ZkFrameProxy | None = None, **settings: Any) -> None:
         self.watch_mode = watch_mode
-        self.proxy = TcpProxy(zk.port).start()
+        self.proxy = proxy if proxy is not None else TcpProxy(zk.port).start()
         self.config = self.cluster_config(nodes, **settings)
         self.session_timeout = session_timeout
         self.lock = threading.Lock()
@@ -233,6 +235,40 @@ def test_a_transaction_that_deletes_many_children_is_published_whole_and_lists_n
         assert not halves, f"round {round_}: a transaction was published in part: sizes {halves}"
     if harness.watch_mode == "persistent":
         assert lists == [], f"deletions listed {lists}"
+
+
+@pytest.mark.parametrize("harnesses", ["persistent"], indirect=True)
+def test_a_deletion_whose_settling_answer_never_comes_stays_served_whole_until_the_resumed_session_settles_it(
+    zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str, harnesses: Callable[..., Harness],
+) -> None:
+    """The way back goes dark right after the settling ``exists`` is sent: its answer never comes.
+    The deleted children stay served (nothing is lost, nothing published in part) while the cluster
+    waits, gives the connection up and freezes; the session survives, and once it is back the
+    deletion is settled and published whole."""
+    path = f"{zk_root}/svc"
+    kept = {f"10.0.0.{k}:80": 1 for k in range(1, 5)}
+    doomed = {f"10.1.0.{k}:80": 1 for k in range(1, 21)}
+    make_children(zk_client, path, dict.fromkeys({**kept, **doomed}, b""))
+    proxy = ZkFrameProxy(zk.port).start()
+    harness = harnesses(zk, {"app1": path}, session_timeout=6.0, proxy=proxy).start()
+    harness.wait_for("app1", {**kept, **doomed})
+    session = harness.clients[-1].client_id
+    before = len(harness.history("app1"))
+
+    proxy.stall_after(Exists.type)
+    transaction = zk_client.transaction()
+    for name in doomed:
+        transaction.delete(f"{path}/{name}")
+    transaction.commit()
+    wait_until(lambda: proxy.stalled, 10, "the settling exists to go out and the way back to go dark")
+    wait_until(lambda: not harness.worker.freeze.is_open, 15, "the cluster to give the connection up and freeze")
+    assert harness.latest("app1") == {**kept, **doomed}, "a deletion was served before it settled"
+
+    harness.wait_for("app1", kept, timeout=20)
+    assert harness.clients[-1].client_id == session, "the session expired: this test wants it to live"
+    assert proxy.accepted >= 2
+    seen = harness.history("app1")[before:]
+    assert all(view in ({**kept, **doomed}, kept) for view in seen), f"published in part: {seen}"
 
 
 def test_a_pass_after_watch_events_looks_only_at_the_znodes_they_touched(

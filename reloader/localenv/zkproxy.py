@@ -19,6 +19,12 @@ Guarantees:
   (UnimplementedRequestProcessor: a reply header with the request's xid, zxid
   -1 and ``err``, ZooKeeper 3.5 answers -6 for AddWatch), and then the
   connection is closed, as that server closes it. The session lives on.
+* :meth:`stall_after` (one opcode, once): the next request with that opcode
+  is forwarded, and from then on nothing the server sends on that
+  connection reaches the client (its answer, events, pings' answers are
+  read and dropped): a one-way black hole, as a dead return path looks,
+  until the client gives the connection up. Later connections are not
+  touched.
 * :meth:`drop` resets every open connection; new ones are accepted.
   :meth:`hold` resets them and resets every new one at once until
   :meth:`release`: the client is cut off for as long as the test needs.
@@ -85,6 +91,8 @@ class _Connection:
         self.server = server
         self.to_client = threading.Lock()  # whole frames only, also the injected replies
         self.closed = False
+        # Set once this connection forwarded the request stall_after named: nothing more goes down.
+        self.stalled = threading.Event()
 
     def start(self) -> None:
         name = f"zkproxy-{self.proxy.port}-{self.number}"
@@ -104,6 +112,8 @@ class _Connection:
             elif len(frame) >= 12:
                 xid, opcode = _XID_OPCODE.unpack_from(frame, 4)
                 self.proxy._record(Request(self.number, xid, opcode))
+                if self.proxy._take_stall(opcode):
+                    self.stalled.set()
                 err = self.proxy.refuse.get(opcode)
                 if err is not None:
                     reply = _REPLY_HEADER.pack(xid, -1, err)
@@ -126,6 +136,8 @@ class _Connection:
             if frame is None:
                 self.close(reset=False)
                 return
+            if self.stalled.is_set():
+                continue  # the black hole: read (so the server never blocks) and dropped
             with self.to_client:
                 try:
                     self.client.sendall(frame)
@@ -157,6 +169,7 @@ class ZkFrameProxy:
         self._requests: list[Request] = []
         self._accepted = 0
         self._held = False
+        self._stall_opcode: int | None = None
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
@@ -197,6 +210,24 @@ class ZkFrameProxy:
             connections = list(self._connections)
         for connection in connections:
             connection.close(reset=True)
+
+    def stall_after(self, opcode: int) -> None:
+        """Black-hole the way back of the connection that next sends a request with ``opcode`` (see the module docstring)."""
+        with self._lock:
+            self._stall_opcode = opcode
+
+    @property
+    def stalled(self) -> bool:
+        """Whether a connection is black-holed now (the stall happened and its connection is still open)."""
+        with self._lock:
+            return any(connection.stalled.is_set() for connection in self._connections)
+
+    def _take_stall(self, opcode: int) -> bool:
+        with self._lock:
+            if self._stall_opcode is None or opcode != self._stall_opcode:
+                return False
+            self._stall_opcode = None
+            return True
 
     def hold(self) -> None:
         """Reset every open connection and every new one until :meth:`release`."""
