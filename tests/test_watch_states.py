@@ -244,7 +244,7 @@ def test_a_deletion_whose_settling_answer_never_comes_stays_served_whole_until_t
     """The way back goes dark right after the settling ``exists`` is sent: its answer never comes.
     The deleted children stay served (nothing is lost, nothing published in part) while the cluster
     waits, gives the connection up and freezes; the session survives, and once it is back the
-    deletion is settled and published whole."""
+    deletion is served whole (the resumed session's recovery reads the znode again)."""
     path = f"{zk_root}/svc"
     kept = {f"10.0.0.{k}:80": 1 for k in range(1, 5)}
     doomed = {f"10.1.0.{k}:80": 1 for k in range(1, 21)}
