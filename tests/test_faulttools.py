@@ -291,40 +291,32 @@ def test_ensemble_failover_quorum_loss_observer_and_pause(zookeeper_installed: N
 # ---- ZkFrameProxy.stall_after: a one-way black hole after one request ----------------------
 
 
-class _FramedEcho:
-    """Sends every length-prefixed frame it gets straight back, and keeps them (the proxy's far side)."""
+class _FramedEcho(EchoServer):
+    """An :class:`EchoServer` that answers frame by frame (length-prefixed) and keeps the frames: the proxy's far side."""
 
     def __init__(self) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.port = self.listener.getsockname()[1]
         self.frames: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    def _echo(self, conn: socket.socket) -> None:
-        with conn:
+    def _echo(self, sock: socket.socket) -> None:
+        with sock:
             while True:
-                head = _recv_exactly(conn, 4)
-                body = _recv_exactly(conn, int.from_bytes(head, "big")) if head else None
+                head = _recv_exactly(sock, 4)
+                body = _recv_exactly(sock, int.from_bytes(head, "big")) if head else None
                 if head is None or body is None:
                     return
                 self.frames.append(body)
-                conn.sendall(head + body)
+                sock.sendall(head + body)
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    """``size`` bytes, or None if the connection ends (or is reset) first."""
     data = b""
     while len(data) < size:
-        chunk = sock.recv(size - len(data))
+        try:
+            chunk = sock.recv(size - len(data))
+        except ConnectionError:
+            return None
         if not chunk:
             return None
         data += chunk
@@ -365,4 +357,4 @@ def test_stall_after_forwards_the_request_and_black_holes_everything_back_on_tha
         second.close()
     finally:
         proxy.close()
-        echo.listener.close()
+        echo.close()
