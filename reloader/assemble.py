@@ -42,6 +42,9 @@ def _effective_weight(server: Server) -> int:
 
 def merge_duplicates(servers: Iterable[Server]) -> list[Server]:
     """One server per host:port; when one endpoint appears twice, the higher weight wins."""
+    servers = list(servers)
+    if len({server.endpoint for server in servers}) == len(servers):
+        return servers  # no endpoint twice (the usual case): nothing to merge
     by_endpoint: dict[tuple[str, int], Server] = {}
     for server in servers:
         known = by_endpoint.get(server.endpoint)
@@ -114,6 +117,7 @@ def finalize_upstream(
     name: str, live: Iterable[Server], options: UpstreamOptions = UpstreamOptions(),
     drained: Collection[tuple[str, int]] = (),
     added: Mapping[tuple[str, int], float] | None = None,
+    ordered: bool = False,
 ) -> Upstream:
     """The upstream for ``name`` made of ``live`` (already from :func:`desired_live`) and static backups.
 
@@ -131,10 +135,17 @@ def finalize_upstream(
     server is in traffic (not down); with none, every live server is a
     primary. ``added`` (the slow start's wall-clock times of addition, by
     endpoint) is kept for the live endpoints only, and only with slow_start.
+    ``ordered`` says ``live`` is already sorted (a guard's decision is): with
+    nothing added or changed, it is then not sorted again.
     """
     merged = list(live)
-    live_endpoints = {server.endpoint for server in merged}
     servers = list(merged)
+    if not (options.backup_servers or drained or options.prefer or options.slow_start):
+        # Nothing to add or change (the usual case): the live servers as they are.
+        return Upstream(name=name, servers=tuple(servers if ordered else sorted(servers, key=SERVER_ORDER)),
+                        directives=options.directives, live_count=len(merged),
+                        panic_threshold=options.panic_threshold)
+    live_endpoints = {server.endpoint for server in merged}
     for static in options.backup_servers:
         if static.endpoint in live_endpoints:
             continue  # the live registration of the same endpoint wins

@@ -21,7 +21,11 @@ Guarantees of :class:`NetworkPolicy`:
   lists match an address, the longer prefix wins (an IPv4 prefix counts as
   its IPv6-mapped length), and on a tie ``denied`` wins;
 * the answer depends on the address and the policy only; the policy is a
-  frozen value, so two upstreams with equal policies answer alike;
+  frozen value, so two upstreams with equal policies answer alike. A policy
+  remembers its answers for the last :data:`VERDICTS_KEPT` or so addresses
+  (a fleet's hosts come back in many upstreams, and an instance often comes
+  back at the same address), forgetting them all at once beyond that, so a
+  registry that names ever new addresses costs it bounded memory;
 * only addresses are judged here: a host name is judged by what it resolves
   to (:mod:`reloader.resolve`), so ``localhost`` is refused as ``127.0.0.1``.
 
@@ -32,7 +36,7 @@ never pass through here.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -65,6 +69,9 @@ _EMBEDDING = (
 #: The most entries one list may hold: a policy is read by people.
 MAX_NETWORKS = 1000
 
+#: How many addresses' answers a policy remembers before it forgets them all.
+VERDICTS_KEPT = 16384
+
 
 def _embedded(address: Address) -> ipaddress.IPv4Address | None:
     if isinstance(address, ipaddress.IPv6Address) and any(address in network for network in _EMBEDDING):
@@ -83,6 +90,11 @@ class NetworkPolicy:
 
     allowed: tuple[Network, ...] = ()
     denied: tuple[Network, ...] = ()
+    # The answers given so far, by address as asked. Cluster threads share a
+    # policy: a dict's get and set are each atomic, and a lost entry is only
+    # asked again.
+    _verdicts: dict[str, str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def with_extra(self, allowed: tuple[Network, ...] = (), denied: tuple[Network, ...] = ()) -> "NetworkPolicy":
         """This policy with more entries (an upstream's own lists on top of the global ones)."""
@@ -93,6 +105,17 @@ class NetworkPolicy:
 
         A string that is not an IP address is not judged here (None).
         """
+        verdicts = self._verdicts
+        try:
+            return verdicts[host]
+        except KeyError:
+            pass
+        if len(verdicts) >= VERDICTS_KEPT:
+            verdicts.clear()
+        verdict = verdicts[host] = self._judge(host)
+        return verdict
+
+    def _judge(self, host: str) -> str | None:
         try:
             address: Address = ipaddress.ip_address(host)
         except ValueError:

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: The longest time between two requests for the names in use (see Pipeline._schedule_refresh).
 REFRESH_AT_MOST = 5.0
+#: How many children that left an upstream keep their parse, should they come back.
+DEPARTED_KEPT = 16
 
 Publish = Callable[[Upstream], None]
 Schedule = Callable[[float, Callable[[], None]], None]
@@ -81,6 +83,9 @@ class _Parsed(NamedTuple):
     literal: bool = False
     # For an IP address: why the policy refuses it, or None.
     refusal: str | None = None
+    # The server as served when nothing stands in its way (an IP address the
+    # policy accepts): the common case, which then needs no further look.
+    served: Server | None = None
 
 
 @dataclass
@@ -99,10 +104,17 @@ class _UpstreamState:
     published_at: float | None = None
     # Per child of the last snapshot, the data it had, what parsing it gave and the policy's verdict.
     parsed: dict[str, _Parsed] = field(default_factory=dict)
+    # The last DEPARTED_KEPT children to leave, as ``parsed`` had them: an
+    # instance that comes back under the same name (a restart in place, a
+    # registration renewed after its session expired) is not parsed again.
+    departed: dict[str, _Parsed] = field(default_factory=dict)
     # Children of the last snapshot that could not be read, with why.
     unreadable: dict[str, str] = field(default_factory=dict)
     # The host names its children use (each resolved through the HostChecker).
     names: frozenset[str] = frozenset()
+    # Whether every child of the last snapshot is an IP address the policy
+    # accepts (its ``served``): nothing unreadable, skipped, refused or to resolve.
+    plain: bool = False
     # The (endpoint, weight) pairs already warned about as above max_weight: warned once each.
     overweight: frozenset[tuple[tuple[str, int], int]] = frozenset()
     # slow_start: wall-clock time each endpoint was seen to appear while
@@ -225,7 +237,8 @@ class Pipeline:
             elif state.config != znode:
                 state.config = znode
                 state.guard.settings = znode.guards
-                state.parsed = {}  # the format, its options or the address policy may have changed
+                # The format, its options or the address policy may have changed: parse everything anew.
+                state.parsed, state.departed, state.plain = {}, {}, False
                 changed.append(name)
         # Warnings remembered for a way of reading a znode that no upstream uses any more are dropped.
         in_use = {_warn_key(state.config.path, state.config) for state in self._states.values()}
@@ -350,8 +363,8 @@ class Pipeline:
         drained = self._drains.get(name)
         if not drained:
             self._drain_refused.discard(name)
-            return finalize_upstream(name, live, options, added=state.added)
-        upstream = finalize_upstream(name, live, options, drained=drained.keys(), added=state.added)
+            return finalize_upstream(name, live, options, added=state.added, ordered=True)
+        upstream = finalize_upstream(name, live, options, drained=drained.keys(), added=state.added, ordered=True)
         if any(not server.down for server in upstream.servers):
             self._drain_refused.discard(name)
             return upstream
@@ -361,7 +374,7 @@ class Pipeline:
             log.warning("upstream %s: drains not applied: they would leave no server in traffic", name,
                         extra={"upstream": name})
             self._drain_refused.add(name)
-        return finalize_upstream(name, live, options, added=state.added)
+        return finalize_upstream(name, live, options, added=state.added, ordered=True)
 
     def _schedule_recheck(self, state: _UpstreamState, at: float) -> None:
         if self._schedule is None:
@@ -377,27 +390,40 @@ class Pipeline:
         """Parse the snapshot's children (reusing the parse of unchanged ones) into ``state``."""
         znode = state.config
         known = state.parsed
-        parsed: dict[str, _Parsed] = {}
+        departed = state.departed
         unreadable: dict[str, str] = {}
-        names: set[str] = set()
-        ignore_data = znode.ignore_child_data
-        for child, data in children.items():
-            if ignore_data:
-                # The name is the instance. The data may still have been read,
-                # for another upstream of the same znode; it counts as empty here.
-                data = b""
-            elif isinstance(data, Unreadable):
-                unreadable[child] = data.reason
-                continue
-            seen = known.get(child)
-            if seen is None or (seen.data is not data and seen.data != data):
-                seen = _judged(data, parse_instance(child, data, znode.format, znode.format_options), znode)
-            parsed[child] = seen
-            if not seen.literal and not isinstance(seen.result, Skip):
-                names.add(seen.result.host)
+        if znode.ignore_child_data:
+            # The name is the instance. The data may still have been read, for
+            # another upstream of the same znode; it counts as empty here, so a
+            # child parsed before is parsed as it was.
+            parsed = {child: known.get(child) or departed.get(child) or self._judge(child, b"", znode)
+                      for child in children}
+        else:
+            parsed = {}
+            for child, data in children.items():
+                if isinstance(data, Unreadable):
+                    unreadable[child] = data.reason
+                    continue
+                seen = known.get(child) or departed.get(child)
+                if seen is None or (seen.data is not data and seen.data != data):
+                    seen = self._judge(child, data, znode)
+                parsed[child] = seen
+        for child in known.keys() - parsed.keys():
+            departed.pop(child, None)  # the newest last: the oldest is forgotten first
+            departed[child] = known[child]
+        while len(departed) > DEPARTED_KEPT:
+            del departed[next(iter(departed))]
+        unserved = [seen.result for seen in parsed.values() if seen.served is None]
+        names = {result.host for result in unserved if not isinstance(result, Skip) and not is_ip_literal(result.host)}
         state.parsed = parsed
         state.unreadable = unreadable
-        self._use_names(znode.upstream, frozenset(names))
+        state.plain = not unserved and not unreadable
+        if names or state.names:
+            self._use_names(znode.upstream, frozenset(names))
+
+    @staticmethod
+    def _judge(child: str, data: bytes, znode: ZnodeConfig) -> _Parsed:
+        return _judged(data, parse_instance(child, data, znode.format, znode.format_options), znode)
 
     def _servers(self, state: _UpstreamState) -> list[Server]:
         """The servers of the last snapshot, each address judged by the policy, names resolved; warns once."""
@@ -405,10 +431,15 @@ class Pipeline:
         origin = state.origin
         key = _warn_key(origin, znode)
         warned = self._warned.get(key, {})
+        if state.plain:
+            # Nothing to judge, resolve or warn about: the servers as parsed.
+            if warned:
+                self._warned[key] = {}
+            return [parsed.served for parsed in state.parsed.values()]  # type: ignore[misc]
         still_bad: dict[str, str] = dict(state.unreadable)
         servers: list[Server] = []
         resolutions = self._resolutions(state.names)
-        for child, (_, result, literal, refusal) in state.parsed.items():
+        for child, (_, result, literal, refusal, _) in state.parsed.items():
             if literal:
                 # An IP address (never a skip), judged when parsed: the verdict
                 # depends on the address and the policy only.
@@ -543,7 +574,8 @@ def _judged(data: ChildData, result: ParseResult, znode: ZnodeConfig) -> _Parsed
     """A child's parse, with the policy's verdict on its address when that is an IP address."""
     if isinstance(result, Skip) or not is_ip_literal(result.host):
         return _Parsed(data, result)
-    return _Parsed(data, result, True, znode.networks.refusal(result.host))
+    refusal = znode.networks.refusal(result.host)
+    return _Parsed(data, result, True, refusal, result if refusal is None else None)
 
 
 def _warn_key(origin: str, znode: ZnodeConfig) -> Hashable:

@@ -395,10 +395,13 @@ class UpstreamGuard:
         recheck: list[float] = []
         self._apply_settle(target, now, recheck)
         self._apply_shrink_guard(target, now, recheck)
-        # Most servers are the very objects the registry gave: identity first spares comparing fields.
-        self._held_count = sum(1 for endpoint, server in target.items()
-                               if (want := wanted.get(endpoint)) is not server and want != server)
-        return Decision(tuple(sorted(target.values(), key=SERVER_ORDER)), min(recheck) if recheck else None)
+        # Most servers are the very objects the registry gave: identity first spares comparing fields,
+        # and a target the guards left alone (dict equality tries identity first, in C) holds none.
+        self._held_count = 0 if target == wanted else sum(
+            1 for endpoint, server in target.items() if (want := wanted.get(endpoint)) is not server and want != server)
+        # One server per endpoint, so the endpoints alone give SERVER_ORDER (host, then port),
+        # without fetching every compared field of every server.
+        return Decision(tuple([target[endpoint] for endpoint in sorted(target)]), min(recheck) if recheck else None)
 
     def _warn_empty(self, origin: str, registered: int) -> None:
         if self._empty_warned:

@@ -221,3 +221,32 @@ def test_a_config_reload_that_changes_the_policy_applies_to_the_next_snapshot() 
     pipeline.reconfigure([replace(allowing, networks=DEFAULT)])
     pipeline.update("app", children, "/svc/app")
     assert [s.address for s in published[-1].servers] == ["10.0.0.1:80"]
+
+
+def test_a_policy_s_remembered_answers_are_its_answers_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy answers from memory as it would afresh, forgets beyond its bound, and is compared without it."""
+    import ipaddress
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from reloader import netpolicy
+
+    monkeypatch.setattr(netpolicy, "VERDICTS_KEPT", 8)
+    lists = (parse_networks(["127.0.0.0/8"]), parse_networks(["10.0.0.0/8"]))
+    addresses = st.one_of(
+        st.integers(0, 2**32 - 1).map(lambda v: str(ipaddress.IPv4Address(v))),
+        st.sampled_from([host for host, _ in REFUSED] + SERVED + ["backend.internal", "10.0.0.1:80", ""]),
+    )
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(addresses, max_size=40), st.sampled_from([(), lists[0]]), st.sampled_from([(), lists[1]]))
+    def check(hosts: list[str], allowed: tuple, denied: tuple) -> None:
+        remembering = NetworkPolicy(allowed=allowed, denied=denied)
+        for host in hosts + hosts:  # each host asked twice: once afresh, once (if still kept) from memory
+            assert remembering.refusal(host) == NetworkPolicy(allowed=allowed, denied=denied).refusal(host), host
+            assert len(remembering._verdicts) <= 8
+        fresh = NetworkPolicy(allowed=allowed, denied=denied)
+        assert remembering == fresh and hash(remembering) == hash(fresh) and repr(remembering) == repr(fresh)
+
+    check()

@@ -209,10 +209,26 @@ def test_only_children_that_changed_are_parsed_again(monkeypatch: pytest.MonkeyP
     del children["10.0.0.1:80"]
     pipeline.update("app", {**children, "10.0.0.5:80": b"7", "10.0.0.99:80": b""}, "/services/app")
     assert calls == [] and len(out.published[-1].servers) == 20, "a child leaving needs no parse"
+    pipeline.update("app", {**children, "10.0.0.1:80": b"", "10.0.0.5:80": b"7", "10.0.0.99:80": b""},
+                    "/services/app")
+    assert calls == [] and len(out.published[-1].servers) == 21, "a child back under its name is not parsed again"
+    pipeline.update("app", {**children, "10.0.0.1:80": b"4", "10.0.0.5:80": b"7", "10.0.0.99:80": b""},
+                    "/services/app")
+    assert calls == ["10.0.0.1:80"], "a child back with other data is"
     calls.clear()
-    pipeline.update("app", {"10.0.0.1:80": b""}, "/services/app")
-    assert calls == ["10.0.0.1:80"], "a child that left is forgotten, so what is kept stays bounded"
-    assert len(pipeline._states["app"].parsed) == 1
+    pipeline.update("app", {"10.0.0.1:80": b"4"}, "/services/app")
+    state = pipeline._states["app"]
+    assert calls == [] and len(state.parsed) == 1
+    assert len(state.departed) == pipeline_module.DEPARTED_KEPT, "what is kept of the children gone stays bounded"
+    pipeline.update("app", {**children, "10.0.0.5:80": b"7", "10.0.0.99:80": b""}, "/services/app")
+    assert len(calls) == 20 - pipeline_module.DEPARTED_KEPT, "the children forgotten are parsed again"
+    calls.clear()
+    pipeline.update("app", {"10.0.0.1:80": b"4"}, "/services/app")  # 20 leave at once, 16 are kept
+    pipeline.update("app", {"10.0.0.1:80": b"4", "10.0.0.2:80": b""}, "/services/app")
+    calls.clear()
+    pipeline.update("app", {"10.0.0.1:80": b"4"}, "/services/app")  # 10.0.0.2 is the last to leave
+    pipeline.update("app", {"10.0.0.1:80": b"4", "10.0.0.2:80": b""}, "/services/app")
+    assert calls == [], "the last to leave is kept, whatever left before it"
     calls.clear()
     znode = pipeline._states["app"].config
     pipeline.reconfigure([ZnodeConfig(upstream="app", path=znode.path, key_path=znode.key_path,
@@ -326,3 +342,90 @@ def test_a_server_s_endpoint_usable_and_address_follow_its_fields_and_are_no_par
     twin = Server(server.host, server.port, server.weight, server.down, server.backup)
     assert twin == server and hash(twin) == hash(server) and not twin < server
     assert not {"endpoint", "usable", "address"} & set(repr(server).replace("(", ",").replace("=", ",").split(","))
+
+
+class _FullPath(Pipeline):
+    """The pipeline with its shortcuts turned off: every child judged one by one, one that comes back parsed again."""
+
+    def _parse(self, state, children) -> None:  # type: ignore[no-untyped-def]
+        super()._parse(state, children)
+        state.plain = False
+        state.departed.clear()
+
+
+_CHILDREN = {
+    **{f"10.0.0.{k}:80": st.sampled_from([b"", b"3", b"0"]) for k in range(1, 5)},
+    "127.0.0.1:80": st.just(b""),  # refused by the address policy
+    "backend.internal:80": st.just(b""),  # a host name, and no resolver here
+    "not an instance": st.just(b"?"),  # skipped
+    "dup": st.just(json.dumps({"host": "10.0.0.1", "port": 80, "weight": 7}).encode()),  # 10.0.0.1:80 again
+    "lost": st.just(Unreadable("the read timed out")),
+}
+
+
+@given(st.booleans(), st.lists(st.fixed_dictionaries({}, optional=_CHILDREN), min_size=1, max_size=8))
+def test_the_pipeline_s_shortcuts_publish_and_warn_as_the_full_path_does(
+    ignore_data: bool, snapshots: list[dict[str, object]]
+) -> None:
+    """Two shortcuts: every child an accepted IP address gives the servers as parsed, with no
+    per-child look; a child that comes back keeps the parse it had when it left.
+
+    Two pipelines take the same snapshots, one with the shortcuts, one without:
+    they publish the same upstreams and log the same lines, whatever mix of
+    plain, refused, unnamed, unparseable, duplicate and unreadable children
+    comes, goes and comes back.
+    """
+    lines: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Lines(logging.INFO)
+    logger = logging.getLogger("reloader.pipeline")
+    logger.addHandler(handler)
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        runs = []
+        for kind in (Pipeline, _FullPath):
+            recorder = Recorder()
+            znode = ZnodeConfig(upstream="app", path="/services/app", key_path="zk_nodes.app", guards=GUARDS_OFF,
+                                ignore_child_data=ignore_data)
+            pipeline = kind([znode], recorder)
+            lines.clear()
+            for snapshot in snapshots:
+                pipeline.update("app", snapshot, "/services/app")  # type: ignore[arg-type]
+            runs.append((recorder.published, list(lines)))
+        assert runs[0] == runs[1]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["10.0.0.1", "10.0.0.2", "::1", "10.0.0.10"]), st.sampled_from([80, 81]),
+                       st.integers(0, 3), st.booleans()), max_size=8),
+    st.sampled_from([(), (Server("10.0.0.2", 80),), (Server("10.9.9.9", 80), Server("10.0.0.1", 81))]),
+    st.sets(st.sampled_from([("10.0.0.1", 80), ("10.0.0.2", 81)])),
+    st.sampled_from([(), (("zone", "a"),)]),
+)
+def test_duplicates_merge_and_ordered_servers_finalize_as_they_always_did(
+    raw: list[tuple[str, int, int, bool]], backups: tuple[Server, ...], drained: set[tuple[str, int]],
+    prefer: tuple[tuple[str, str], ...],
+) -> None:
+    """Shortcuts for the usual case (no endpoint twice; nothing to add to sorted servers) change no result."""
+    from reloader.assemble import finalize_upstream, merge_duplicates
+
+    servers = [Server(host, port, weight, down, labels=(("zone", "a"),) if weight == 2 else ())
+               for host, port, weight, down in raw]
+    by_endpoint: dict[tuple[str, int], Server] = {}
+    for server in servers:  # the rule, spelled out: the higher weight wins, a down server counting 0
+        known = by_endpoint.get(server.endpoint)
+        if known is None or (0 if server.down else server.weight) > (0 if known.down else known.weight):
+            by_endpoint[server.endpoint] = server
+    assert merge_duplicates(servers) == list(by_endpoint.values())
+    live = tuple(sorted(by_endpoint.values(), key=SERVER_ORDER))
+    options = UpstreamOptions(backup_servers=backups, prefer=prefer, panic_threshold=0.5)
+    assert finalize_upstream("app", live, options, drained, ordered=True) == finalize_upstream(
+        "app", list(reversed(live)), options, drained)

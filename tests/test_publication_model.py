@@ -140,6 +140,8 @@ class PublicationMachine(RuleBasedStateMachine):
             assert wanted == 0, f"{wanted} usable servers in the registry, nothing published"
             return decision
         live = decision.live
+        assert list(live) == sorted(live), "a decision's servers are not in the servers' own order"
+        assert len({server.endpoint for server in live}) == len(live), f"an endpoint twice: {live}"
         count = usable(live)
         assert count > 0, f"zero usable servers published: {live}"
         registry = set(self.registry)
