@@ -644,8 +644,14 @@ def _heap_growth(run: dict[str, Any] | None, server: str) -> float | None:
 
 def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | None, roots: dict[str, Any] | None,
                          fleet_before: dict[str, Any] | None, idle: dict[str, Any] | None,
-                         idle_before: dict[str, Any] | None) -> list[str]:
-    """Every target of ZooKeeper's load beside the daemon before, the floor and now, from the results of one run."""
+                         idle_before: dict[str, Any] | None, names_side: dict[str, Any] | None = None) -> list[str]:
+    """Every target of ZooKeeper's load beside the daemon before, the floor and now, from the results of one run.
+
+    The per-change targets name plain ``host:port`` children, which ``child_data: ignore``
+    serves without a read: the ``names`` subject of the run's side-by-side figures, or,
+    when the run has none, of ``names_side`` (``bench/results/blip-names-side.json``,
+    named with its revision).
+    """
     if not blip:
         return []
     lines = [
@@ -719,18 +725,26 @@ def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | No
         row(f"fleet time to truth, slowest daemon of {size}, after {label}: under 2 s",
             fig(truth[0], "s"), "-", fig(truth[1], "s"), fig(truth[2], "s"),
             "yes" if all(met) else ("yes, with `watch_roots`" if met[1] else "**no**"))
-    for n in sizes:
-        label = f"{int(n):,}"
-        cells = [ratio(n, s, "create_to_file_x_floor") for s in ("previous", "floor", "persistent", "shared-root")]
-        met = any(c is not None and c <= 0.8 for c in cells[2:])
-        row(f"create -> file median, {label} x 20: at most 0.8x the floor",
-            *(f"{fig(c)}x" if c is not None else "-" for c in cells), "yes" if met else "**no**")
-    for n in sizes:
-        label = f"{int(n):,}"
-        cells = [ratio(n, s, "cpu_x_floor") for s in ("previous", "floor", "persistent", "shared-root")]
-        met = any(c is not None and c <= 0.6 for c in cells[2:])
-        row(f"CPU per 1,000 changes, {label} x 20: at most 0.6x the floor",
-            *(f"{fig(c)}x" if c is not None else "-" for c in cells), "yes" if met else "**no**")
+    own_names = any("names" in sizes.get(n, {}).get("side_by_side", {}).get("subjects", {}) for n in sizes)
+    names_source = blip if own_names else names_side
+    names_rev = "" if own_names or not names_side else f", `{names_side.get('daemon_revision', '?')}`"
+
+    def names_ratio(n: str, key: str) -> float | None:
+        side = ((names_source or {}).get("sizes", {}).get(n, {}).get("side_by_side", {}).get("subjects", {}))
+        return (side.get("names") or {}).get(key)
+
+    for key, target, bound in (("create_to_file_x_floor", "create -> file median", 0.8),
+                               ("cpu_x_floor", "CPU per 1,000 changes", 0.6)):
+        for n in sizes:
+            label = f"{int(n):,}"
+            cells = [ratio(n, s, key) for s in ("previous", "floor", "persistent", "shared-root")]
+            shown = [f"{fig(c)}x" if c is not None else "-" for c in cells]
+            names = names_ratio(n, key)
+            if names is not None:
+                shown[2] += f"; names only{names_rev}: {fig(names)}x"
+            met = "yes" if any(c is not None and c <= bound for c in cells[2:]) else (
+                "yes, names only" if names is not None and names <= bound else "**no**")
+            row(f"{target}, {label} x 20: at most {bound}x the floor", *shown, met)
     if idle:
         settings = {x["setting"]: x["cpu_percent"] for x in idle.get("settings", [])}
         before = {x["setting"]: x["cpu_percent"] for x in (idle_before or {}).get("settings", [])}
@@ -743,6 +757,17 @@ def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | No
                     ("yes" if now <= 0.5 else "**no**") + "; a real dyups build could not be measured here")
     lines += ["", "The floor does no watch re-registration: its quiet blip is a full re-read. The heap and time-to-truth",
               "rows come from the fleet runs, where all the daemons share this machine's 2 cores with the servers.", ""]
+    if names_source is not None:
+        bursts = max((len((size.get("side_by_side", {}).get("subjects", {}).get("names") or {})
+                          .get("cpu_s_per_1000_changes", [])) for size in names_source.get("sizes", {}).values()),
+                     default=0)
+        source = (f"; `blip-names-side.json`, `{names_source.get('daemon_revision', '?')}`, {bursts} bursts"
+                  if names_rev else "")
+        lines += ["The per-change targets name plain `host:port` children: *names only* is the daemon with",
+                  "`child_data: ignore`, which serves a created child from the watch's event with no read",
+                  f"(section *Names only* below{source}).",
+                  "The other columns read each child's data, as by default.",
+                  ""]
     return lines
 
 
@@ -861,7 +886,8 @@ def main() -> int:
         lines += fleet_section(fleet, fleet_before, others)
     idle = load("idle-dyups", args.quick)
     lines += load_targets_section(load("blip", args.quick), fleet, load("fleet-roots", args.quick),
-                                  load("fleet-before", args.quick), idle, load("idle-dyups-before", args.quick))
+                                  load("fleet-before", args.quick), idle, load("idle-dyups-before", args.quick),
+                                  load("blip-names-side", args.quick))
     if idle:
         lines += idle_section(idle, load("idle-dyups-before", args.quick), load("idle-files", args.quick))
     if lat or scale or heal:
