@@ -8,9 +8,13 @@ A source hands a complete snapshot of a znode's children to
    served). A child whose name and data are the same as in the upstream's
    previous snapshot reuses that parse, and the policy's verdict on its IP
    address (which depends on the address and the policy only): a change to
-   one child of a large upstream costs one parse and one verdict. What is
-   kept is bounded by the current children and dropped when the upstream's
-   configuration (its policy among it) changes. Then, at this one
+   one child of a large upstream costs one parse and one verdict. So does
+   a child that left and comes back with the same data (a restart in place,
+   a registration renewed after an expiry), among the last DEPARTED_KEPT to
+   leave. What is kept is bounded by the current children and those, and
+   dropped when the upstream's configuration (its policy among it) changes.
+   A snapshot whose every child is an IP address the policy accepts is
+   served as parsed, with no further look at each child. Then, at this one
    place, every child's address passes the **address policy**
    (:mod:`reloader.netpolicy`: nothing may point nginx at the host) and a
    host name becomes the **addresses** it resolves to (:mod:`reloader.resolve`):
@@ -387,7 +391,7 @@ class Pipeline:
         self._schedule(max(at - self._clock(), 0.0) + 0.01, lambda: self.recheck(name))
 
     def _parse(self, state: _UpstreamState, children: Snapshot) -> None:
-        """Parse the snapshot's children (reusing the parse of unchanged ones) into ``state``."""
+        """Parse the snapshot's children into ``state``, reusing the parse of those unchanged or back unchanged."""
         znode = state.config
         known = state.parsed
         departed = state.departed
