@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from typing import Callable
+from typing import Any, Callable
 
 from reloader.assemble import UpstreamOptions
 from reloader.config import GuardSettings, ZnodeConfig
 from reloader.model import SERVER_ORDER, Server, Upstream
 from reloader.pipeline import Pipeline
 from reloader.publication import ClusterFreeze
-from reloader.snapshot import Unreadable
+from reloader.snapshot import Snapshot, Unreadable
 
 
 class Recorder:
@@ -347,7 +347,7 @@ def test_a_server_s_endpoint_usable_and_address_follow_its_fields_and_are_no_par
 class _FullPath(Pipeline):
     """The pipeline with its shortcuts turned off: every child judged one by one, one that comes back parsed again."""
 
-    def _parse(self, state, children) -> None:  # type: ignore[no-untyped-def]
+    def _parse(self, state: Any, children: Snapshot) -> None:
         super()._parse(state, children)
         state.plain = False
         state.departed.clear()
