@@ -426,7 +426,7 @@ class Pipeline:
             self._use_names(znode.upstream, frozenset(names))
 
     @staticmethod
-    def _judge(child: str, data: bytes, znode: ZnodeConfig) -> _Parsed:
+    def _judge(child: str, data: bytes | None, znode: ZnodeConfig) -> _Parsed:
         return _judged(data, parse_instance(child, data, znode.format, znode.format_options), znode)
 
     def _servers(self, state: _UpstreamState) -> list[Server]:
