@@ -673,8 +673,8 @@ def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | No
     def subject(n: str, name: str) -> dict[str, Any]:
         return sizes.get(n, {}).get(name) or {}
 
-    def ratio(n: str, name: str, key: str) -> float | None:
-        side = sizes.get(n, {}).get("side_by_side", {}).get("subjects", {})
+    def ratio(n: str, name: str, key: str, result: dict[str, Any] | None = blip) -> float | None:
+        side = (result or {}).get("sizes", {}).get(n, {}).get("side_by_side", {}).get("subjects", {})
         return (side.get(name) or {}).get(key)
 
     def row(target: str, before: Any, floor: Any, now: Any, roots_now: Any, met: str) -> None:
@@ -729,17 +729,13 @@ def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | No
     names_source = blip if own_names else names_side
     names_rev = "" if own_names or not names_side else f", `{names_side.get('daemon_revision', '?')}`"
 
-    def names_ratio(n: str, key: str) -> float | None:
-        side = ((names_source or {}).get("sizes", {}).get(n, {}).get("side_by_side", {}).get("subjects", {}))
-        return (side.get("names") or {}).get(key)
-
     for key, target, bound in (("create_to_file_x_floor", "create -> file median", 0.8),
                                ("cpu_x_floor", "CPU per 1,000 changes", 0.6)):
         for n in sizes:
             label = f"{int(n):,}"
             cells = [ratio(n, s, key) for s in ("previous", "floor", "persistent", "shared-root")]
             shown = [f"{fig(c)}x" if c is not None else "-" for c in cells]
-            names = names_ratio(n, key)
+            names = ratio(n, "names", key, names_source)
             if names is not None:
                 shown[2] += f"; names only{names_rev}: {fig(names)}x"
             met = "yes" if any(c is not None and c <= bound for c in cells[2:]) else (

@@ -417,8 +417,8 @@ class Pipeline:
             departed[child] = known[child]
         while len(departed) > DEPARTED_KEPT:
             del departed[next(iter(departed))]
-        unserved = [seen.result for seen in parsed.values() if seen.served is None]
-        names = {result.host for result in unserved if not isinstance(result, Skip) and not is_ip_literal(result.host)}
+        unserved = [seen for seen in parsed.values() if seen.served is None]
+        names = {seen.result.host for seen in unserved if not seen.literal and not isinstance(seen.result, Skip)}
         state.parsed = parsed
         state.unreadable = unreadable
         state.plain = not unserved and not unreadable
