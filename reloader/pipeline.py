@@ -87,9 +87,6 @@ class _Parsed(NamedTuple):
     literal: bool = False
     # For an IP address: why the policy refuses it, or None.
     refusal: str | None = None
-    # The server as served when nothing stands in its way (an IP address the
-    # policy accepts): the common case, which then needs no further look.
-    served: Server | None = None
 
 
 @dataclass
@@ -117,7 +114,8 @@ class _UpstreamState:
     # The host names its children use (each resolved through the HostChecker).
     names: frozenset[str] = frozenset()
     # Whether every child of the last snapshot is an IP address the policy
-    # accepts (its ``served``): nothing unreadable, skipped, refused or to resolve.
+    # accepts (its parse is what is served): nothing unreadable, skipped,
+    # refused or to resolve.
     plain: bool = False
     # The (endpoint, weight) pairs already warned about as above max_weight: warned once each.
     overweight: frozenset[tuple[tuple[str, int], int]] = frozenset()
@@ -417,7 +415,7 @@ class Pipeline:
             departed[child] = known[child]
         while len(departed) > DEPARTED_KEPT:
             del departed[next(iter(departed))]
-        unserved = [seen for seen in parsed.values() if seen.served is None]
+        unserved = [seen for seen in parsed.values() if not seen.literal or seen.refusal is not None]
         names = {seen.result.host for seen in unserved if not seen.literal and not isinstance(seen.result, Skip)}
         state.parsed = parsed
         state.unreadable = unreadable
@@ -439,11 +437,11 @@ class Pipeline:
             # Nothing to judge, resolve or warn about: the servers as parsed.
             if warned:
                 self._warned[key] = {}
-            return [parsed.served for parsed in state.parsed.values()]  # type: ignore[misc]
+            return [parsed.result for parsed in state.parsed.values()]  # type: ignore[misc]
         still_bad: dict[str, str] = dict(state.unreadable)
         servers: list[Server] = []
         resolutions = self._resolutions(state.names)
-        for child, (_, result, literal, refusal, _) in state.parsed.items():
+        for child, (_, result, literal, refusal) in state.parsed.items():
             if literal:
                 # An IP address (never a skip), judged when parsed: the verdict
                 # depends on the address and the policy only.
@@ -578,8 +576,7 @@ def _judged(data: ChildData, result: ParseResult, znode: ZnodeConfig) -> _Parsed
     """A child's parse, with the policy's verdict on its address when that is an IP address."""
     if isinstance(result, Skip) or not is_ip_literal(result.host):
         return _Parsed(data, result)
-    refusal = znode.networks.refusal(result.host)
-    return _Parsed(data, result, True, refusal, result if refusal is None else None)
+    return _Parsed(data, result, True, znode.networks.refusal(result.host))
 
 
 def _warn_key(origin: str, znode: ZnodeConfig) -> Hashable:
