@@ -140,11 +140,8 @@ def finalize_upstream(
     """
     merged = list(live)
     servers = list(merged)
-    if not (options.backup_servers or drained or options.prefer or options.slow_start):
-        # Nothing to add or change (the usual case): the live servers as they are.
-        return Upstream(name=name, servers=tuple(servers if ordered else sorted(servers, key=SERVER_ORDER)),
-                        directives=options.directives, live_count=len(merged),
-                        panic_threshold=options.panic_threshold)
+    # Nothing added or changed (the usual case): sorted servers stay as they are.
+    ordered = ordered and not (options.backup_servers or drained or options.prefer)
     live_endpoints = {server.endpoint for server in merged}
     for static in options.backup_servers:
         if static.endpoint in live_endpoints:
@@ -159,7 +156,7 @@ def finalize_upstream(
         kept_added = tuple(sorted((endpoint, at) for endpoint, at in added.items() if endpoint in live_endpoints))
     return Upstream(
         name=name,
-        servers=tuple(sorted(servers, key=SERVER_ORDER)),
+        servers=tuple(servers if ordered else sorted(servers, key=SERVER_ORDER)),
         directives=options.directives,
         live_count=len(merged),
         slow_start=options.slow_start,
