@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run every benchmark, then regenerate docs/benchmarks.md from bench/results/*.json.
+# Run every benchmark, then regenerate docs/benchmarks.md and docs/sizing.md from bench/results/*.json.
 #   bench/run_all.sh           full runs (25-35 minutes on 2 cores)
-#   bench/run_all.sh --quick   smaller runs (about 10 minutes in all); the page goes to
-#                              bench/results/benchmarks-quick.md, docs/ is left alone
+#   bench/run_all.sh --quick   smaller runs (about 10 minutes in all); the pages go to
+#                              bench/results/{benchmarks,sizing}-quick.md, docs/ is left alone
 # Extra arguments after --quick (or alone) go to targets.py and fleet.py, for example
 # --daemon-rev REV to bench a committed revision instead of the working tree.
 # Run them one after another on an otherwise idle machine: they share the cores
@@ -33,6 +33,8 @@ run fleet "$@"
 run fleet --watch-roots --name fleet-roots "$@"
 if [ ${#QUICK[@]} -gt 0 ]; then
     "$PY" bench/report.py --quick --output bench/results/benchmarks-quick.md
+    "$PY" bench/sizing.py --quick
 else
     "$PY" bench/report.py
+    "$PY" bench/sizing.py
 fi

@@ -1,4 +1,7 @@
-"""docs/benchmarks.md is what bench/report.py makes of bench/results: its generated part is never edited by hand."""
+"""docs/benchmarks.md and docs/sizing.md are what bench/report.py and bench/sizing.py make of bench/results.
+
+Their generated parts are never edited by hand.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_benchmarks_page_is_regenerated_from_the_results_as_it_stands(tmp_path: Path) -> None:
-    """report.py rewrites the part above its marker from the JSON results and keeps the hand-written rest.
+@pytest.mark.parametrize("script, page", [("report.py", "benchmarks.md"), ("sizing.py", "sizing.md")])
+def test_each_page_is_regenerated_from_the_results_as_it_stands(tmp_path: Path, script: str, page: str) -> None:
+    """The script rewrites the part above its marker from the JSON results and keeps the hand-written rest.
 
     A figure changed by hand above the marker, or a result file changed
     without regenerating the page, makes the two differ.
     """
-    page = tmp_path / "benchmarks.md"
-    shutil.copy(ROOT / "docs" / "benchmarks.md", page)
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), "--output", str(page)],
+    copy = tmp_path / page
+    shutil.copy(ROOT / "docs" / page, copy)
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--output", str(copy)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    expected = (ROOT / "docs" / "benchmarks.md").read_text()
-    assert page.read_text() == expected, "docs/benchmarks.md differs from bench/report.py's page: run bench/report.py"
+    expected = (ROOT / "docs" / page).read_text()
+    assert copy.read_text() == expected, f"docs/{page} differs from bench/{script}'s page: run bench/{script}"
