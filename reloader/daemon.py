@@ -213,6 +213,9 @@ class Daemon:
         # thread, handed to each upstream's cluster thread when they change.
         self.drains = OverrideWatcher(config.files_output_path)
         self._drains_sent: dict[str, dict[tuple[str, int], float | None]] = {}
+        # Whether every upstream's drains are to be compared again although the drains in force did not
+        # change: at start and after a config reload, which may move upstreams to new cluster threads.
+        self._drains_owed = True
         # When the clusters were started (run): the bound on how long start-up holds READY back.
         self._started_at: float | None = None
         self._systemd: _SystemdState | None = None
@@ -412,8 +415,17 @@ class Daemon:
         return exit_code
 
     def _apply_drains(self) -> None:
-        """Hand each upstream whose drains changed (the file, or an expiry) to its cluster thread."""
-        self.drains.poll()
+        """Hand each upstream whose drains changed (the file, or an expiry) to its cluster thread.
+
+        Between changes a tick costs one stat of the overrides file: the walk
+        over every upstream runs only when the drains in force changed, or
+        after a start or a config reload (at 1,000 upstreams the walk is most
+        of what the main thread costs idle, twice a second).
+        """
+        changed = self.drains.poll() is not None
+        if not changed and not self._drains_owed:
+            return
+        self._drains_owed = False
         active = self.drains.active
         for name, worker in self._cluster_of.items():
             drains = active.get(name, {})
@@ -616,6 +628,7 @@ class Daemon:
         # Built from the new config: a kept worker takes it on its own thread.
         self._cluster_of = {znode.upstream: worker for cluster, worker in pairs for znode in cluster.znodes}
         self._drains_sent = {}  # new workers, and upstreams that moved, take their drains on the next tick
+        self._drains_owed = True
         for worker in started:
             worker.start()
         removed = sorted(old_names - set(self._cluster_of))
