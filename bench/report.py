@@ -438,14 +438,14 @@ another cluster or another output:
 KEEP_MARKER = "<!-- Hand-written sections below: bench/report.py keeps everything after this line. -->"
 
 
-def kept_tail(path: Path) -> str:
-    """The hand-written part of the existing page (after KEEP_MARKER), or ''."""
+def kept_tail(path: Path, marker: str = KEEP_MARKER) -> str:
+    """The hand-written part of the existing page (after ``marker``), or ''."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         return ""
-    at = text.find(KEEP_MARKER)
-    return text[at + len(KEEP_MARKER):].strip("\n") if at >= 0 else ""
+    at = text.find(marker)
+    return text[at + len(marker):].strip("\n") if at >= 0 else ""
 
 
 def fig(value: Any, unit: str = "") -> str:
