@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from report import ROOT, fig, kept_tail, load
-
 from kazoo.retry import KazooRetry
+from report import ROOT, fig, kept_tail, load
 
 sys.path.insert(0, str(ROOT))
 from reloader.sources.zookeeper import CONNECTION_RETRY, MULTI_READ_MAX  # noqa: E402
@@ -48,7 +47,10 @@ def _layout(run: Run | None, server: str) -> dict[str, Any] | None:
 
 
 def _watch_count(x: dict[str, Any] | None, server: str = "steady") -> int | None:
-    """``mntr``'s zk_watch_count with every daemon synced, on the server they talk to (or the leader: ``steady_leader``)."""
+    """``mntr``'s zk_watch_count with every daemon synced, on the server they talk to.
+
+    ``server`` ``steady_leader``: on the leader instead.
+    """
     value = (((x or {}).get(server) or {}).get("mntr") or {}).get("zk_watch_count")
     return int(value) if value not in (None, "") else None
 
@@ -123,7 +125,8 @@ def measured_section(now: Run, roots: Run | None, before: Run | None) -> list[st
             if key == "accepted":
                 return fig(lk.get("write_accepted_after_kill_s"), "s")
             t, k = lk["time_to_truth_s"], lk.get("time_to_truth_from_kill_s") or {}
-            return f"{fig(t['median'], 's')} / **{fig(t['max'], 's')}** ({fig(k.get('median'), 's')} / {fig(k.get('max'), 's')})"
+            return (f"{fig(t['median'], 's')} / **{fig(t['max'], 's')}** "
+                    f"({fig(k.get('median'), 's')} / {fig(k.get('max'), 's')})")
         return cell
 
     def reconnects(x: dict[str, Any]) -> str:
@@ -172,7 +175,8 @@ def measured_section(now: Run, roots: Run | None, before: Run | None) -> list[st
         row("... time to truth from that write: median / max (from the kill)", leader("truth")),
         row("... reads on the observer", reads("leader_kill")),
         row("daemon VmRSS (median)", lambda x: fig(x["daemon_vmrss_mb"]["median"], "MB")),
-        row("load average at the start (1 / 5 / 15 min)", lambda x: " / ".join(str(v) for v in x.get("loadavg_at_start", []))),
+        row("load average at the start (1 / 5 / 15 min)",
+            lambda x: " / ".join(str(v) for v in x.get("loadavg_at_start", []))),
         "",
         "Time to truth: from the server serving again (restart) or the ensemble taking a write again (leader "
         "kill) until every daemon's file shows a change written at that moment. Reads: `mntr` "
@@ -281,7 +285,7 @@ def one_daemon_section(blip: Run | None) -> list[str]:
     size = ((blip or {}).get("sizes") or {}).get(str(UPSTREAMS)) or {}
     if not size:
         return []
-    subjects = [("previous", f"before (`{blip.get('previous_rev', '?')}`)"),  # type: ignore[union-attr]
+    subjects = [("previous", f"before (`{(blip or {}).get('previous_rev', '?')}`)"),
                 ("persistent", "`persistent` (what `auto` picks on 3.6+)"),
                 ("shared-root", "`persistent` + `watch_roots`"), ("classic", "`classic`")]
     subjects = [(key, label) for key, label in subjects if key in size]
@@ -290,14 +294,16 @@ def one_daemon_section(blip: Run | None) -> list[str]:
         return f"| {label} | " + " | ".join(cell(size[key]) for key, _ in subjects) + " |"
 
     def kinds(counts: dict[str, Any]) -> str:
-        by_kind = ", ".join(f"{n:,} `{kind}`" for kind, n in sorted(counts.get("by_kind", {}).items(), key=lambda kv: -kv[1]))
+        most_first = sorted(counts.get("by_kind", {}).items(), key=lambda kv: -kv[1])
+        by_kind = ", ".join(f"{n:,} `{kind}`" for kind, n in most_first)
         return f"**{counts['total']:,}** ({by_kind})" if by_kind else f"**{counts['total']:,}**"
 
     k = next(iter(size.values())).get("k", 10)
     return [
         f"## One daemon: watches and a blip (`bench/blip.py`, {UPSTREAMS:,} x {INSTANCES})",
         "",
-        f"From `bench/results/blip.json`, daemon `{blip.get('daemon_revision', '?')}` (the subjects one after the other, "  # type: ignore[union-attr]
+        f"From `bench/results/blip.json`, daemon `{(blip or {}).get('daemon_revision', '?')}` (the subjects one "
+        "after the other, "
         f"requests counted at a frame-aware proxy). The {k} changes of a blip are {k // 2} creations, served before "
         f"the sweep, and {k - k // 2} data changes, which wait for it.",
         "",
@@ -308,7 +314,8 @@ def one_daemon_section(blip: Run | None) -> list[str]:
         row("requests of the first read", lambda s: kinds(s["initial_requests"])),
         row("requests after a blip in which nothing changed", lambda s: kinds(s["quiet_blip"])),
         row(f"requests after a blip with {k} changes", lambda s: kinds(s["k_blip"])),
-        row("... reconnect -> every changed file right", lambda s: fig(s.get("k_blip_files_right_after_reconnect_s"), "s")),
+        row("... reconnect -> every changed file right",
+            lambda s: fig(s.get("k_blip_files_right_after_reconnect_s"), "s")),
         row("requests per 1,000 changes (none during a blip)", lambda s: fig(s["requests_per_1000_changes"]["total"])),
         "",
         "A recursive watch is filed in both of ZooKeeper's tables (`mntr` counts it twice); `watch_roots` "
@@ -347,6 +354,8 @@ def extrapolation_section(now: Run, roots: Run | None, before: Run | None, blip:
                               for g in (_heap_growth(_layout(before, s)) for s in ("standalone", "observer"))
                               if g is not None and before_per_upstream]
 
+    before_per_pair = [b * before_per_upstream for b in before_bytes_per_watch] if before_per_upstream else []
+
     def fleet_mb(per_pair: list[float], hosts: int) -> str:
         return _span([b * hosts * UPSTREAMS / MB for b in per_pair], 0, "MB")
 
@@ -377,13 +386,16 @@ def extrapolation_section(now: Run, roots: Run | None, before: Run | None, blip:
         f"**Watches.** {fig(per_upstream)} in `mntr` per daemon and upstream with a watch per znode "
         f"({fig(wchs_per_upstream)} recursive watch, filed in both the data and the children table): "
         f"{HOSTS:,} x {UPSTREAMS:,} x {fig(per_upstream)} = **{_rounded(HOSTS * UPSTREAMS * per_upstream, 1):,}** "
-        f"in `mntr`, {fig(_rounded(HOSTS * UPSTREAMS * wchs_per_upstream, 1))} watches on {UPSTREAMS:,} paths (`wchs`); "
+        f"in `mntr`, {fig(_rounded(HOSTS * UPSTREAMS * wchs_per_upstream, 1))} watches on {UPSTREAMS:,} paths "
+        "(`wchs`); "
         f"**{_rounded(per_observer * UPSTREAMS * per_upstream, 1):,} per observer**."
-        + (f" Before: {fig(before_per_upstream)} per daemon and upstream, {_rounded(HOSTS * UPSTREAMS * before_per_upstream, 1):,}."
+        + (f" Before: {fig(before_per_upstream)} per daemon and upstream, "
+           f"{_rounded(HOSTS * UPSTREAMS * before_per_upstream, 1):,}."
            if before_per_upstream else "")
         + (f" With `watch_roots` on the services' common parent: {fig(roots_per_daemon)} per daemon (the root's "
            "recursive watch counts 2, each znode's one-shot children watch 1), "
-           f"**{_rounded(HOSTS * roots_per_daemon, 1):,}** in `mntr`, **{_rounded(per_observer * roots_per_daemon, 1):,} "
+           f"**{_rounded(HOSTS * roots_per_daemon, 1):,}** in `mntr`, "
+           f"**{_rounded(per_observer * roots_per_daemon, 1):,} "
            "per observer**." if roots_per_daemon else "")
         + f" Basis: the counts of the {daemons}-daemon run ({_watch_count(standalone):,}"
         + (f" and {_watch_count(roots_x):,}" if roots_x else "")
@@ -391,14 +403,14 @@ def extrapolation_section(now: Run, roots: Run | None, before: Run | None, blip:
         "",
         f"**Heap.** {_span(now_bytes, 0)} bytes per daemon and upstream with a watch per znode (the growth of the "
         f"{daemons}-daemon run, standalone and observer, over {pairs:,} daemon-upstreams; MB are jcmd's, 2^20 "
-        f"bytes): **{fleet_mb(now_bytes, HOSTS)}** on a server every daemon talks to, **{fleet_mb(now_bytes, per_observer)} "
+        f"bytes): **{fleet_mb(now_bytes, HOSTS)}** on a server every daemon talks to, "
+        f"**{fleet_mb(now_bytes, per_observer)} "
         f"per observer**."
         + (f" With `watch_roots`: {_span(roots_bytes, 0)} bytes, **{fleet_mb(roots_bytes, HOSTS)}** on one server, "
            f"**{fleet_mb(roots_bytes, per_observer)} per observer**." if roots_bytes else "")
-        + (f" Before: {_span(before_bytes_per_watch, 0)} bytes per watch, {fig(before_per_upstream)} watches per daemon "
-           f"and upstream: {_span([b * before_per_upstream * HOSTS * UPSTREAMS / MB for b in before_bytes_per_watch], 0, 'MB')} "
-           f"on one server, {_span([b * before_per_upstream * per_observer * UPSTREAMS / MB for b in before_bytes_per_watch], 0, 'MB')} "
-           "per observer." if before_bytes_per_watch and before_per_upstream else "")
+        + (f" Before: {_span(before_bytes_per_watch, 0)} bytes per watch, {fig(before_per_upstream)} watches per "
+           f"daemon and upstream: {fleet_mb(before_per_pair, HOSTS)} on one server, "
+           f"{fleet_mb(before_per_pair, per_observer)} per observer." if before_per_pair else "")
         + " On top of that, the tree itself and the JVM's own heap (the \"no daemon\" figure above). Basis: the "
         "heap in use after a full GC (`jcmd GC.run`, then `GC.heap_info`), before any daemon connected and with "
         "all of them synced; ZooKeeper's watch manager keeps maps linear in the watch count. A single reading "
@@ -410,12 +422,14 @@ def extrapolation_section(now: Run, roots: Run | None, before: Run | None, blip:
         "",
         "**Requests per blip** (a server restart, a leader change):",
         "",
-        f"| | one server, {HOSTS:,} daemons | per observer ({per_observer} daemons) | before, one server / per observer |",
+        f"| | one server, {HOSTS:,} daemons | per observer ({per_observer} daemons) "
+        "| before, one server / per observer |",
         "|---|---:|---:|---:|",
         f"| nothing written during the blip | **{times(quiet, HOSTS)}** | **{times(quiet, per_observer)}** | "
         f"{times(old_blip, HOSTS)} / {times(old_blip, per_observer)} |",
         f"| the zxid moved (the usual case in a fleet) | **{_span([_rounded(v * HOSTS, 1000) for v in moved])}** | "
-        f"**{_span([_rounded(v * per_observer, 50) for v in moved])}** | {times(old_blip, HOSTS)} / {times(old_blip, per_observer)} |",
+        f"**{_span([_rounded(v * per_observer, 50) for v in moved])}** | "
+        f"{times(old_blip, HOSTS)} / {times(old_blip, per_observer)} |",
         f"| ... children whose version is checked inside the `multiRead`s | {fig(HOSTS * UPSTREAMS * INSTANCES)} | "
         f"{fig(per_observer * UPSTREAMS * INSTANCES)} | - |",
         f"| ... server CPU | about {_span([v * HOSTS for v in cpu_per_daemon], 0, 's')} | "
@@ -437,7 +451,8 @@ def extrapolation_section(now: Run, roots: Run | None, before: Run | None, blip:
         "",
         f"**Write fan-out.** A change to one instance fires one notification per daemon (its recursive watch on "
         f"the upstream), and a daemon reads back what the notification does not say: {fig(per_change)} requests "
-        f"per 1,000 changes for one daemon (`bench/blip.py`: a `getData` per created child, an `exists` per batch of deletions). About "
+        f"per 1,000 changes for one daemon (`bench/blip.py`: a `getData` per created child, an `exists` per batch "
+        "of deletions). About "
         f"**{HOSTS:,} notifications and {fig(_rounded(HOSTS * (per_change or 0) / 1000, 1))} reads per change** "
         f"fleet-wide, **{per_observer} and {fig(_rounded(per_observer * (per_change or 0) / 1000, 1))} per "
         f"observer**; at a sustained 1,000 changes/s, {fig(per_observer * 1000)} notifications and "
