@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kazoo.retry import KazooRetry
-from report import ROOT, fig, kept_tail, load
+from report import ROOT, _growth, _heap_growth, fig, kept_tail, load
 
 sys.path.insert(0, str(ROOT))
 from reloader.sources.zookeeper import CONNECTION_RETRY, MULTI_READ_MAX  # noqa: E402
@@ -55,14 +55,6 @@ def _watch_count(x: dict[str, Any] | None, server: str = "steady") -> int | None
     return int(value) if value not in (None, "") else None
 
 
-def _heap_growth(x: dict[str, Any] | None) -> float | None:
-    if not x:
-        return None
-    before = x.get("before_daemons", {}).get("jvm", {}).get("heap_used_mb")
-    after = x.get("steady", {}).get("jvm", {}).get("heap_used_mb")
-    return None if before is None or after is None else round(after - before, 1)
-
-
 def _per_daemon_reads(x: dict[str, Any] | None, blip: str) -> float | None:
     reads = (((x or {}).get(blip) or {}).get("requests") or {}).get("reads")
     return None if reads is None else reads / x["daemons"]  # type: ignore[index]
@@ -87,15 +79,6 @@ def _rounded(value: float, step: int) -> int:
 def _truth(blip: dict[str, Any] | None) -> str:
     t = (blip or {}).get("time_to_truth_s") or {}
     return f"{fig(t.get('median'), 's')} / **{fig(t.get('max'), 's')}**" if t else "-"
-
-
-def _heap_cell(x: dict[str, Any] | None) -> str:
-    growth = _heap_growth(x)
-    if growth is None:
-        return "-"
-    before = x["before_daemons"]["jvm"]["heap_used_mb"]  # type: ignore[index]
-    after = x["steady"]["jvm"]["heap_used_mb"]  # type: ignore[index]
-    return f"{fig(before)} -> {fig(after)} MB (+{fig(growth)})"
 
 
 def measured_section(now: Run, roots: Run | None, before: Run | None) -> list[str]:
@@ -162,7 +145,7 @@ def measured_section(now: Run, roots: Run | None, before: Run | None) -> list[st
         "|---|" + "---:|" * len(columns),
         row("`mntr` zk_watch_count", lambda x: fig(_watch_count(x))),
         row("`wchs`: watches on paths", watched),
-        row("heap in use after `GC.run`: no daemon -> all daemons", _heap_cell),
+        row("heap in use after `GC.run`: no daemon -> all daemons", _growth),
         row("fleet cold start (every daemon at once -> every file)", lambda x: fig(x["cold_start_all_daemons_s"], "s")),
         row("server restart (kill -9): how long it was down", lambda x: fig(x["restart"].get("down_s"), "s")),
         row("... reconnects after it serves again", reconnects),
@@ -192,12 +175,12 @@ def targets_lines(now: Run, roots: Run | None, before: Run | None) -> list[str]:
     """The fleet's targets (heap growth at most a tenth of before, time to truth under 2 s), met or not."""
     lines = ["The fleet targets, from the table:", ""]
     for server, where in (("standalone", "standalone"), ("observer", "observer")):
-        old = _heap_growth(_layout(before, server))
+        old = _heap_growth(before, server)
         if old is None:
             continue
         limit = round(old / 10, 2)
         for label, run in (("a watch per znode", now), ("`watch_roots`", roots)):
-            growth = _heap_growth(_layout(run, server))
+            growth = _heap_growth(run, server)
             if growth is not None:
                 lines.append(f"* heap growth, {where}, {label}: +{fig(growth)} MB against at most a tenth of before "
                              f"(+{fig(old)} MB: {fig(limit)} MB): **{'met' if growth <= limit else 'not met'}**;")
@@ -344,14 +327,14 @@ def extrapolation_section(now: Run, roots: Run | None, before: Run | None, blip:
     def heap_bytes(run: Run | None) -> list[float]:
         found = []
         for server in ("standalone", "observer"):
-            growth = _heap_growth(_layout(run, server))
+            growth = _heap_growth(run, server)
             if growth is not None:
                 found.append(growth * MB / pairs)
         return found
 
     now_bytes, roots_bytes = heap_bytes(now), heap_bytes(roots)
     before_bytes_per_watch = [g * MB / (before_per_upstream * pairs)
-                              for g in (_heap_growth(_layout(before, s)) for s in ("standalone", "observer"))
+                              for g in (_heap_growth(before, s) for s in ("standalone", "observer"))
                               if g is not None and before_per_upstream]
 
     before_per_pair = [b * before_per_upstream for b in before_bytes_per_watch] if before_per_upstream else []
