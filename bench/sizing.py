@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kazoo.retry import KazooRetry
-from report import ROOT, _growth, _heap_growth, fig, kept_tail, load
+from report import ROOT, _growth, _heap_growth, _reads, _truth, fig, kept_tail, load
 
 sys.path.insert(0, str(ROOT))
 from reloader.sources.zookeeper import CONNECTION_RETRY, MULTI_READ_MAX  # noqa: E402
@@ -76,11 +76,6 @@ def _rounded(value: float, step: int) -> int:
     return int(round(value / step) * step)
 
 
-def _truth(blip: dict[str, Any] | None) -> str:
-    t = (blip or {}).get("time_to_truth_s") or {}
-    return f"{fig(t.get('median'), 's')} / **{fig(t.get('max'), 's')}**" if t else "-"
-
-
 def measured_section(now: Run, roots: Run | None, before: Run | None) -> list[str]:
     """The table of what the fleet bench measured, six columns: before / now / now + roots, twice."""
     columns: list[tuple[str, dict[str, Any] | None]] = []
@@ -94,10 +89,9 @@ def measured_section(now: Run, roots: Run | None, before: Run | None) -> list[st
 
     def reads(blip: str) -> Any:
         def cell(x: dict[str, Any]) -> str:
-            per = _per_daemon_reads(x, blip)
-            if per is None:
+            if _per_daemon_reads(x, blip) is None:
                 return "-" if blip == "leader_kill" and not x.get(blip) else "not counted"
-            return f"{x[blip]['requests']['reads']:,} ({per:.0f} per daemon)"
+            return _reads(x[blip], x["daemons"])
         return cell
 
     def leader(key: str) -> Any:
