@@ -321,13 +321,17 @@ class ClusterWorker:
     def status(self, now: float) -> dict[str, object]:
         """What status and metrics show of this cluster (plain values; any thread)."""
         freeze = self.freeze
+        # The freeze first, then the state: the connection writes the state
+        # before the freeze it implies, so a frozen cluster never shows as up.
+        frozen = not freeze.is_open
         frozen_since = freeze.frozen_since
+        state = self.source.reported_state
         roots, refused = self.source.watch_roots()
         return {
             "label": self.label,
             "hosts": self.cluster.zk_servers,
-            "state": self.source.state or "CONNECTING",
-            "frozen": not freeze.is_open,
+            "state": state or "CONNECTING",
+            "frozen": frozen,
             "frozen_for_seconds": None if frozen_since is None else round(now - frozen_since, 3),
             "read_in_full": freeze.ever_open,
             "thaws": freeze.thaws,

@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +23,12 @@ from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from reloader.cluster import ClusterWorker
+from reloader.config import parse_config
 from reloader.localenv.ports import free_port
 from reloader.localenv.zookeeper import LocalZooKeeper
 from tests.hangingserver import HangingServer
@@ -104,6 +108,38 @@ def run_status_command(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "reloader", "status", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
     )
+
+
+def test_a_frozen_cluster_is_never_shown_as_up(zk: LocalZooKeeper, zk_client: KazooClient, zk_root: str) -> None:
+    """The freeze and the session state shown come from the same report of the connection.
+
+    The connection thread freezes the cluster the moment the session is in
+    doubt; the cluster thread takes the state change later, from its inbox.
+    Status must not show the gap: here the cluster thread is held busy while
+    the connection reports SUSPENDED, and status is read in between.
+    """
+    path = f"{zk_root}/app1"
+    zk_client.create(f"{path}/10.0.0.1:80", b"", makepath=True)
+    config = parse_config({"zk_servers": zk.hosts, "zk_nodes": {"app1": path}}, source="test")
+    worker = ClusterWorker(config.clusters[0], lambda batch: None, session_timeout=8.0)
+    worker.start()
+    held, release = threading.Event(), threading.Event()
+    try:
+        wait_until(lambda: worker.freeze.is_open and worker.status(time.monotonic())["state"] == "CONNECTED",
+                   "the cluster to be read and thawed", 15)
+        worker.inbox.put(lambda: (held.set(), release.wait(10)))
+        wait_until(held.is_set, "the cluster thread to be held", 5)
+        # What kazoo's connection thread does when the session goes bad.
+        worker.source._on_session_state(KazooState.SUSPENDED)
+        shown = worker.status(time.monotonic())
+        assert shown["frozen"] is True
+        assert shown["state"] == "SUSPENDED"
+    finally:
+        release.set()
+        worker.stop_event.set()
+        worker.wake()
+        worker.close_session()
+        worker.join(time.monotonic() + 5)
 
 
 def test_ready_after_the_first_full_read_then_a_freeze_and_a_thaw(

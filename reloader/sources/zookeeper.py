@@ -246,6 +246,10 @@ class ZooKeeperSource:
         self._watches = WatchBook(cluster.znodes)
         self._caps = {znode.upstream: max_children_of(znode) for znode in cluster.znodes}
         self._last_state: str | None = None
+        # The state the connection last reported, written on kazoo's thread
+        # before the freeze it implies, so that status never shows a frozen
+        # cluster as CONNECTED while the cluster thread has yet to take it.
+        self._reported_state: str | None = None
         self._resync_pending = False
         # Whether the server may have dropped watches this source relies on
         # (a new session, a refused SetWatches): a full read is due, and until
@@ -321,6 +325,14 @@ class ZooKeeperSource:
     def state(self) -> str | None:
         """The last session state seen by the cluster thread (None before the first)."""
         return self._last_state
+
+    @property
+    def reported_state(self) -> str | None:
+        """The session state the connection last reported (any thread; what status shows).
+
+        Read it after the freeze: it is written before the freeze it implies.
+        """
+        return self._reported_state
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -404,6 +416,7 @@ class ZooKeeperSource:
     # connection read them, one thread hop sooner.
 
     def _on_session_state(self, state: str) -> None:
+        self._reported_state = state
         if state in (KazooState.SUSPENDED, KazooState.LOST):
             # Freezing here, not on the cluster thread, means no publish can
             # slip out between the session going bad and the thread noticing.
