@@ -23,6 +23,8 @@ setup(
         "python-daemon>=3.0",
         "PyYAML>=6.0",
         "requests>=2.28",
+        # The dyups and Lua outputs parse nginx's answers with it (reloader/outputs/http.py).
+        "httptools>=0.6,<1",
     ],
     extras_require={
         "dev": [
