@@ -807,6 +807,12 @@ def idle_section(r: dict[str, Any], before: dict[str, Any] | None, files: dict[s
                   f"{fig(recon['cpu_percent'])} % measured here that is **about {estimate:.2f} % of a core** against a real build,",
                   "assuming the real build costs more only in the `/detail` read (the `/list` answer is the names alone)",
                   "and that cost goes with the number of `/detail` reads. An estimate, not a measurement."]
+    default = next((x for x in r["settings"] if x["setting"] == "default"), None)
+    if default:
+        estimate = default["cpu_percent"] + (1.43 - 0.35) / 6
+        lines += [f"With the default 60 s re-assert the same reasoning gives {fig(default['cpu_percent'])} % + 0.18 %,",
+                  f"**about {estimate:.2f} % of a core**: a re-assert's POSTs cost the daemon the same against either",
+                  "(each answer is a short `success`)."]
     if floor:
         lines += [f"The floor, the same daemon with files only: {fig(floor['cpu_percent'])} % of a core; the reconcile passes add "
                   + (f"{fig(round(before_recon - floor['cpu_percent'], 3))} % before and " if (before_recon := next(
