@@ -3,10 +3,10 @@
 Guarantees of :class:`KeepAliveClient`:
 
 * one request at a time, from one thread; a request goes out in one
-  ``sendall`` and its answer is parsed by ``httptools`` (nginx's own
-  parser family, llhttp): an idle re-assert of 1,000 upstreams is 1,000
-  POSTs, and a generic HTTP stack's header parsing would cost more than the
-  rest of each POST together;
+  ``sendall`` and its answer is parsed by ``httptools`` (a binding of
+  llhttp, the parser that descends from nginx's own): an idle re-assert of
+  1,000 upstreams is 1,000 POSTs, and ``http.client``'s header parsing cost
+  more than the rest of each POST together;
 * a request fails in one of three named ways: :class:`InterfaceDown` (no
   connection could be made), :class:`NoAnswer` (connected, no answer within
   the read timeout), :class:`Dropped` (the connection closed or broke before
