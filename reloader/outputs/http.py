@@ -171,18 +171,18 @@ class KeepAliveClient:
         ``retry_dropped`` re-sends on a fresh connection that many times when
         the connection drops (only for requests that may be repeated: reads).
         """
-        message = self._message(method, path, body, headers)
+        target = f"{self._prefix}{path}"
+        message = self._message(method, target, body, headers)
         for attempt in range(retry_dropped + 1):
             try:
-                return self._exchange(message, method, path)
+                return self._exchange(message, method, target)
             except Dropped:
                 if attempt == retry_dropped:
                     raise
         raise AssertionError("unreachable")
 
-    def _message(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | None) -> bytes:
+    def _message(self, method: str, target: str, body: bytes | None, headers: Mapping[str, str] | None) -> bytes:
         """The whole request, header and body, as one buffer (one send, one segment on loopback)."""
-        target = f"{self._prefix}{path}"
         if _CONTROL.search(method) or _CONTROL.search(target):
             raise ValueError(f"refusing to send a request line with a control character: {method} {target!r}")
         lines = [f"{method} {target} HTTP/1.1", "Accept-Encoding: identity"]
@@ -223,9 +223,8 @@ class KeepAliveClient:
             self._sock = sock
         return sock
 
-    def _exchange(self, message: bytes, method: str, path: str) -> Answer:
+    def _exchange(self, message: bytes, method: str, target: str) -> Answer:
         sock = self._connection()
-        target = f"{self._prefix}{path}"
         try:
             sock.sendall(message)
             answer, keep = self._receive(sock, method, target)
