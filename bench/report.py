@@ -643,6 +643,11 @@ def _heap_growth(run: dict[str, Any] | None, server: str) -> float | None:
     return None
 
 
+def heap_limit(before_growth: float | None) -> float | None:
+    """The fleet heap target: at most a tenth of before's growth, unrounded (a growth just over it is not met)."""
+    return None if before_growth is None else before_growth / 10
+
+
 def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | None, roots: dict[str, Any] | None,
                          fleet_before: dict[str, Any] | None, idle: dict[str, Any] | None,
                          idle_before: dict[str, Any] | None, names_side: dict[str, Any] | None = None) -> list[str]:
@@ -712,8 +717,7 @@ def load_targets_section(blip: dict[str, Any] | None, fleet: dict[str, Any] | No
                  for x in (fleet or roots or {}).get("layouts", [])), "the fleet")
     for server, label in (("standalone", "standalone"), ("observer", "observer")):
         growth = [_heap_growth(run, server) for run in (fleet_before, fleet, roots)]
-        # Unrounded: a growth just over a tenth of before does not meet the target (docs/sizing.md agrees).
-        limit = None if growth[0] is None else growth[0] / 10
+        limit = heap_limit(growth[0])
         met = limit is not None and any(g is not None and g <= limit for g in growth[1:])
         row(f"fleet heap growth (MB), {size}, {label}: a tenth of before"
             + (f" ({fig(round(limit, 2))})" if limit is not None else ""),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kazoo.retry import KazooRetry
-from report import ROOT, _growth, _heap_growth, _reads, _truth, fig, kept_tail, load
+from report import ROOT, _growth, _heap_growth, _reads, _truth, fig, heap_limit, kept_tail, load
 
 sys.path.insert(0, str(ROOT))
 from reloader.sources.zookeeper import CONNECTION_RETRY, MULTI_READ_MAX  # noqa: E402
@@ -170,14 +170,14 @@ def targets_lines(now: Run, roots: Run | None, before: Run | None) -> list[str]:
     lines = ["The fleet targets, from the table:", ""]
     for server, where in (("standalone", "standalone"), ("observer", "observer")):
         old = _heap_growth(before, server)
-        if old is None:
+        limit = heap_limit(old)
+        if limit is None:
             continue
-        limit = round(old / 10, 2)
         for label, run in (("a watch per znode", now), ("`watch_roots`", roots)):
             growth = _heap_growth(run, server)
             if growth is not None:
                 lines.append(f"* heap growth, {where}, {label}: +{fig(growth)} MB against at most a tenth of before "
-                             f"(+{fig(old)} MB: {fig(limit)} MB): **{'met' if growth <= limit else 'not met'}**;")
+                             f"(+{fig(old)} MB: {fig(round(limit, 2))} MB): **{'met' if growth <= limit else 'not met'}**;")
     for label, run in (("a watch per znode", now), ("`watch_roots`", roots)):
         worst = []
         for server in ("standalone", "observer"):
