@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from reloader.localenv.tcpproxy import close_socket
-from reloader.outputs.http import AnswerTooLarge, Dropped, InterfaceDown, KeepAliveClient, NoAnswer
+from reloader.outputs.http import MAX_ANSWER, AnswerTooLarge, Dropped, InterfaceDown, KeepAliveClient, NoAnswer
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess"
 
@@ -105,8 +105,9 @@ def scripted() -> Iterator[Callable[..., Scripted]]:
         server.close()
 
 
-def client(server: Scripted, **kwargs: object) -> KeepAliveClient:
-    return KeepAliveClient(server.url, 1.0, kwargs.pop("read_timeout", 2.0), **kwargs)  # type: ignore[arg-type]
+def client(server: Scripted, read_timeout: float = 2.0, headers: dict[str, str] | None = None,
+           max_answer: int = MAX_ANSWER) -> KeepAliveClient:
+    return KeepAliveClient(server.url, 1.0, read_timeout, headers=headers, max_answer=max_answer)
 
 
 def test_a_request_is_sent_whole_with_its_host_and_length(scripted: Callable[..., Scripted]) -> None:
